@@ -1,0 +1,436 @@
+"""Reading raw inputs into `Document` records, and writing records as Parquet or JSON Lines.
+
+Accepted inputs (a path, a directory searched recursively, or a glob; several may be given):
+
+========================  ==================================================================
+``*.jsonl`` ``*.json``    one JSON object per line; ``.gz`` accepted.  Fields ``id``, ``text``,
+``*.ndjson``              ``source``, ``domain``, ``lang``, ``meta``; other top-level fields
+                          (``turns``, ``instruction``, ``input``, ``output``...) go into ``meta``.
+``*.parquet``             the same columns (``meta`` as JSON string, map or struct).
+``*.txt`` ``*.md``        one document per file, or per blank-line paragraph (``text_unit``).
+``*.html`` ``*.htm``      one document per file, ``meta.format = "html"``.
+========================  ==================================================================
+
+Bad records never stop the reader: they come out as documents already marked dropped
+(``invalid_json``, ``invalid_record``, ``no_text``, ``invalid_encoding``,
+``record_too_large``, ``truncated_file``, ``unreadable_file``) with ``src_file`` and
+``src_line`` in ``meta`` so they land in ``rejected/``.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.atomic import atomic_file
+from etl.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
+
+logger = logging.getLogger(__name__)
+
+READ_STEP = "read"
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+PARQUET_SUFFIXES = (".parquet",)
+ALL_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + HTML_SUFFIXES + PARQUET_SUFFIXES
+#: Keys of a JSON record that must hold text-like content for the record to be usable.
+CONTENT_KEYS = ("text", "turns", "instruction")
+_SNIFF_BYTES = 1 << 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaderConfig:
+    """How raw files become documents (the ``read:`` section of params.yaml)."""
+
+    text_unit: str = "file"
+    """``file``: one document per text file; ``paragraph``: one per blank-line-separated block."""
+    default_domain: str = "general"
+    """Domain given to records that have none (for example all records of one input folder)."""
+    max_record_bytes: int = 16 * 1024 * 1024
+    """Records larger than this (bytes of the raw line or file) are rejected as
+    ``record_too_large`` rather than loaded into an executor's memory. 16 MiB fits any
+    paragraph-level training document; raise it for whole books."""
+    encoding: str = "auto"
+    """``auto`` sniffs each file (UTF-8, else charset-normalizer's guess, GBK read as GB18030);
+    or a fixed codec name."""
+
+    def __post_init__(self) -> None:
+        if self.text_unit not in ("file", "paragraph"):
+            raise ValueError(f"read.text_unit must be 'file' or 'paragraph', got {self.text_unit!r}")
+        if self.max_record_bytes <= 0:
+            raise ValueError(f"read.max_record_bytes must be positive, got {self.max_record_bytes}")
+        if not self.default_domain:
+            raise ValueError("read.default_domain must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file to read, and the name records from it are known by (ids, provenance)."""
+
+    path: str
+    name: str
+
+
+def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
+    """Expand paths, directories (recursively) and globs into a sorted, de-duplicated file list.
+
+    Files named explicitly must have a known suffix; inside directories unknown files and
+    hidden or ``_``-prefixed files (Spark's ``_SUCCESS``, ``.crc``) are skipped.
+    """
+    found: dict[str, InputFile] = {}
+    for raw in paths:
+        raw = os.fspath(raw)
+        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+        if not matches:
+            raise FileNotFoundError(f"input {raw!r} matches no file")
+        for match in matches:
+            p = Path(match)
+            if p.is_dir():
+                for child in sorted(p.rglob("*")):
+                    rel = child.relative_to(p)
+                    if child.is_file() and _is_data_file(rel):
+                        found.setdefault(str(child), InputFile(str(child), f"{p.name}/{rel.as_posix()}"))
+            elif p.is_file():
+                if file_format(p) is None:
+                    raise ValueError(f"input {match!r}: unknown file type (expected one of {', '.join(ALL_SUFFIXES)} or .gz)")
+                found.setdefault(str(p), InputFile(str(p), p.name))
+            else:
+                raise FileNotFoundError(f"input {match!r} does not exist")
+    return sorted(found.values(), key=lambda f: f.path)
+
+
+def _is_data_file(rel: Path) -> bool:
+    if any(part.startswith((".", "_")) for part in rel.parts):
+        return False
+    return file_format(rel) is not None
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """``jsonl``, ``parquet``, ``text`` or ``html`` from the suffix (``.gz`` looked through)."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for fmt, suffixes in (("jsonl", JSONL_SUFFIXES), ("parquet", PARQUET_SUFFIXES), ("text", TEXT_SUFFIXES), ("html", HTML_SUFFIXES)):
+        if name.endswith(suffixes):
+            return fmt
+    return None
+
+
+def read_inputs(paths: Iterable[str | os.PathLike], config: ReaderConfig | None = None) -> Iterator[Document]:
+    """Read every input file in order, then mark repeated ids as ``duplicate_id``.
+
+    The first occurrence (in sorted file order, then line order) of an id is kept.
+    """
+    config = config or ReaderConfig()
+    seen: dict[str, str] = {}
+    for input_file in list_input_files(paths):
+        for doc in read_file(input_file, config):
+            yield mark_duplicate_id(doc, seen)
+
+
+def mark_duplicate_id(doc: Document, seen: dict[str, str]) -> Document:
+    """Drop ``doc`` as ``duplicate_id`` if its id was seen before; else remember it."""
+    where = f"{doc.meta.get('src_file')}:{doc.meta.get('src_line')}"
+    first = seen.get(doc.id)
+    if first is None:
+        seen[doc.id] = where
+    elif not doc.dropped:
+        doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=first)
+        logger.warning("%s: record %s: field 'id': duplicate id %r (first at %s)", doc.meta.get("src_file"), doc.meta.get("src_line"), doc.id, first)
+    return doc
+
+
+def read_file(input_file: InputFile | str, config: ReaderConfig | None = None) -> Iterator[Document]:
+    """Read one file of any supported format into documents (bad records marked dropped)."""
+    config = config or ReaderConfig()
+    if isinstance(input_file, str):
+        input_file = InputFile(input_file, Path(input_file).name)
+    fmt = file_format(input_file.path)
+    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "html": _read_html}
+    if fmt is None:
+        raise ValueError(f"{input_file.path}: unknown file type")
+    try:
+        yield from readers[fmt](input_file, config)
+    except OSError as exc:  # unreadable file: one rejected record names it
+        yield _bad(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _bad(input_file: InputFile, line: int, reason: str, error: str, raw: str, field: str | None = None) -> Document:
+    """A rejected record for raw input that could not become a document."""
+    where = f"{input_file.path}: record {line}" + (f": field {field!r}" if field else "")
+    logger.warning("%s: %s (%s)", where, reason, error)
+    meta = {"src_file": input_file.path, "src_line": line, "error": error}
+    if field:
+        meta["field"] = field
+    doc = Document(id=f"{input_file.name}:{line}", text=raw, source=input_file.path, meta=meta)
+    return doc.drop(reason, READ_STEP)
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def sniff_encoding(sample: bytes) -> str:
+    """UTF-8 when the sample decodes as UTF-8, else charset-normalizer's best guess.
+
+    GBK/GB2312 guesses are widened to GB18030 (a superset); no guess falls back to UTF-8.
+    """
+    if sample.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        sample.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(sample) - 3:  # a multi-byte char cut by the sample's end
+            return "utf-8"
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(sample).best()
+    if best is None:
+        return "utf-8"
+    enc = best.encoding.lower().replace("-", "_")
+    if enc in ("gbk", "gb2312", "cp936", "hz", "gb18030"):
+        return "gb18030"
+    return best.encoding
+
+
+def _file_encoding(input_file: InputFile, config: ReaderConfig) -> str:
+    if config.encoding != "auto":
+        return config.encoding
+    try:
+        with _open_binary(input_file.path) as handle:
+            return sniff_encoding(handle.read(_SNIFF_BYTES))
+    except (EOFError, OSError, zlib.error):
+        return "utf-8"
+
+
+def _iter_lines(input_file: InputFile) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """Yield ``(line_no, raw_bytes, None)``; on a truncated/corrupt stream ``(n, None, error)``."""
+    line_no = 0
+    try:
+        with _open_binary(input_file.path) as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                yield line_no, raw, None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        yield line_no + 1, None, f"{type(exc).__name__}: {exc}"
+
+
+def _decode(raw: bytes, encoding: str) -> str:
+    text = raw.decode(encoding)
+    return text.rstrip("\r\n")
+
+
+# --------------------------------------------------------------------------------- formats
+
+
+def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
+    encoding = _file_encoding(input_file, config)
+    for line_no, raw, error in _iter_lines(input_file):
+        if error is not None:
+            yield _bad(input_file, line_no, "truncated_file", error, "")
+            return
+        if not raw.strip():
+            continue
+        if len(raw) > config.max_record_bytes:
+            yield _bad(input_file, line_no, "record_too_large", f"{len(raw)} bytes > read.max_record_bytes={config.max_record_bytes}", raw.decode("utf-8", "replace"))
+            continue
+        try:
+            line = _decode(raw, encoding)
+        except UnicodeDecodeError as exc:
+            yield _bad(input_file, line_no, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield _bad(input_file, line_no, "invalid_json", f"{exc.msg} at column {exc.colno}", line)
+            continue
+        yield record_to_document(obj, input_file, line_no, config, raw=line)
+
+
+def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: ReaderConfig, raw: str = "") -> Document:
+    """Validate one parsed record and turn it into a document (or a rejected one)."""
+    if not isinstance(obj, dict):
+        return _bad(input_file, line_no, "invalid_record", f"expected a JSON object, got {type(obj).__name__}", raw)
+    text = obj.get("text")
+    if text is not None and not isinstance(text, str):
+        return _bad(input_file, line_no, "invalid_record", f"'text' must be a string, got {type(text).__name__}", raw, field="text")
+    if not (text and text.strip()) and not any(obj.get(k) for k in CONTENT_KEYS[1:]):
+        return _bad(input_file, line_no, "no_text", "record has no text, turns or instruction", raw, field="text")
+    meta = obj.get("meta") or {}
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta.strip() else {}
+        except json.JSONDecodeError:
+            meta = {"meta_raw": meta}
+    if not isinstance(meta, dict):
+        return _bad(input_file, line_no, "invalid_record", f"'meta' must be an object, got {type(meta).__name__}", raw, field="meta")
+    meta = dict(meta)
+    for key, value in obj.items():
+        if key not in DOC_COLUMNS:
+            meta.setdefault(key, value)
+    meta["src_file"] = input_file.path
+    meta["src_line"] = line_no
+    doc_id = obj.get("id")
+    doc_id = f"{input_file.name}:{line_no}" if doc_id in (None, "") else str(doc_id)
+    return Document(
+        id=doc_id,
+        text=text or "",
+        source=str(obj.get("source") or input_file.path),
+        domain=str(obj.get("domain") or config.default_domain),
+        lang=str(obj.get("lang") or ""),
+        meta=meta,
+    )
+
+
+def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
+    try:
+        parquet = pq.ParquetFile(input_file.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        yield _bad(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
+        return
+    row_no = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            row_no += 1
+            meta = row.get("meta")
+            if isinstance(meta, list):  # a Parquet map arrives as key/value pairs
+                row["meta"] = dict(meta)
+            yield record_to_document(row, input_file, row_no, config)
+
+
+def _read_whole(input_file: InputFile, config: ReaderConfig) -> tuple[str | None, Document | None]:
+    size = os.path.getsize(input_file.path)
+    if size > config.max_record_bytes and not input_file.path.lower().endswith(".gz"):
+        return None, _bad(input_file, 1, "record_too_large", f"{size} bytes > read.max_record_bytes={config.max_record_bytes}", "")
+    try:
+        with _open_binary(input_file.path) as handle:
+            raw = handle.read(config.max_record_bytes + 1)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        return None, _bad(input_file, 1, "truncated_file", f"{type(exc).__name__}: {exc}", "")
+    if len(raw) > config.max_record_bytes:
+        return None, _bad(input_file, 1, "record_too_large", f"more than read.max_record_bytes={config.max_record_bytes} bytes", "")
+    encoding = config.encoding if config.encoding != "auto" else sniff_encoding(raw[:_SNIFF_BYTES])
+    try:
+        return raw.decode(encoding), None
+    except UnicodeDecodeError as exc:
+        return None, _bad(input_file, 1, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
+
+
+def _plain_doc(input_file: InputFile, config: ReaderConfig, text: str, line: int, doc_id: str, **meta: Any) -> Document:
+    meta.update(src_file=input_file.path, src_line=line)
+    return Document(id=doc_id, text=text, source=input_file.path, domain=config.default_domain, meta=meta)
+
+
+def _read_text(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
+    text, bad = _read_whole(input_file, config)
+    if bad is not None:
+        yield bad
+        return
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if config.text_unit == "file":
+        if not text.strip():
+            yield _bad(input_file, 1, "no_text", "file is empty or blank", text, field="text")
+        else:
+            yield _plain_doc(input_file, config, text, 1, input_file.name)
+        return
+    line = 1
+    for block in _paragraph_blocks(text):
+        start_line, para = block
+        if para.strip():
+            yield _plain_doc(input_file, config, para, start_line, f"{input_file.name}:{start_line}")
+        line = start_line
+
+
+def _paragraph_blocks(text: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(first_line_no, block)`` for blocks separated by blank lines."""
+    block: list[str] = []
+    start = 1
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            if not block:
+                start = line_no
+            block.append(line)
+        elif block:
+            yield start, "\n".join(block)
+            block = []
+    if block:
+        yield start, "\n".join(block)
+
+
+def _read_html(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
+    text, bad = _read_whole(input_file, config)
+    if bad is not None:
+        yield bad
+        return
+    if not text.strip():
+        yield _bad(input_file, 1, "no_text", "file is empty or blank", text, field="text")
+        return
+    yield _plain_doc(input_file, config, text, 1, input_file.name, format="html")
+
+
+# --------------------------------------------------------------------------------- writers
+
+
+def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: bool = False, rows_per_group: int = 2048) -> int:
+    """Atomically write documents to one Parquet file; returns the number of rows."""
+    from etl.document import DOC_SCHEMA, REJECTED_SCHEMA
+
+    schema = REJECTED_SCHEMA if rejected else DOC_SCHEMA
+    count = 0
+    with atomic_file(path, "wb") as handle:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            batch: list[Document] = []
+            for doc in docs:
+                batch.append(doc)
+                if len(batch) >= rows_per_group:
+                    writer.write_table(documents_to_table(batch, rejected))
+                    count += len(batch)
+                    batch = []
+            if batch or count == 0:
+                writer.write_table(documents_to_table(batch, rejected))
+                count += len(batch)
+    return count
+
+
+def write_jsonl(docs: Iterable[Document], path: str | os.PathLike) -> int:
+    """Atomically write documents as JSON Lines (``.gz`` compresses); returns the count."""
+    count = 0
+    mode = "wb"
+    with atomic_file(path, mode) as raw:
+        handle = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if str(path).endswith(".gz") else raw
+        for doc in docs:
+            row = {k: v for k, v in doc.to_row().items() if v is not None}
+            row["meta"] = doc.meta
+            handle.write(json.dumps(row, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+            count += 1
+        if handle is not raw:
+            handle.close()
+    return count
+
+
+def read_parquet_dir(path: str | os.PathLike) -> Iterator[Document]:
+    """Read every Parquet part of a stage output directory (e.g. ``<out>/kept``), in name order."""
+    for input_file in list_input_files([path]):
+        for batch in pq.ParquetFile(input_file.path).iter_batches(batch_size=2048):
+            from etl.document import table_to_documents
+
+            yield from table_to_documents(batch)
+
+
+__all__ = [
+    "ReaderConfig", "InputFile", "list_input_files", "file_format", "read_inputs", "read_file",
+    "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl",
+    "read_parquet_dir", "dumps_meta",
+]

@@ -1,0 +1,99 @@
+"""Stage statistics computed from a stage's output records.
+
+Every runner (local, Spark, Kafka) feeds the same :class:`StageStats` with the documents a
+stage emitted (kept and rejected), so the numbers have one definition everywhere.  Spark
+builds one per partition and merges them; the local runner builds one as it writes.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from etl.document import Document
+
+
+def _counter() -> collections.Counter:
+    return collections.Counter()
+
+
+@dataclass
+class StageStats:
+    """Counts per step and reason, characters in and out, per language and domain."""
+
+    num_in: int = 0
+    num_kept: int = 0
+    num_rejected: int = 0
+    chars_in: int = 0
+    chars_out: int = 0
+    dropped: collections.Counter = field(default_factory=_counter)  # key: (step, reason)
+    kept_by_lang: collections.Counter = field(default_factory=_counter)
+    kept_chars_by_lang: collections.Counter = field(default_factory=_counter)
+    in_by_domain: collections.Counter = field(default_factory=_counter)
+    kept_by_domain: collections.Counter = field(default_factory=_counter)
+    kept_chars_by_domain: collections.Counter = field(default_factory=_counter)
+
+    def add(self, doc: Document) -> None:
+        """Count one output document (kept or rejected)."""
+        n_chars = len(doc.text)
+        self.num_in += 1
+        self.chars_in += int(doc.meta.get("chars_in", n_chars))
+        self.in_by_domain[doc.domain] += 1
+        if doc.dropped:
+            self.num_rejected += 1
+            self.dropped[(doc.meta.get("drop_step", "?"), doc.drop_reason)] += 1
+            return
+        self.num_kept += 1
+        self.chars_out += n_chars
+        lang = doc.lang or "und"
+        self.kept_by_lang[lang] += 1
+        self.kept_chars_by_lang[lang] += n_chars
+        self.kept_by_domain[doc.domain] += 1
+        self.kept_chars_by_domain[doc.domain] += n_chars
+
+    def add_all(self, docs: Iterable[Document]) -> "StageStats":
+        for doc in docs:
+            self.add(doc)
+        return self
+
+    def merge(self, other: "StageStats") -> "StageStats":
+        """Add ``other`` into ``self`` (associative and commutative, for Spark's reduce)."""
+        for name in ("num_in", "num_kept", "num_rejected", "chars_in", "chars_out"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("dropped", "kept_by_lang", "kept_chars_by_lang", "in_by_domain", "kept_by_domain", "kept_chars_by_domain"):
+            getattr(self, name).update(getattr(other, name))
+        return self
+
+    def to_dict(self, step_names: Sequence[str] = ()) -> dict[str, Any]:
+        """A JSON-ready report; ``step_names`` (in pipeline order) adds per-step in/out counts."""
+        by_reason: dict[str, int] = collections.Counter()
+        by_step: dict[str, dict[str, int]] = collections.defaultdict(dict)
+        for (step, reason), n in sorted(self.dropped.items()):
+            by_reason[reason] += n
+            by_step[step][reason] = n
+        report: dict[str, Any] = {
+            "num_in": self.num_in,
+            "num_kept": self.num_kept,
+            "num_rejected": self.num_rejected,
+            "chars_in": self.chars_in,
+            "chars_out": self.chars_out,
+            "drop_reasons": dict(sorted(by_reason.items())),
+            "dropped_by_step": {k: dict(v) for k, v in sorted(by_step.items())},
+            "kept_by_lang": {k: {"docs": v, "chars": self.kept_chars_by_lang[k]} for k, v in sorted(self.kept_by_lang.items())},
+            "by_domain": {
+                d: {"in": n, "kept": self.kept_by_domain[d], "kept_chars": self.kept_chars_by_domain[d]}
+                for d, n in sorted(self.in_by_domain.items())
+            },
+        }
+        if step_names:
+            report["steps"] = self._per_step(step_names, by_step)
+        return report
+
+    def _per_step(self, step_names: Sequence[str], by_step: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+        remaining = self.num_in
+        rows = []
+        for name in step_names:
+            dropped = sum(by_step.get(name, {}).values())
+            rows.append({"step": name, "in": remaining, "dropped": dropped, "out": remaining - dropped})
+            remaining -= dropped
+        return rows

@@ -1,0 +1,243 @@
+"""The one adapter between jinglian steps and Spark, shared by every ``spark_jobs/<stage>.py``.
+
+* :func:`get_spark` builds the session; the master is the launcher's choice
+  (``spark-submit --master local[2]`` on a laptop, the cluster's master in production).
+* :func:`read_documents_df` reads raw inputs with the same readers as the local runner,
+  one task per file, and marks repeated ids exactly as :func:`etl.io.read_inputs` does.
+* :func:`map_documents` runs a step pipeline inside partitions with ``mapInArrow``; the
+  pipeline is built once per executor process and cached.
+* :func:`write_stage_output` writes ``kept/``, ``rejected/`` and ``stats.json`` atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import pyarrow as pa
+
+from etl.atomic import atomic_dir, write_json
+from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, dumps_meta
+from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
+from etl.stats import StageStats
+from etl.step import Pipeline
+
+logger = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+#: Columns of the all-records DataFrame flowing between adapter steps.
+RECORD_SCHEMA = REJECTED_SCHEMA
+_PIPELINES: dict[str, Pipeline] = {}
+
+
+# ----------------------------------------------------------------------------- session
+
+
+def java_major_version() -> int | None:
+    """The major version of the ``java`` Spark would start (JAVA_HOME first), or None."""
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.path.exists(java):
+        return None
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for token in out.replace('"', " ").split():
+        head = token.split(".")[0]
+        if head.isdigit() and ("." in token or token.isdigit()):
+            major = int(head)
+            return int(token.split(".")[1]) if major == 1 else major
+    return None
+
+
+def check_java() -> None:
+    """Exit with a one-line message when Java is missing or older than 17."""
+    version = java_major_version()
+    if version is None or version < MIN_JAVA:
+        found = "no java found" if version is None else f"found Java {version}"
+        raise SystemExit(f"jinglian: Spark needs Java {MIN_JAVA} or newer ({found}); install it, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME")
+
+
+def get_spark(app_name: str):
+    """Get or create the SparkSession; never sets the master (the launcher does)."""
+    check_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(f"jinglian-{app_name}")
+    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    builder = builder.config("spark.sql.parquet.compression.codec", "zstd")
+    spark = builder.getOrCreate()
+    conf = spark.sparkContext.getConf()
+    if not conf.contains("spark.sql.shuffle.partitions"):  # Spark's 200 is far too many on a laptop
+        spark.conf.set("spark.sql.shuffle.partitions", str(max(2, 2 * spark.sparkContext.defaultParallelism)))
+    spark.sparkContext.setLogLevel(os.environ.get("JINGLIAN_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
+    """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
+    parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="output directory; receives kept/, rejected/ and stats.json, written atomically")
+    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+    parser.add_argument("--on-error", choices=("skip", "raise"), default=None,
+                        help="per-record failures: 'skip' rejects the record with reason error_<Type>; 'raise' stops the job (default: params)")
+    parser.add_argument("--partitions", type=int, default=None, metavar="N",
+                        help="number of Spark partitions for the per-document work (default: Spark's default parallelism)")
+    return parser
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_files_partition(reader_config: ReaderConfig):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for file_index, path, name in zip(*(batch.column(c).to_pylist() for c in ("file_index", "path", "name"))):
+                from etl.io import InputFile
+
+                rows = []
+                for doc in read_file(InputFile(path, name), reader_config):
+                    row = doc.to_row()
+                    row["file_index"] = file_index
+                    row["line"] = int(doc.meta.get("src_line", 0))
+                    rows.append(row)
+                    if len(rows) >= 1024:
+                        yield pa.RecordBatch.from_pylist(rows, schema=_READ_SCHEMA)
+                        rows = []
+                if rows:
+                    yield pa.RecordBatch.from_pylist(rows, schema=_READ_SCHEMA)
+
+    return run
+
+
+_READ_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("file_index", pa.int64()), ("line", pa.int64())])
+
+
+def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig):
+    """All input records as a DataFrame of :data:`RECORD_SCHEMA` plus ``dup_first`` (the
+    ``file:line`` of the first record with the same id, for later copies; else null)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    files = list_input_files(paths)  # a listing, not data: fine on the driver
+    if not files:
+        raise SystemExit(f"no input files found in {list(paths)}")
+    listing = spark.createDataFrame([(i, f.path, f.name) for i, f in enumerate(files)], "file_index long, path string, name string")
+    listing = listing.repartition(min(len(files), max(1, spark.sparkContext.defaultParallelism * 4)), "file_index")
+    records = listing.mapInArrow(_read_files_partition(reader_config), _spark_schema(_READ_SCHEMA))
+    first = Window.partitionBy("id").orderBy("file_index", "line")
+    src = F.get_json_object("meta", "$.src_file")
+    where = F.concat_ws(":", src, F.get_json_object("meta", "$.src_line"))
+    records = records.withColumn("_rank", F.row_number().over(first))
+    records = records.withColumn("dup_first", F.when(F.col("_rank") > 1, F.first(where).over(first)))
+    return records.drop("_rank")
+
+
+def _spark_schema(schema: pa.Schema):
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+def rows_to_documents(batch: pa.RecordBatch) -> Iterator[Document]:
+    """Documents from an adapter batch; a non-null ``dup_first`` marks a duplicate id."""
+    names = set(batch.schema.names)
+    cols = {n: batch.column(n).to_pylist() for n in DOC_COLUMNS + ("dup_first",) if n in names}
+    for i in range(batch.num_rows):
+        doc = Document.from_row({n: v[i] for n, v in cols.items()})
+        first = cols.get("dup_first", [None] * batch.num_rows)[i]
+        if first is not None and not doc.dropped:
+            doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=first)
+        yield doc
+
+
+def documents_to_batch(docs: list[Document]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([d.to_row() for d in docs], schema=RECORD_SCHEMA)
+
+
+def map_documents(df, key: str, factory: Callable[[], Pipeline], batch_rows: int = 512):
+    """Run ``factory()``'s pipeline over ``df`` (any frame with the document columns).
+
+    ``key`` names the pipeline in the per-process cache, so models and dictionaries load
+    once per executor process, not once per partition.
+    """
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        pipeline = _PIPELINES.get(key)
+        if pipeline is None:
+            pipeline = _PIPELINES[key] = factory()
+        docs = (doc for batch in batches for doc in rows_to_documents(batch))
+        out: list[Document] = []
+        for doc in pipeline(docs):
+            out.append(doc)
+            if len(out) >= batch_rows:
+                yield documents_to_batch(out)
+                out = []
+        if out:
+            yield documents_to_batch(out)
+
+    return df.mapInArrow(run, _spark_schema(RECORD_SCHEMA))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _stats_partition(rows: Iterator) -> Iterator[StageStats]:
+    stats = StageStats()
+    for row in rows:
+        stats.add(Document.from_row(row.asDict()))
+    yield stats
+
+
+def compute_stats(df) -> StageStats:
+    """StageStats over an all-records DataFrame: one per partition, merged by ``reduce``."""
+    parts = df.select(*RECORD_SCHEMA.names).rdd.mapPartitions(_stats_partition)
+    return parts.fold(StageStats(), lambda a, b: StageStats().merge(a).merge(b))
+
+
+def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), atomically."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    started = time.time()
+    df = df.select(*RECORD_SCHEMA.names).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with atomic_dir(output) as tmp:
+            kept = df.filter(F.col("drop_reason").isNull()).select(*DOC_COLUMNS)
+            kept.write.mode("overwrite").parquet(str(tmp / "kept"))
+            df.filter(F.col("drop_reason").isNotNull()).write.mode("overwrite").parquet(str(tmp / "rejected"))
+            report = compute_stats(df).to_dict(list(step_names))
+            report["elapsed_s"] = round(time.time() - started, 3)
+            report.update(extra_stats or {})
+            write_json(tmp / "stats.json", report)
+    finally:
+        df.unpersist()
+    return report
+
+
+def print_summary(stage: str, report: dict[str, Any]) -> None:
+    """One human-readable summary line per stage (the full report is stats.json)."""
+    reasons = ", ".join(f"{k}={v}" for k, v in report.get("drop_reasons", {}).items()) or "none"
+    print(f"[{stage}] in={report['num_in']} kept={report['num_kept']} rejected={report['num_rejected']} "
+          f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", flush=True)
+
+
+__all__ = ["get_spark", "check_java", "base_arg_parser", "read_documents_df", "map_documents", "write_stage_output",
+           "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch", "json"]
