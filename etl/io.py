@@ -195,6 +195,12 @@ def sniff_encoding(sample: bytes) -> str:
     except UnicodeDecodeError as exc:
         if exc.start >= len(sample) - 3:  # a multi-byte char cut by the sample's end
             return "utf-8"
+    # Mostly UTF-8 with a few corrupt bytes: stay UTF-8 and reject the bad lines one by one.
+    decoded = sample.decode("utf-8", "replace")
+    bad = decoded.count("\ufffd")
+    valid_multibyte = sum(1 for ch in decoded if ord(ch) > 0x7F) - bad
+    if valid_multibyte > 0 and bad <= 0.05 * (valid_multibyte + bad):
+        return "utf-8"
     from charset_normalizer import from_bytes
 
     best = from_bytes(sample).best()
