@@ -197,6 +197,8 @@ class Ingestor:
         self.windows: dict[int, Window] = {}
         self.totals = StageStats()
         self.stopping = False
+        self.first_record_s: float | None = None  # monotonic times, for throughput measurements
+        self.last_landed_s: float | None = None
 
     def _consumer(self):
         from kafka import KafkaConsumer
@@ -260,6 +262,7 @@ class Ingestor:
                             window = self.windows.setdefault(tp.partition, Window(tp.partition, time.monotonic()))
                 if batch:
                     last_record = time.monotonic()
+                    self.first_record_s = self.first_record_s or last_record
                 self._land_due()
                 if self.config.once and not batch and time.monotonic() - last_record > self.config.idle_exit_s and self.consumer.assignment():
                     break
@@ -291,6 +294,7 @@ class Ingestor:
         self.consumer.commit({tp: OffsetAndMetadata(window.last_offset + 1, "", -1)})
         self.totals.merge(stats)
         self.windows.pop(window.partition, None)
+        self.last_landed_s = time.monotonic()
         print(json.dumps({"event": "landed", "partition": window.partition, "first": window.first_offset,
                           "last": window.last_offset, "kept": stats.num_kept, "rejected": stats.num_rejected}), flush=True)
 
