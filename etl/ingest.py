@@ -197,6 +197,7 @@ class Ingestor:
         self.windows: dict[int, Window] = {}
         self.totals = StageStats()
         self.stopping = False
+        self.pending_assigned: list | None = None
         self.first_record_s: float | None = None  # monotonic times, for throughput measurements
         self.last_landed_s: float | None = None
 
@@ -212,7 +213,9 @@ class Ingestor:
                     ingestor.windows.pop(tp.partition, None)
 
             def on_partitions_assigned(self, assigned):
-                ingestor._on_assigned(assigned)
+                # Runs on kafka-python's IO thread, which must not block: the committed-offset
+                # lookups and clean-up happen in the main loop, before anything is landed.
+                ingestor.pending_assigned = list(assigned)
 
         consumer = KafkaConsumer(bootstrap_servers=self.config.bootstrap_servers, group_id=self.config.group_id,
                                  enable_auto_commit=False, auto_offset_reset="earliest",
@@ -237,6 +240,8 @@ class Ingestor:
         return send
 
     def _on_assigned(self, assigned) -> None:
+        """After a (re)assignment: drop this partition's parts left beyond its committed offset."""
+        self.pending_assigned = None
         parts = sorted(tp.partition for tp in assigned)
         print(json.dumps({"event": "assigned", "pid": os.getpid(), "partitions": parts}), flush=True)
         for tp in assigned:
@@ -253,6 +258,8 @@ class Ingestor:
         try:
             while not self.stopping:
                 batch = self.consumer.poll(timeout_ms=500)
+                if self.pending_assigned is not None:
+                    self._on_assigned(self.pending_assigned)
                 for tp, messages in batch.items():
                     window = self.windows.setdefault(tp.partition, Window(tp.partition, time.monotonic()))
                     for message in messages:
@@ -310,9 +317,13 @@ def default_factory(params: str | None, on_error: str | None = None) -> Callable
 
 
 def _build_clean(params: str | None, on_error: str | None) -> Pipeline:
+    import dataclasses
+
     from etl.clean import build_clean_pipeline, load_clean_config
 
-    clean_config, tokenizer_config = load_clean_config(params, on_error=on_error)
+    clean_config, tokenizer_config, _ = load_clean_config(params)
+    if on_error is not None:
+        clean_config = dataclasses.replace(clean_config, on_error=on_error)
     return build_clean_pipeline(clean_config, tokenizer_config)
 
 
