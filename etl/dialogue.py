@@ -136,22 +136,24 @@ def flatten_dialogue(path: list[dict[str, Any]], config: DialogueConfig) -> tupl
     label_tpl = config.turn_template[: -len("{text}")]
     parts: list[str] = []
     segments: list[list] = []
-    pos, last_side, same_side = 0, None, 0
+    pos, last_side = 0, None
     for i, node in enumerate(path):
         side = _side(node["role"], config)
         if side is None:
             return None, None, "dialogue_unknown_role"
-        if side == last_side:
-            if config.require_alternation:
-                return None, None, "dialogue_not_alternating"
-            same_side += 1
+        if config.require_alternation and side == last_side:
+            return None, None, "dialogue_not_alternating"
         last_side = side
         pos = _append(parts, segments, label_tpl.format(role=node["role"]), "prompt", pos)
         sep = config.turn_separator if i < len(path) - 1 else ""
         pos = _append(parts, segments, node["text"] + sep, side, pos)
-    if same_side:
-        segments.append([0, 0, f"same_side_turns={same_side}"])  # popped by flatten_document
     return "".join(parts), segments, None
+
+
+def count_same_side(path: list[dict[str, Any]], config: DialogueConfig) -> int:
+    """Consecutive turn pairs on the same side (prompt or response)."""
+    sides = [_side(node["role"], config) for node in path]
+    return sum(1 for a, b in zip(sides, sides[1:]) if a == b)
 
 
 def flatten_instruction(meta: dict[str, Any], clean_text: TextFn) -> tuple[str | None, list[list] | None, str | None]:
@@ -180,11 +182,13 @@ def flatten_document(doc: Document, config: DialogueConfig, clean_text: TextFn) 
         nodes, reason = build_tree(doc.meta["turns"], clean_text)
         if reason:
             return reason
-        text, segments, reason = flatten_dialogue(main_path(nodes), config)
+        path = main_path(nodes)
+        text, segments, reason = flatten_dialogue(path, config)
         if reason:
             return reason
-        if segments and segments[-1][1] == 0 and segments[-1][0] == 0:
-            doc.meta["num_same_side_turns"] = int(segments.pop()[2].split("=")[1])
+        num_same_side = count_same_side(path, config)
+        if num_same_side:
+            doc.meta["num_same_side_turns"] = num_same_side
         doc.meta["dialogue"] = nodes
         doc.meta.pop("turns")
         doc.meta["format"] = "dialogue"

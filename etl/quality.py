@@ -105,6 +105,14 @@ class RepetitionConfig:
     dup_ngram_char_frac: dict[int, float] = field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
     """n -> max characters in repeated word n-grams / characters; Gopher."""
 
+    def __post_init__(self) -> None:
+        # params arrive as read-only mappings; plain dicts pickle (worker pools, Spark executors)
+        for name in ("top_ngram_char_frac", "dup_ngram_char_frac"):
+            value = {int(n): float(f) for n, f in dict(getattr(self, name)).items()}
+            if any(n < 1 or not 0.0 <= f <= 1.0 for n, f in value.items()):
+                raise ValueError(f"{name}: n must be >= 1 and fractions within [0, 1], got {value}")
+            object.__setattr__(self, name, value)
+
 
 @dataclass(frozen=True, kw_only=True)
 class C4Config:
@@ -164,6 +172,14 @@ class CjkQualityConfig:
     and abstracts that merely reuse their terms)."""
     dup_ngram_char_frac: dict[int, float] = field(default_factory=lambda: {10: 0.15, 12: 0.14, 14: 0.13, 16: 0.12, 18: 0.11, 20: 0.10})
     """n -> max characters in repeated unit n-grams / characters; Gopher's 5..10-word values with n doubled."""
+
+    def __post_init__(self) -> None:
+        # params arrive as read-only mappings; plain dicts pickle (worker pools, Spark executors)
+        for name in ("top_ngram_char_frac", "dup_ngram_char_frac"):
+            value = {int(n): float(f) for n, f in dict(getattr(self, name)).items()}
+            if any(n < 1 or not 0.0 <= f <= 1.0 for n, f in value.items()):
+                raise ValueError(f"{name}: n must be >= 1 and fractions within [0, 1], got {value}")
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, kw_only=True)
