@@ -31,7 +31,12 @@ class HtmlConfig:
     extractor: str = "resiliparse"
     """``resiliparse`` (default: best recall and about 20x faster here, see benchmarks/clean) or ``trafilatura``."""
     main_content: bool = True
-    """Keep only the main content (drop navigation, headers, footers, sidebars)."""
+    """Keep only the main content by the extractor's heuristics (drops navigation, headers,
+    footers, sidebars on any page; Resiliparse also drops short stand-alone lists).  False:
+    keep all visible text except ``skip_elements`` (keeps every list, relies on markup)."""
+    skip_elements: tuple[str, ...] = ("nav", "header", "footer", "aside", "form", "[role=navigation]", "[role=banner]",
+                                      "[role=contentinfo]", ".navheader", ".navfooter", ".breadcrumb", ".sidebar", ".menu", "#footer", "#header")
+    """CSS selectors of boilerplate removed when ``main_content`` is false (resiliparse only)."""
     sniff: bool = True
     """Also treat records whose text starts like an HTML document (``<!DOCTYPE html``, ``<html``)
     as HTML even without ``meta.format = "html"``."""
@@ -52,11 +57,12 @@ def is_html(doc: Document, sniff: bool = True) -> bool:
     return sniff and bool(_LOOKS_LIKE_HTML.match(doc.text[:512]))
 
 
-def extract_resiliparse(html: str, main_content: bool = True) -> str:
+def extract_resiliparse(html: str, main_content: bool = True, skip_elements: tuple[str, ...] = ()) -> str:
     """Main text by Resiliparse, one block element per line."""
     from resiliparse.extract.html2text import extract_plain_text
 
-    return extract_plain_text(html, main_content=main_content, preserve_formatting=True, list_bullets=True, alt_texts=False)
+    return extract_plain_text(html, main_content=main_content, preserve_formatting=True, list_bullets=True, alt_texts=False,
+                              skip_elements=None if main_content else list(skip_elements))
 
 
 def extract_trafilatura(html: str, main_content: bool = True) -> str:
@@ -72,7 +78,7 @@ def html_to_text(html: str, config: HtmlConfig = HtmlConfig()) -> str:
     """Extract the text of ``html`` with the configured extractor ("" when nothing is left)."""
     if config.extractor == "trafilatura":
         return extract_trafilatura(html, config.main_content).strip()
-    return extract_resiliparse(html, config.main_content).strip()
+    return extract_resiliparse(html, config.main_content, config.skip_elements).strip()
 
 
 def strip_html(doc: Document, config: HtmlConfig = HtmlConfig()) -> str | None:

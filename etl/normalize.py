@@ -55,7 +55,8 @@ class NormalizeConfig:
     joined with the next when it is at least ``unwrap_min_chars`` long, does not end in
     terminal or closing punctuation, and the next line does not start a list item."""
     unwrap_min_chars: int = 40
-    """Characters; shorter lines are headings or verse and stay on their own (Gutenberg wraps at 70-75)."""
+    """Display columns (a Han character counts two); shorter lines are headings or verse and
+    stay on their own (Gutenberg wraps at 70-75 columns)."""
     t2s: bool = False
     """Convert Traditional to Simplified Chinese with OpenCC (``t2s``); off by default
     because it rewrites the source text."""
@@ -91,8 +92,13 @@ def normalize_whitespace(text: str) -> str:
     return _MANY_NEWLINES.sub("\n\n", text).strip()
 
 
+def display_width(text: str) -> int:
+    """Columns on a terminal: Han and other wide characters count two (hard wraps are by width)."""
+    return len(text) + sum(1 for ch in text if ch >= "\u1100" and unicodedata.east_asian_width(ch) in "WF")
+
+
 def _joins(line: str, nxt: str, min_chars: int) -> bool:
-    return len(line) >= min_chars and not line.endswith(_TERMINAL) and not _BULLET.match(nxt)
+    return display_width(line) >= min_chars and not line.endswith(_TERMINAL) and not _BULLET.match(nxt)
 
 
 def _join(line: str, nxt: str) -> str:
