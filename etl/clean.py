@@ -33,7 +33,7 @@ from etl.document import Document
 from etl.html import HtmlConfig, strip_html
 from etl.io import ReaderConfig, read_inputs
 from etl.langid import LangIdConfig, identify_language
-from etl.normalize import NormalizeConfig, normalize_text
+from etl.normalize import NormalizeConfig, normalize_text, unwrap_lines
 from etl.pii import PiiConfig, mask_pii
 from etl.quality import QualityConfig, check_quality
 from etl.repetition import RepetitionRemovalConfig, remove_repetition
@@ -151,6 +151,10 @@ def dedup_lines_step(config: CleanConfig) -> FunctionStep:
         if not config.dedup_lines.enabled or "segments" in doc.meta:
             return None
         doc.text, counts = remove_repetition(doc.text, config.dedup_lines)
+        if any(counts.values()) and config.normalize.unwrap_lines:
+            # removing a line can make two wrapped lines adjacent; re-unwrap so that cleaning
+            # clean output changes nothing (idempotence)
+            doc.text = unwrap_lines(doc.text, config.normalize.unwrap_min_chars)
         for key, num in counts.items():
             if num:
                 doc.meta[key] = doc.meta.get(key, 0) + num

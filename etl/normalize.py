@@ -33,7 +33,7 @@ _INVISIBLE = re.compile(
     "\u2060-\u206f\u3164\ufeff\ufff0-\ufffb\uffa0\ue000-\uf8ff\U000f0000-\U0010ffff\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]"
 )
 _SPACES = re.compile(r"[^\S\n]+")  # any run of whitespace other than newline
-_TRAILING = re.compile(r" +\n|\n +")
+_TRAILING = re.compile(r" *\n *")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _TERMINAL = tuple(".!?:;。！？：；…\"'”’」』)）]】>")
 _BULLET = re.compile(r"^(?:[-*•·‣◦▪●○■□◆>#|+]|\d{1,3}[.)、]|[a-zA-Z][.)]\s|[（(]\d{1,3}[)）]|[一二三四五六七八九十]+、)")

@@ -28,7 +28,9 @@ DEFAULT_BOILERPLATE = (
     r"^(?:版权所有|本文(?:来源|转载)|阅读全文|点击(?:查看|这里|进入)|返回(?:顶部|首页)|上一篇|下一篇|分享到)",
     r"^(?:免责声明|责任编辑)[:：]",
 )
-_SENTENCE = re.compile(r"[^.!?。！？\n]*(?:[.!?]+(?=\s|$)|[。！？]+|$)")
+#: A sentence: the shortest run up to terminal punctuation (ASCII only before a space, so
+#: "12.1." and "3.14" do not split) or the end of the line; pieces always re-join to the line.
+_SENTENCE = re.compile(r".+?(?:[.!?]+(?=\s|$)|[。！？]+[”’」』）)]*|$)")
 
 
 @dataclass(frozen=True, kw_only=True)
