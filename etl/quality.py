@@ -45,9 +45,9 @@ _HAN_CHAR = re.compile(f"[{HAN}]")
 _CJK_UNITS = re.compile(f"[{HAN}]|[^\\s{HAN}{CJK_PUNCT}]+")
 _LATIN_LETTER = re.compile("[A-Za-z\u00c0-\u024f]")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
-_SENTENCE_END = re.compile(f"[.!?]+[\"'”’」』)）]*(?=\\s|$|[{HAN}])|[。！？]+[\"'”’」』)）]*")
+_SENTENCE_END = re.compile(f"[.!?]+[\"'”’」』)）]*(?=\\s|$|[{HAN}])|[。！？．]+[\"'”’」』)）]*")
 _PUNCT_CHARS = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" "，。！？：；、（）【】《》“”‘’「」『』…—·～")
-C4_END = (".", "?", "!", '"', "'", "。", "！", "？", "”", "’", "」", "』")
+C4_END = (".", "?", "!", '"', "'", "。", "！", "？", "．", "”", "’", "」", "』")  # ． : full-width stop of Chinese science texts
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 #: Chinese counterparts of Gopher's stop words (the most frequent function words).
@@ -132,7 +132,11 @@ class C4Config:
     max_word_chars: int = 1000
     """Lines holding a longer token do not qualify (C4 reference code)."""
     terminal_punct: bool = True
-    """Only lines ending in terminal punctuation qualify (C4; Chinese 。！？ count)."""
+    """With ``remove_lines``, only lines ending in terminal punctuation are kept (C4; Chinese
+    。！？ count).  Sentences are counted on every line that passes the other line rules, so
+    a one-line record whose last fragment is an attribution ("NIH: ...") still counts the
+    complete sentences before it; C4 counted only lines that end a sentence, which suits
+    line-structured web pages but drops single-paragraph records."""
     lorem_ipsum: bool = True
     """Drop documents containing "lorem ipsum" (C4)."""
     javascript: bool = True
@@ -343,18 +347,26 @@ def c4_rules(text: str, config: C4Config, cjk: bool = False) -> tuple[str | None
         line = raw.strip()
         if config.remove_citations:
             line = _CITATION.sub("", line)
-        if _c4_line_ok(line, config, cjk):
+        if not _c4_line_ok(line, config, cjk, terminal_punct=False):
+            continue
+        # Complete sentences count even on a line whose last fragment lacks a full stop (a
+        # one-line answer ending in an attribution); a menu or title line still has none.
+        num_sentences += len(_SENTENCE_END.findall(line))
+        if not config.terminal_punct or _ends_sentence(line):
             kept.append(line)
-            num_sentences += max(1, len(_SENTENCE_END.findall(line)))
     if num_sentences < config.min_sentences:
         return "c4_too_few_sentences", text
     return None, "\n".join(kept) if config.remove_lines else text
 
 
-def _c4_line_ok(line: str, config: C4Config, cjk: bool) -> bool:
+def _ends_sentence(line: str) -> bool:
+    return line.endswith(C4_END) and not line.endswith("...")
+
+
+def _c4_line_ok(line: str, config: C4Config, cjk: bool, terminal_punct: bool = True) -> bool:
     if not line:
         return False
-    if config.terminal_punct and (not line.endswith(C4_END) or line.endswith("...")):
+    if terminal_punct and config.terminal_punct and not _ends_sentence(line):
         return False
     words = line.split()
     if any(len(w) > config.max_word_chars for w in words):

@@ -55,7 +55,8 @@ def test_languages_and_html(cleaned):
 def test_exact_drop_reasons_on_real_slices(cleaned):
     _, out = cleaned
     reasons = {d.id: d.drop_reason for d in out if d.dropped}
-    assert reasons["cmrc2018-dev-DEV_0"] == "c4_too_few_sentences"  # paragraph cut off without final punctuation
+    assert reasons["kdconv-kb-travel-10225ea7b7"] == "c4_too_few_sentences"  # scraped blurb, sentence stops stripped
+    assert "cmrc2018-dev-DEV_0" not in reasons  # complete sentences before a cut-off last fragment still count
     assert reasons["medquad-9-0000414-1"] == "gopher_too_few_words"
     assert reasons["kdconv-kb-travel-a69890ac3c"] == "dup_12_gram_frac"
     assert "cmrc2018-dev-DEV_1" not in reasons and "csl-dev-0000" not in reasons

@@ -61,3 +61,16 @@ def test_ngram_helpers_match_gopher_definitions():
     assert top_ngram_chars(words, 2) == 3 * 3  # "a b" (3 chars) three times
     assert dup_ngram_chars(words, 3) == 6  # "abc" repeated twice after the first, greedy skip
     assert dup_ngram_chars("a b c d e".split(), 2) == 0
+
+
+def test_c4_counts_complete_sentences_on_lines_that_end_in_an_attribution():
+    from etl.quality import C4Config, c4_rules
+
+    answer = ("The A1C goal for many people with diabetes is below 7. It may be different for you. "
+              "Ask what your goal should be. NIH: National Institute of Diabetes and Digestive and Kidney Diseases")
+    assert c4_rules(answer, C4Config())[0] is None
+    assert c4_rules(answer, C4Config(min_sentences=4))[0] == "c4_too_few_sentences"
+    assert c4_rules("Home | About us | Contact | Careers", C4Config())[0] == "c4_too_few_sentences"
+    assert c4_rules("结果显示水柱毛初级生产力与温度呈显著正相关．", C4Config(), cjk=True)[0] is None
+    kept = c4_rules(answer + "\nA second line that ends properly.", C4Config(remove_lines=True))[1]
+    assert kept == "A second line that ends properly."  # line removal still needs a final stop
