@@ -199,3 +199,20 @@ def test_jieba_user_dictionary_is_honoured(tmp_path):
     user = tmp_path / "user.dict"
     user.write_text("精炼语料工具包 100 n\n", encoding="utf-8")
     assert tokenize(text, TokenizerConfig(user_dicts=(str(user),)))[0] == "精炼语料工具包"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _WithMap:
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def test_config_mappings_are_read_only_and_picklable():
+    import pickle
+
+    cfg = build_config(_WithMap, {"weights": {"general": 7, "domain": 2}}, "mix")
+    assert cfg.weights == {"general": 7.0, "domain": 2.0}
+    with pytest.raises(TypeError, match="read-only"):
+        cfg.weights["expert"] = 1.0
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and hash(cfg) == hash(pickle.loads(pickle.dumps(cfg)))
+    with pytest.raises(ValueError, match=r"mix.weights.general: expected a number"):
+        build_config(_WithMap, {"weights": {"general": "seven"}}, "mix")
