@@ -1,0 +1,130 @@
+"""WebDataset tar shards: write atomically with integer mtimes, read back by sample.
+
+Members are ``<key>.npy`` (token ids, uint16 or uint32), ``<key>.json`` (identity) and, for
+fine-tuning samples, ``<key>.mask.npy`` (uint8 target mask). Every member gets an integer mtime,
+uid/gid 0 and empty owner names: webdataset's ``TarWriter`` stores ``time.time()`` as a float
+mtime, which makes tarfile add a PAX header to every member (about a third of the bytes of a
+shard of small samples). A shard is written to ``<name>.tmp-<rand>`` and renamed when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from etl.atomic import TMP_MARK
+
+#: Fixed mtime of every member (2024-01-01T00:00:00Z): shards are byte-identical across runs.
+MEMBER_MTIME = 1704067200
+
+
+class ShardError(RuntimeError):
+    """A shard is missing, truncated, corrupt or disagrees with the manifest (names the shard)."""
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, handle):
+        self.handle, self.sha, self.num_bytes = handle, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.num_bytes += len(data)
+        return self.handle.write(data)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array in .npy format (what webdataset's ``.npy`` decoder reads)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Write one tar shard; ``close()`` renames it into place and returns (bytes, sha256)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+        self._file = open(self.tmp, "wb")
+        self._hasher = _HashingWriter(self._file)
+        self._tar = tarfile.open(fileobj=self._hasher, mode="w|", format=tarfile.GNU_FORMAT)
+
+    def add(self, key: str, member: str, payload: bytes) -> None:
+        """Add ``<key>.<member>`` with ``payload``."""
+        info = tarfile.TarInfo(f"{key}.{member}")
+        info.size, info.mtime, info.mode = len(payload), MEMBER_MTIME, 0o444
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(payload))
+
+    def add_sample(self, key: str, tokens: np.ndarray, meta: dict[str, Any], mask: np.ndarray | None = None) -> None:
+        """One sample: tokens (already in the set's dtype), identity json, optional target mask."""
+        self.add(key, "npy", npy_bytes(tokens))
+        self.add(key, "json", json.dumps(meta, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode())
+        if mask is not None:
+            self.add(key, "mask.npy", npy_bytes(mask.astype(np.uint8)))
+
+    def close(self) -> tuple[int, str]:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        return self._hasher.num_bytes, self._hasher.sha.hexdigest()
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {member suffix: bytes}) per sample in file order; errors name the shard."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard {path} is missing")
+    key, members = None, {}
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                base = info.name.rsplit("/", 1)[-1]
+                this_key, _, suffix = base.partition(".")
+                handle = tar.extractfile(info)
+                data = handle.read() if handle else b""
+                if this_key != key and key is not None:
+                    yield key, members
+                    members = {}
+                key = this_key
+                members[suffix] = data
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ShardError(f"shard {path} is corrupt or truncated: {exc}") from exc
+    if key is not None:
+        yield key, members
+
+
+def load_npy(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ShardError(f"{where}: bad .npy member: {exc}") from exc
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            sha.update(chunk)
+    return sha.hexdigest()
