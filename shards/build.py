@@ -214,7 +214,7 @@ def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_se
         if batch:
             _collect(encode(batch), samples, rejected)
     for group in samples:
-        samples[group].sort(key=lambda s: order_key(cfg.seed, s.id))
+        samples[group].sort(key=lambda s: (order_key(cfg.seed, s.id), s.id))
     plan = plan_for(cfg, {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in samples.items()})
     tmp = prepare_output(output)
     entries = []
