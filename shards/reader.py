@@ -35,8 +35,9 @@ How the stream is made
   ``min`` over all lanes of ``rows // B``; so no rank runs out first. Computed from the manifest
   alone, identically on every rank.
 * **Shuffle.** Inside a shard, samples are permuted in consecutive windows of
-  ``shuffle_buffer`` samples, seeded by (seed, epoch, shard). Shards follow the mix plan, so
-  every window of the stream keeps the planned ratio.
+  ``shuffle_buffer`` samples, seeded by (seed, epoch, shard); a document only trades places with
+  documents of its own group, so the plan's group sequence -- and the ratio at every point --
+  is unchanged by shuffling (pre-packed rows, which mix groups, are permuted freely).
 * **Packing.** Unpacked shards are packed on the fly per shard (``shards.samples.pack_samples``:
   rows of S+1 tokens overlapping by one, the last row of a shard padded); packed shards must
   have been packed for the same ``seq_len``.
@@ -262,11 +263,13 @@ class ShardReader:
     def _shard_rows(self, epoch: int, shard_id: int, skip: int) -> Iterator[Row]:
         shard = self._shards[shard_id]
         items = self._load_shard(shard)
-        perm = _window_permutation(len(items), self.shuffle_buffer, _rng(self.seed, epoch, shard_id, 0xB1))
+        rng = _rng(self.seed, epoch, shard_id, 0xB1)
         if self._packed:
+            perm = _window_permutation(len(items), self.shuffle_buffer, rng)
             for i in perm[skip:]:
                 yield items[i]
             return
+        perm = _stratified_permutation(np.array([it[2] for it in items]), self.shuffle_buffer, rng)
         stream = (items[i] for i in perm)
         pad = int(self.manifest["tokenizer"]["pad_id"])
         for k, r in enumerate(pack_samples(stream, self.seq_len, pad)):
@@ -306,6 +309,18 @@ def _window_permutation(n: int, window: int, rng: np.random.Generator) -> np.nda
     out = np.arange(n)
     for lo in range(0, n, window):
         out[lo:lo + window] = lo + rng.permutation(min(window, n - lo))
+    return out
+
+
+def _stratified_permutation(groups: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle within windows of ``window`` items, each group only among its own slots, so the
+    group sequence (the mix plan) is unchanged and the ratio holds at every point."""
+    out = np.arange(len(groups))
+    for lo in range(0, len(groups), window):
+        block = out[lo:lo + window]
+        for g in np.unique(groups[lo:lo + window]):
+            where = np.flatnonzero(groups[lo:lo + window] == g)
+            block[where] = block[where][rng.permutation(len(where))]
     return out
 
 
