@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         out.mkdir()
         manifest, wds_dir, write = bench_write(samples, cfg, info, out)
         reader, batches, read = bench_read(out, wds_dir, manifest, args.seq_len, args.micro_batch_size)
-        result = {"command": "python -m benchmarks.shards " + " ".join(argv or []), "encode_s": encode_s,
+        result = {"command": "python -m benchmarks.shards " + " ".join(argv if argv is not None else __import__("sys").argv[1:]), "encode_s": encode_s,
                   "num_shards": len(manifest["shards"]), "write": write, "read": read,
                   "resume": bench_resume(out, len(batches), args.seq_len, args.micro_batch_size),
                   "mix": window_deviation(batches, manifest["shares"], reader.domains) | {"plan_repeats": manifest["repeats"]},
