@@ -26,8 +26,8 @@ import numpy as np
 from etl.document import Document
 from shards.config import ShardsConfig
 from shards.mix import MixPlan, assign_group, plan_mix
-from shards.samples import Sample, encode_texts, order_key, pack_samples, sample_inputs
-from shards.tario import ShardWriter
+from shards.samples import Sample, encode_texts, order_key, pack_samples, sample_inputs, split_sample
+from shards.tario import ShardWriter, file_sha256, index_path_of
 from shards.tokenizer import load_tokenizer, token_dtype, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def group_of(doc: Document, forced_group: str | None, cfg: ShardsConfig) -> str 
 
 
 def make_encoder(cfg: ShardsConfig, tokenizer_path: str) -> Callable[[list[tuple[Document, str | None]]], list[Sample | Document]]:
-    """A batch encoder: (document, forced group) pairs -> samples, or the document dropped."""
+    """A batch encoder: (document, forced group) pairs -> samples (a document longer than
+    ``max_doc_tokens`` gives several, its chunks), or the document dropped; in input order."""
     tok = load_tokenizer(tokenizer_path)
     eos = tok.eos_token_id if cfg.append_eos else None
     weights = set(cfg.weights)
@@ -106,8 +107,8 @@ def make_encoder(cfg: ShardsConfig, tokenizer_path: str) -> Callable[[list[tuple
             if len(ids) - (1 if eos is not None else 0) < cfg.min_tokens:
                 results[i] = doc.drop("too_few_tokens", STEP, num_tokens=int(len(ids)))
             else:
-                results[i] = Sample(doc.id, doc.domain, group, doc.source, doc.lang, ids, target)
-        return results  # type: ignore[return-value]
+                results[i] = split_sample(Sample(doc.id, doc.domain, group, doc.source, doc.lang, ids, target), cfg.max_doc_tokens)
+        return [r for item in results for r in (item if isinstance(item, list) else [item])]
 
     return encode
 
@@ -119,24 +120,68 @@ def plan_for(cfg: ShardsConfig, units: dict[str, np.ndarray]) -> MixPlan:
     return plan_mix(dict(cfg.weights), units, cfg.on_exhausted)
 
 
-def partition_bounds(num_slots: int, num_partitions: int) -> list[tuple[int, int]]:
-    """Contiguous slot ranges, one per partition, in whole shards where possible."""
-    num_partitions = max(1, min(num_partitions, num_slots))
-    cuts = [num_slots * p // num_partitions for p in range(num_partitions + 1)]
-    return [(cuts[p], cuts[p + 1]) for p in range(num_partitions)]
+def slot_tokens(plan: MixPlan, token_sizes: dict[str, np.ndarray]) -> np.ndarray:
+    """Tokens of every plan slot (``token_sizes[g]``: per-item tokens of group g in plan order)."""
+    out = np.zeros(len(plan), dtype=np.int64)
+    for g, name in enumerate(plan.names):
+        where = plan.group == g
+        sizes = np.asarray(token_sizes[name], dtype=np.int64)
+        out[where] = sizes[plan.item[where] % len(sizes)]
+    return out
+
+
+def shard_cuts(tokens_per_slot: np.ndarray, cfg: ShardsConfig) -> list[int]:
+    """Slot boundaries of the shards ``[0, b1, ..., num_slots]``.
+
+    ``samples_per_shard`` N > 0: every N slots. Otherwise ``max(min_shards, ceil(tokens /
+    shard_tokens))`` shards (at most one per slot), cut where the running token count is nearest
+    to equal shares, so shards differ by at most about one plan unit (``max_doc_tokens``).
+    """
+    num_slots = len(tokens_per_slot)
+    if num_slots == 0:
+        return [0]
+    if cfg.samples_per_shard:
+        return list(range(0, num_slots, cfg.samples_per_shard)) + [num_slots]
+    csum = np.cumsum(tokens_per_slot)
+    total = int(csum[-1])
+    num_shards = min(num_slots, max(cfg.min_shards, -(-total // cfg.shard_tokens)))
+    targets = total * np.arange(1, num_shards) / num_shards
+    after = np.searchsorted(csum, targets, side="left")           # first slot reaching the target
+    before_tokens = np.where(after > 0, csum[np.maximum(after - 1, 0)], 0)
+    nearer_before = (targets - before_tokens) < (csum[after] - targets)
+    cuts = np.where(nearer_before, after, after + 1)
+    inner = sorted({int(c) for c in cuts if 0 < c < num_slots})
+    return [0] + inner + [num_slots]
+
+
+def partition_cuts(cuts: Sequence[int], num_partitions: int) -> list[list[int]]:
+    """The shard boundaries of each partition: contiguous runs of whole shards, as even as the
+    shard count allows (fewer partitions than asked when there are fewer shards)."""
+    num_shards = len(cuts) - 1
+    num_partitions = max(1, min(num_partitions, num_shards))
+    edges = [num_shards * p // num_partitions for p in range(num_partitions + 1)]
+    return [list(cuts[edges[p]:edges[p + 1] + 1]) for p in range(num_partitions)]
+
+
+def layout_shards(plan: MixPlan, token_sizes: dict[str, np.ndarray], cfg: ShardsConfig, num_partitions: int) -> list[list[int]]:
+    """Per partition, the slot boundaries of its shards (see :func:`shard_cuts`)."""
+    return partition_cuts(shard_cuts(slot_tokens(plan, token_sizes), cfg), num_partitions)
 
 
 def write_partition(partition: int, slots: Iterable[tuple[int, int, Sample]], out_dir: str, cfg: ShardsConfig,
-                    info: TokenizerInfo, group_names: Sequence[str]) -> list[dict[str, Any]]:
+                    info: TokenizerInfo, group_names: Sequence[str], cuts: Sequence[int]) -> list[dict[str, Any]]:
     """Write one partition's samples (``(slot, pass, sample)`` in slot order) as shards
-    ``shard-<partition>-<n>.tar``; returns each shard's manifest entry."""
+    ``shard-<partition>-<n>.tar``, a new shard at each slot boundary in ``cuts`` (this
+    partition's from :func:`layout_shards`); returns each shard's manifest entry."""
     entries: list[dict[str, Any]] = []
     chunk: list[tuple[int, int, Sample]] = []
+    next_cut = 1
     for item in slots:
-        chunk.append(item)
-        if len(chunk) == cfg.samples_per_shard:
+        if chunk and item[0] >= cuts[next_cut]:
             entries.append(_write_shard(out_dir, partition, len(entries), chunk, cfg, info, group_names))
             chunk = []
+            next_cut += 1
+        chunk.append(item)
     if chunk:
         entries.append(_write_shard(out_dir, partition, len(entries), chunk, cfg, info, group_names))
     return entries
@@ -161,19 +206,22 @@ def _write_shard(out_dir: str, partition: int, index: int, chunk: list[tuple[int
         if cfg.pack_seq_len:
             num_samples = _write_packed(writer, chunk, cfg, info, group_names)
         else:
+            group_index = {g: i for i, g in enumerate(group_names)}
             for slot, repeat, sample in chunk:
                 meta = {"id": sample.id, "domain": sample.domain, "group": sample.group, "source": sample.source,
                         "lang": sample.lang, "slot": slot, "pass": repeat}
-                writer.add_sample(f"{slot:012d}", sample.tokens.astype(info.dtype), meta, sample.target)
+                writer.add_sample(f"{slot:012d}", sample.tokens.astype(info.dtype), meta, sample.target, group_index[sample.group])
             num_samples = len(chunk)
         num_bytes, sha = writer.close()
     except BaseException:
         writer.abort()
         raise
+    index_path = index_path_of(Path(out_dir) / name)
     return {"name": name, "partition": partition, "first_slot": chunk[0][0], "num_slots": len(chunk),
             "num_samples": num_samples, "num_docs": len(chunk), "num_tokens": sum(tokens_by_group.values()),
             "tokens_by_group": tokens_by_group, "docs_by_group": docs_by_group, "max_doc_tokens": max_doc_tokens,
-            "bytes": num_bytes, "sha256": sha}
+            "bytes": num_bytes, "sha256": sha, "index": index_path.name, "index_bytes": index_path.stat().st_size,
+            "index_sha256": file_sha256(index_path)}
 
 
 def _write_packed(writer: ShardWriter, chunk, cfg: ShardsConfig, info: TokenizerInfo, group_names: Sequence[str]) -> int:
@@ -215,11 +263,13 @@ def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_se
             _collect(encode(batch), samples, rejected)
     for group in samples:
         samples[group].sort(key=lambda s: (order_key(cfg.seed, s.id), s.id))
-    plan = plan_for(cfg, {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in samples.items()})
+    token_sizes = {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in samples.items()}
+    plan = plan_for(cfg, token_sizes)
     tmp = prepare_output(output)
     entries = []
-    for part, (lo, hi) in enumerate(partition_bounds(len(plan), num_partitions)):
-        entries += write_partition(part, _slot_stream(plan, samples, lo, hi), str(tmp), cfg, info, plan.names)
+    for part, cuts in enumerate(layout_shards(plan, token_sizes, cfg, num_partitions)):
+        stream = _slot_stream(plan, samples, cuts[0], cuts[-1])
+        entries += write_partition(part, stream, str(tmp), cfg, info, plan.names, cuts)
     return finish_output(tmp, output, entries, plan, cfg, params_section, info, rejected)
 
 

@@ -40,14 +40,31 @@ class ShardsConfig:
     pack_seq_len: int = 0
     """0: one sample per document; N > 0: pack documents into rows of N+1 tokens at write time
     (the reader packs on the fly otherwise)."""
-    samples_per_shard: int = 2000
-    """Plan slots (documents) per shard; ~2000 docs x 1k tokens x 2 bytes = 4 MB shards."""
+    max_doc_tokens: int = 2048
+    """Longest plan unit, in tokens (EOS included): longer documents are split at build time into
+    near-equal chunks of at most this many tokens (ids ``<id>#c0``, ``<id>#c1``, ...), each a plan
+    unit of its own, so the ratio holds within one chunk at every point of the stream. Set it to
+    the trainer's ``seq_len`` (2048 = the train stage's default); 0 = never split."""
+    shard_tokens: int = 50_000_000
+    """Target tokens per shard: 50 M tokens = 100 MB of uint16 ids + ~1.5 KB tar overhead per
+    document, i.e. 100-200 MB shards (WebDataset's advice: 100 MB-1 GB). Shards are cut at equal
+    token counts (within one document), so every shard costs the same to read."""
+    min_shards: int = 64
+    """At least this many shards (small sets are cut finer; a reader needs dp_size x num_workers
+    shards): 64 feeds e.g. 16 ranks x 4 loader workers. Never more shards than documents."""
+    samples_per_shard: int = 0
+    """0: size shards by ``shard_tokens``/``min_shards``; N > 0: exactly N plan slots per shard
+    (the last one shorter) instead -- for tests and for reproducing old sets."""
     min_tokens: int = 1
     """Documents with fewer tokens (before EOS) are rejected as ``too_few_tokens``."""
 
     def __post_init__(self) -> None:
-        if self.samples_per_shard < 1:
-            raise ValueError(f"shards.samples_per_shard: must be >= 1, got {self.samples_per_shard}")
+        if self.samples_per_shard < 0:
+            raise ValueError(f"shards.samples_per_shard: must be >= 0, got {self.samples_per_shard}")
+        if self.shard_tokens < 1 or self.min_shards < 1:
+            raise ValueError(f"shards.shard_tokens and shards.min_shards: must be >= 1, got {self.shard_tokens}, {self.min_shards}")
+        if self.max_doc_tokens < 0 or (self.append_eos and self.max_doc_tokens == 1):
+            raise ValueError(f"shards.max_doc_tokens: must be 0 (no split) or >= 2, got {self.max_doc_tokens}")
         if self.pack_seq_len < 0:
             raise ValueError(f"shards.pack_seq_len: must be >= 0, got {self.pack_seq_len}")
         if not self.weights or any(v < 0 for v in self.weights.values()) or sum(self.weights.values()) <= 0:

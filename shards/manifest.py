@@ -4,7 +4,9 @@ Manifest fields (``format: jinglian-shards/1``):
 
 * ``shards``: in stream order, per shard ``name``, ``partition``, ``first_slot``, ``num_slots``,
   ``num_samples`` (tar samples: documents, or packed rows), ``num_docs``, ``num_tokens``,
-  ``tokens_by_group``, ``docs_by_group``, ``max_doc_tokens``, ``bytes``, ``sha256``.
+  ``tokens_by_group``, ``docs_by_group``, ``max_doc_tokens`` (its largest sample), ``bytes``,
+  ``sha256``, and its sidecar index ``index`` (``<name>.idx``), ``index_bytes``, ``index_sha256``
+  (sets written before the index existed lack these; the reader then decodes whole shards).
 * the set: ``groups`` (mix group names, the reader's ``domains``), ``weights`` (as given) and
   ``shares`` (normalised), ``unit`` (tokens | documents), ``on_exhausted``, ``repeats`` per group,
   ``num_slots``, ``tokens_by_group``, ``docs_by_group``, ``max_item_units`` (the plan's largest
@@ -36,7 +38,7 @@ def prepare_output(output: str | os.PathLike) -> Path:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
-    for stale in list(out.glob("shard-*.tar")) + list(out.glob(f"*{TMP_MARK}*")):
+    for stale in list(out.glob("shard-*.tar")) + list(out.glob("shard-*.tar.idx")) + list(out.glob(f"*{TMP_MARK}*")):
         stale.unlink(missing_ok=True)
     return out
 
@@ -134,6 +136,8 @@ def verify(directory: str | os.PathLike, *, deep: bool = False) -> list[str]:
             problems.append(f"{shard['name']}: {size} bytes, manifest says {shard['bytes']}")
         elif file_sha256(path) != shard["sha256"]:
             problems.append(f"{shard['name']}: sha256 differs from the manifest (corrupt)")
+        elif "index" in shard and (not (root / shard["index"]).is_file() or file_sha256(root / shard["index"]) != shard["index_sha256"]):
+            problems.append(f"{shard['index']}: index missing or its sha256 differs from the manifest")
         elif deep:
             problems += _deep_check(path, shard, manifest)
     problems += check_ratios(manifest)

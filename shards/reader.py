@@ -70,7 +70,7 @@ import numpy as np
 
 from shards.manifest import load_manifest
 from shards.samples import Row, num_packed_rows, pack_samples, row_to_arrays
-from shards.tario import ShardError, load_npy
+from shards.tario import ShardError, file_sha256, load_npy, parse_members, read_index
 
 logger = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -145,7 +145,7 @@ class ShardReader:
         needed = self.dp_size * self.num_lanes
         if len(self._shards) < needed:
             raise ValueError(f"{self.root}: {len(self._shards)} shards cannot feed dp_size={self.dp_size} x "
-                             f"num_workers={self.num_lanes} lanes; write smaller shards (shards.samples_per_shard)")
+                             f"num_workers={self.num_lanes} lanes; write more shards (shards.min_shards / shards.shard_tokens)")
         batches = None
         mine = None
         for rank, shard_ids in enumerate(per_rank):
@@ -261,8 +261,60 @@ class ShardReader:
             skip = 0
 
     def _shard_rows(self, epoch: int, shard_id: int, skip: int) -> Iterator[Row]:
+        """Rows ``skip..`` of one shard in ``epoch`` (shuffled, packed unless pre-packed)."""
         shard = self._shards[shard_id]
-        items = self._load_shard(shard)
+        if "index" not in shard:  # a set written before shard indexes: decode the shard from its start
+            yield from self._rows_from_items(self._load_shard(shard), epoch, shard_id, skip)
+            return
+        index = read_index(self.root / shard["name"], shard["num_samples"], shard["bytes"])
+        rng = _rng(self.seed, epoch, shard_id, 0xB1)
+        if self._packed:
+            perm = _window_permutation(len(index), self.shuffle_buffer, rng)
+            yield from self._indexed_items(shard, index, perm, skip)
+            return
+        perm = _stratified_permutation(index[:, 3], self.shuffle_buffer, rng)
+        # row k of the shard's stream is tokens [k*S, k*S + S]: start packing at the sample that
+        # holds token k*S, cut at that offset, and the rows are those of a pack from the start
+        ends = np.cumsum(index[perm, 2])
+        first_token = skip * self.seq_len
+        if len(ends) == 0 or first_token >= int(ends[-1]) - 1:  # the shard has no row `skip`
+            return
+        first = int(np.searchsorted(ends, first_token, side="right"))
+        offset = first_token - (int(ends[first]) - int(index[perm[first], 2]))
+        stream = self._indexed_items(shard, index, perm, first, offset)
+        yield from pack_samples(stream, self.seq_len, int(self.manifest["tokenizer"]["pad_id"]))
+
+    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, perm: np.ndarray, first: int,
+                       offset: int = 0) -> Iterator:
+        """Items at permuted positions ``first..`` (the first cut at token ``offset``), read one
+        shuffle window at a time: a window is a contiguous byte range, found in the index."""
+        window = self.shuffle_buffer
+        with self._open_shard(shard) as handle:
+            for lo in range(first - first % window, len(perm), window):
+                hi = min(lo + window, len(perm))
+                handle.seek(int(index[lo, 0]))
+                data = handle.read(int(index[hi - 1, 1] - index[lo, 0]))
+                items = _parse_items(data, f"shard {shard['name']} in {self.root} (samples {lo}..{hi - 1})",
+                                     self._group_index, self._packed)
+                if len(items) != hi - lo or any(_item_tokens(it) != index[lo + i, 2] for i, it in enumerate(items)):
+                    raise ShardError(f"shard {shard['name']} in {self.root}: samples {lo}..{hi - 1} disagree with its index")
+                for p in range(max(lo, first), hi):
+                    item = items[int(perm[p]) - lo]
+                    if p == first and offset:
+                        tokens, target, group, doc_id = item
+                        item = (tokens[offset:], None if target is None else target[offset:], group, doc_id)
+                    yield item
+
+    def _open_shard(self, shard: dict[str, Any]):
+        path = self.root / shard["name"]
+        try:
+            if self.verify_checksums and file_sha256(path) != shard["sha256"]:
+                raise ShardError(f"shard {shard['name']} in {self.root}: sha256 differs from the manifest (corrupt)")
+            return open(path, "rb")
+        except OSError as exc:
+            raise ShardError(f"shard {shard['name']} in {self.root} cannot be read: {exc}") from exc
+
+    def _rows_from_items(self, items: list, epoch: int, shard_id: int, skip: int) -> Iterator[Row]:
         rng = _rng(self.seed, epoch, shard_id, 0xB1)
         if self._packed:
             perm = _window_permutation(len(items), self.shuffle_buffer, rng)
@@ -325,27 +377,33 @@ def _stratified_permutation(groups: np.ndarray, window: int, rng: np.random.Gene
 
 
 def _parse_shard(data: bytes, name: str, group_index: dict[str, int], packed: bool) -> list:
-    """A shard's samples in file order: (tokens, target, group, id) tuples, or Rows if packed."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, suffix = info.name.rsplit("/", 1)[-1].partition(".")
-            samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    """A whole shard's samples in file order (sets without an index)."""
+    return _parse_items(data, f"shard {name}", group_index, packed)
+
+
+def _parse_items(data: bytes, where: str, group_index: dict[str, int], packed: bool) -> list:
+    """Samples of a run of tar members in file order: (tokens, target, group, id) tuples, or
+    Rows if packed."""
     items = []
-    for key, members in samples.items():
-        where = f"{name}:{key}"
-        tokens = load_npy(members["npy"], where).astype(np.int64)
-        meta = json.loads(members["json"])
-        mask = load_npy(members["mask.npy"], where) if "mask.npy" in members else None
-        if packed:
-            pieces = [(doc_id, group_index[g], int(n)) for doc_id, g, n in meta["pieces"]]
-            target = mask if mask is not None else (np.arange(len(tokens)) < sum(p[2] for p in pieces)).astype(np.uint8)
-            items.append(Row(tokens, target, pieces))
-        else:
-            items.append((tokens, mask, group_index[meta["group"]], meta["id"]))
+    for key, members in parse_members(data, where).items():
+        at = f"{where}:{key}"
+        try:
+            tokens = load_npy(members["npy"], at).astype(np.int64)
+            meta = json.loads(members["json"])
+            mask = load_npy(members["mask.npy"], at) if "mask.npy" in members else None
+            if packed:
+                pieces = [(doc_id, group_index[g], int(n)) for doc_id, g, n in meta["pieces"]]
+                target = mask if mask is not None else (np.arange(len(tokens)) < sum(p[2] for p in pieces)).astype(np.uint8)
+                items.append(Row(tokens, target, pieces))
+            else:
+                items.append((tokens, mask, group_index[meta["group"]], meta["id"]))
+        except (KeyError, ValueError) as exc:
+            raise ShardError(f"{at}: bad sample: {exc!r}") from exc
     return items
+
+
+def _item_tokens(item) -> int:
+    return len(item.tokens) if isinstance(item, Row) else len(item[0])
 
 
 def _torch_worker_info():

@@ -51,6 +51,28 @@ class Row:
         return sum(p[2] for p in self.pieces)
 
 
+CHUNK_MARK = "#c"
+
+
+def split_sample(sample: Sample, max_tokens: int) -> list[Sample]:
+    """``sample`` cut into the fewest near-equal chunks of at most ``max_tokens`` tokens.
+
+    Chunk ``i`` gets id ``<id>#c<i>`` and the matching slice of the target mask; the EOS stays at
+    the end of the last chunk. Sizes differ by at most one token (a 2049-token document with
+    ``max_tokens=2048`` becomes 1025 + 1024, not 2048 + 1, so no chunk is a stray EOS). Each chunk
+    is packed as a document of its own: the first token of chunk ``i+1`` is not a target of
+    chunk ``i``'s last token (one label lost per cut). ``max_tokens`` 0 or a short sample: as is.
+    """
+    n = sample.num_tokens
+    if max_tokens <= 0 or n <= max_tokens:
+        return [sample]
+    num_chunks = -(-n // max_tokens)
+    cuts = [n * i // num_chunks for i in range(num_chunks + 1)]
+    return [Sample(f"{sample.id}{CHUNK_MARK}{i}", sample.domain, sample.group, sample.source, sample.lang,
+                   sample.tokens[lo:hi], None if sample.target is None else sample.target[lo:hi])
+            for i, (lo, hi) in enumerate(zip(cuts, cuts[1:]))]
+
+
 def order_key(seed: int, doc_id: str) -> str:
     """The order of a record within its group: sha256 of (seed, id), independent of input order
     and partitioning (a deterministic pre-shuffle)."""

@@ -5,6 +5,11 @@ fine-tuning samples, ``<key>.mask.npy`` (uint8 target mask). Every member gets a
 uid/gid 0 and empty owner names: webdataset's ``TarWriter`` stores ``time.time()`` as a float
 mtime, which makes tarfile add a PAX header to every member (about a third of the bytes of a
 shard of small samples). A shard is written to ``<name>.tmp-<rand>`` and renamed when complete.
+
+Each shard has a sidecar index ``<name>.idx`` (a .npy int64 array ``[num_samples, 4]``: byte
+offset of the sample's first member header, byte offset where the sample ends, its tokens, its
+group index or -1), so a reader can seek to any sample and read a run of samples with one
+``pread`` instead of decoding the shard from its start. WebDataset tools ignore it.
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from etl.atomic import TMP_MARK
+
+INDEX_SUFFIX = ".idx"
+INDEX_COLUMNS = ("start", "end", "num_tokens", "group")
 
 #: Fixed mtime of every member (2024-01-01T00:00:00Z): shards are byte-identical across runs.
 MEMBER_MTIME = 1704067200
@@ -58,6 +66,7 @@ class ShardWriter:
         self._file = open(self.tmp, "wb")
         self._hasher = _HashingWriter(self._file)
         self._tar = tarfile.open(fileobj=self._hasher, mode="w|", format=tarfile.GNU_FORMAT)
+        self._index: list[tuple[int, int, int, int]] = []
 
     def add(self, key: str, member: str, payload: bytes) -> None:
         """Add ``<key>.<member>`` with ``payload``."""
@@ -67,18 +76,28 @@ class ShardWriter:
         info.uname = info.gname = ""
         self._tar.addfile(info, io.BytesIO(payload))
 
-    def add_sample(self, key: str, tokens: np.ndarray, meta: dict[str, Any], mask: np.ndarray | None = None) -> None:
-        """One sample: tokens (already in the set's dtype), identity json, optional target mask."""
+    def add_sample(self, key: str, tokens: np.ndarray, meta: dict[str, Any], mask: np.ndarray | None = None,
+                   group: int = -1) -> None:
+        """One sample: tokens (already in the set's dtype), identity json, optional target mask;
+        ``group`` (index of its mix group, -1 for none) goes to the index."""
+        start = self._tar.offset  # tarfile's count of archive bytes so far: this sample's first header
         self.add(key, "npy", npy_bytes(tokens))
         self.add(key, "json", json.dumps(meta, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode())
         if mask is not None:
             self.add(key, "mask.npy", npy_bytes(mask.astype(np.uint8)))
+        self._index.append((start, self._tar.offset, len(tokens), group))
 
     def close(self) -> tuple[int, str]:
+        """Finish the tar and its index; returns the tar's (bytes, sha256)."""
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        index = np.asarray(self._index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS))
+        index_path = index_path_of(self.path)
+        tmp_index = index_path.with_name(f"{index_path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+        tmp_index.write_bytes(npy_bytes(index))
+        os.replace(tmp_index, index_path)  # the index first: a shard under its final name has one
         os.replace(self.tmp, self.path)
         return self._hasher.num_bytes, self._hasher.sha.hexdigest()
 
@@ -87,6 +106,40 @@ class ShardWriter:
             self._file.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def index_path_of(shard_path: str | os.PathLike) -> Path:
+    """The sidecar index of a shard: ``<shard>.idx``."""
+    shard_path = Path(shard_path)
+    return shard_path.with_name(shard_path.name + INDEX_SUFFIX)
+
+
+def read_index(shard_path: str | os.PathLike, num_samples: int, shard_bytes: int) -> np.ndarray:
+    """A shard's index ``[num_samples, 4]`` (see the module docstring), checked against the
+    manifest's sample count and the shard's size; errors name the shard."""
+    path = index_path_of(shard_path)
+    try:
+        index = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"index {path} of shard {Path(shard_path).name} is missing or corrupt: {exc}") from exc
+    if index.shape != (num_samples, len(INDEX_COLUMNS)) or (num_samples and (index[0, 0] != 0 or index[-1, 1] > shard_bytes)):
+        raise ShardError(f"index {path} does not match shard {Path(shard_path).name} ({index.shape[0]} rows, manifest says {num_samples} samples)")
+    return index
+
+
+def parse_members(data: bytes, where: str) -> dict[str, dict[str, bytes]]:
+    """{key: {member suffix: bytes}} of a run of whole tar members (a slice of a shard that
+    starts at a member header), in file order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                if info.isfile():
+                    key, _, suffix = info.name.rsplit("/", 1)[-1].partition(".")
+                    samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ShardError(f"{where} is corrupt or truncated: {exc}") from exc
+    return samples
 
 
 def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
