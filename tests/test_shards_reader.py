@@ -238,3 +238,80 @@ def test_verify_fails_when_ratios_disagree_with_weights(tmp_path, shard_set, cap
     assert shards_main(["verify", str(changed)]) == 1
     assert "group 'general'" in capsys.readouterr().err
     assert shards_main(["verify", str(tmp_path / "nothing")]) == 2
+
+
+def test_long_documents_are_split_into_chunks_with_masks_and_ratio(tmp_path, corpus, tokenizer_dir):
+    from shards.samples import Sample, split_sample
+
+    tokens = np.arange(2049, dtype=np.int64)
+    target = (np.arange(2049) % 3 == 0).astype(np.uint8)
+    chunks = split_sample(Sample("doc", "medical", "domain", "s", "en", tokens, target), 1024)
+    assert [c.id for c in chunks] == ["doc#c0", "doc#c1", "doc#c2"]
+    assert [c.num_tokens for c in chunks] == [683, 683, 683]  # near-equal, none a stray EOS
+    assert np.array_equal(np.concatenate([c.tokens for c in chunks]), tokens)
+    assert np.array_equal(np.concatenate([c.target for c in chunks]), target)
+    assert split_sample(chunks[0], 0) == [chunks[0]] and split_sample(chunks[0], 683) == [chunks[0]]
+
+    out = tmp_path / "chunked"
+    manifest = _build(corpus, tokenizer_dir, out, max_doc_tokens=40)
+    assert max(s["max_doc_tokens"] for s in manifest["shards"]) <= 40 and manifest["max_item_units"] <= 40
+    whole = _build(corpus, tokenizer_dir, tmp_path / "whole", max_doc_tokens=0)
+    assert whole["max_item_units"] > 100
+    ids = {b["json"]["id"] for b in _webdataset_samples(out, manifest)}
+    parents = {i.split("#c")[0] for i in ids}
+    assert parents == {b["json"]["id"] for b in _webdataset_samples(tmp_path / "whole", whole)}
+    long_id = next(i for i in ids if i.endswith("#c2"))
+    assert {f"{long_id[:-1]}0", f"{long_id[:-1]}1"} <= ids
+    # every plan prefix is within one chunk (40 tokens) of the target shares
+    slots = sorted(_webdataset_samples(out, manifest), key=lambda s: s["json"]["slot"])
+    consumed, worst = dict.fromkeys(manifest["groups"], 0), 0.0
+    for s in slots:
+        consumed[s["json"]["group"]] += len(s["npy"])
+        total = sum(consumed.values())
+        worst = max(worst, max(abs(consumed[g] - manifest["shares"][g] * total) for g in consumed))
+    assert worst <= 40
+    # SFT chunks keep their masks aligned: the response tokens are the masked ones
+    tok = load_tokenizer(tokenizer_dir)
+    sft = [s for s in slots if s["json"]["id"].startswith("sft-0")]
+    text = tok.decode(np.concatenate([s["npy"] for s in sft]))
+    targets = np.concatenate([s["npy"][s["mask.npy"] == 1] for s in sft if "mask.npy" in s])
+    assert "The liver filters blood." in text and "liver filters blood" in tok.decode(targets)
+    assert "Name the organ" not in tok.decode(targets)
+    assert shards_main(["verify", str(out), "--deep"]) == 0
+
+
+def _webdataset_samples(path, manifest):
+    import webdataset as wds
+
+    return list(wds.WebDataset([str(path / s["name"]) for s in manifest["shards"]], shardshuffle=False).decode())
+
+
+def test_shards_are_cut_at_equal_tokens_with_a_minimum_count(tmp_path, corpus, tokenizer_dir):
+    from shards.build import shard_cuts
+
+    sizes = np.full(100, 30)
+    assert shard_cuts(sizes, ShardsConfig(shard_tokens=1000, min_shards=2)) == [0, 33, 67, 100]  # 3000 tokens / 1000
+    assert shard_cuts(sizes, ShardsConfig(shard_tokens=1000, min_shards=4)) == [0, 25, 50, 75, 100]
+    cuts = shard_cuts(sizes, ShardsConfig(min_shards=8))
+    assert len(cuts) == 9 and max(np.diff(cuts)) - min(np.diff(cuts)) <= 1
+    assert shard_cuts(np.full(3, 5), ShardsConfig(min_shards=8)) == [0, 1, 2, 3]  # never more shards than slots
+    manifest = _build(corpus, tokenizer_dir, tmp_path / "even", samples_per_shard=0, min_shards=6, max_doc_tokens=64)
+    tokens = [s["num_tokens"] for s in manifest["shards"]]
+    assert len(tokens) == 6 and max(tokens) - min(tokens) <= 2 * 64
+
+
+def test_indexed_reading_equals_decoding_whole_shards(shard_set):
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    legacy = dict(manifest, root=str(shard_set), shards=[{k: v for k, v in s.items() if not k.startswith("index")} for s in manifest["shards"]])
+    for workers in (0, 2):
+        fast = list(_reader(shard_set, num_workers=workers, shuffle_buffer=4))
+        slow = list(_reader(legacy, num_workers=workers, shuffle_buffer=4))
+        assert len(fast) == len(slow) and all(_equal(a, b) for a, b in zip(fast, slow))
+        for position in (1, len(fast) // 2, len(fast) - 1):
+            resumed = _reader(shard_set, num_workers=workers, shuffle_buffer=4)
+            resumed.load_state_dict(resumed.state_dict() | {"consumed_batches": position})
+            assert all(_equal(a, b) for a, b in zip(resumed, fast[position:]))
+    index = shard_set / manifest["shards"][0]["index"]
+    index.write_bytes(index.read_bytes()[:-16])
+    with pytest.raises(ShardError, match=manifest["shards"][0]["name"]):
+        list(_reader(shard_set, shuffle_buffer=4))
