@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import logging
 import sys
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -65,11 +66,18 @@ def extract(spark, inputs: Sequence[str]):
     return out
 
 
+#: Encoders per executor Python process, keyed by (config, tokenizer path): a closure's own dict
+#: would be unpickled empty for every task and reload the tokenizer each time.
+_ENCODERS: dict = {}
+
+
 def _encode_partition(cfg: ShardsConfig, tokenizer_path: str):
-    cache: dict = {}
+    key = (repr(cfg), tokenizer_path)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        encode = cache.get("encode") or cache.setdefault("encode", make_encoder(cfg, tokenizer_path))
+        encode = _ENCODERS.get(key)
+        if encode is None:
+            encode = _ENCODERS[key] = make_encoder(cfg, tokenizer_path)
         for batch in batches:
             forced = batch.column("forced_group").to_pylist()
             docs = list(rows_to_documents(batch))
@@ -163,6 +171,7 @@ def load(ordered, rejected, plan, cuts, cfg: ShardsConfig, section: dict, info: 
         return iter(write_partition(part_index, stream, str(out), cfg, info, names, cuts[part_index]))
 
     entries = ordered.mapPartitionsWithIndex(write).collect()  # per-shard metadata only
+    logger.info("shards written (%d)", len(entries))
     rejected_docs = [Document.from_row(r) for r in rejected.select(*DOC_COLUMNS).toArrow().to_pylist()]
     return finish_output(out, output, entries, plan, cfg, section, info, rejected_docs)
 
@@ -178,10 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = tokenizer_info(tokenizer_path)
     spark = get_spark("build_shards")
     num_partitions = args.partitions or spark.sparkContext.defaultParallelism
+    started_s = time.perf_counter()
     records = extract(spark, args.input)
     plan, cuts, ordered, rejected, cached = transform(spark, records, cfg, tokenizer_path, num_partitions)
+    planned_s = time.perf_counter()
+    logger.info("encoded, numbered and planned %d slots in %.1f s", len(plan), planned_s - started_s)
     try:
         manifest = load(ordered, rejected, plan, cuts, cfg, section, info, args.output)
+        logger.info("wrote %d shards in %.1f s", len(manifest["shards"]), time.perf_counter() - planned_s)
     finally:
         for frame in cached:
             frame.unpersist()
