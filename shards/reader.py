@@ -34,10 +34,11 @@ How the stream is made
 * **Equal lengths.** Every lane of every rank yields the same number of batches,
   ``min`` over all lanes of ``rows // B``; so no rank runs out first. Computed from the manifest
   alone, identically on every rank.
-* **Shuffle.** Inside a shard, samples are permuted in consecutive windows of
-  ``shuffle_buffer`` samples, seeded by (seed, epoch, shard); a document only trades places with
-  documents of its own group, so the plan's group sequence -- and the ratio at every point --
-  is unchanged by shuffling (pre-packed rows, which mix groups, are permuted freely).
+* **Shuffle.** Inside a shard, samples are shuffled in consecutive windows of
+  ``shuffle_buffer`` samples, seeded by (seed, epoch, shard, window): each group's documents in
+  random order, re-interleaved by the plan's rule (furthest below its share goes next), so the
+  ratio holds within about one document (one chunk: ``shards.max_doc_tokens``) at every point
+  of the stream; pre-packed rows, which mix groups, are permuted freely.
 * **Packing.** Unpacked shards are packed on the fly per shard (``shards.samples.pack_samples``:
   rows of S+1 tokens overlapping by one, the last row of a shard padded); packed shards must
   have been packed for the same ``seq_len``.
@@ -46,9 +47,16 @@ How the stream is made
   ``num_workers`` workers (``batch_size=None``), worker ``w`` serves lane ``(w + start) %
   num_workers``, so the DataLoader's round-robin gives the same stream. Construct the reader
   with the DataLoader's ``num_workers``.
+* **Reading.** A shard is read one shuffle window (``shuffle_buffer`` samples, a contiguous
+  byte range) at a time through its sidecar index ``<shard>.idx`` (per sample: byte range,
+  tokens, group), never the whole shard at once.
 * **Resume.** The position is one number, the batches consumed. ``load_state_dict`` seeks:
-  each lane's cursor is a row index, found by bisecting the lane's per-shard row counts; only
-  the shard holding it is read (and re-packed), so resuming costs one shard, wherever it is.
+  each lane's cursor is a row index, found by bisecting the lane's per-shard row counts; inside
+  the shard the index's token counts (in shuffled order) give the sample holding the row's first
+  token and the offset in it, and reading starts at that sample's window. Rows before the
+  cursor are neither read nor decoded nor packed, so the first batch after a resume costs about
+  one window wherever the position is. (Sets written without indexes are decoded from the
+  shard's start, as before.)
   In-process iteration counts consumed batches itself; with a DataLoader call
   ``reader.mark_consumed(batch)`` for each batch the trainer takes (it also counts tokens per
   domain).
@@ -70,7 +78,7 @@ import numpy as np
 
 from shards.manifest import load_manifest
 from shards.samples import Row, num_packed_rows, pack_samples, row_to_arrays
-from shards.tario import ShardError, file_sha256, load_npy, parse_members, read_index
+from shards.tario import ShardError, file_sha256, load_npy, parse_members, parse_sample_members, read_index
 
 logger = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -267,39 +275,45 @@ class ShardReader:
             yield from self._rows_from_items(self._load_shard(shard), epoch, shard_id, skip)
             return
         index = read_index(self.root / shard["name"], shard["num_samples"], shard["bytes"])
-        rng = _rng(self.seed, epoch, shard_id, 0xB1)
+        orders = _WindowOrders(self, epoch, shard_id, index[:, 3], index[:, 2])
         if self._packed:
-            perm = _window_permutation(len(index), self.shuffle_buffer, rng)
-            yield from self._indexed_items(shard, index, perm, skip)
+            yield from self._indexed_items(shard, index, orders, skip)
             return
-        perm = _stratified_permutation(index[:, 3], self.shuffle_buffer, rng)
-        # row k of the shard's stream is tokens [k*S, k*S + S]: start packing at the sample that
-        # holds token k*S, cut at that offset, and the rows are those of a pack from the start
-        ends = np.cumsum(index[perm, 2])
+        # row k of the shard's stream is tokens [k*S, k*S + S]. Windows keep their tokens when
+        # shuffled, so the window holding token k*S comes from the index alone; only that
+        # window's order is computed, and packing starts at the sample holding the token, cut
+        # at it: the rows are those of a pack from the shard's start.
         first_token = skip * self.seq_len
-        if len(ends) == 0 or first_token >= int(ends[-1]) - 1:  # the shard has no row `skip`
+        window_ends = np.cumsum(np.add.reduceat(index[:, 2], np.arange(0, len(index), self.shuffle_buffer))) if len(index) else []
+        if len(window_ends) == 0 or first_token >= int(window_ends[-1]) - 1:  # the shard has no row `skip`
             return
-        first = int(np.searchsorted(ends, first_token, side="right"))
-        offset = first_token - (int(ends[first]) - int(index[perm[first], 2]))
-        stream = self._indexed_items(shard, index, perm, first, offset)
+        w = int(np.searchsorted(window_ends, first_token, side="right"))
+        lo = w * self.shuffle_buffer
+        ends = int(window_ends[w]) - int(index[lo:lo + self.shuffle_buffer, 2].sum()) + np.cumsum(index[lo + orders(w), 2])
+        at = int(np.searchsorted(ends, first_token, side="right"))
+        offset = first_token - (int(ends[at]) - int(index[lo + orders(w)[at], 2]))
+        stream = self._indexed_items(shard, index, orders, lo + at, offset)
         yield from pack_samples(stream, self.seq_len, int(self.manifest["tokenizer"]["pad_id"]))
 
-    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, perm: np.ndarray, first: int,
+    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, orders: "_WindowOrders", first: int,
                        offset: int = 0) -> Iterator:
-        """Items at permuted positions ``first..`` (the first cut at token ``offset``), read one
+        """Items at shuffled positions ``first..`` (the first cut at token ``offset``), read one
         shuffle window at a time: a window is a contiguous byte range, found in the index."""
         window = self.shuffle_buffer
         with self._open_shard(shard) as handle:
-            for lo in range(first - first % window, len(perm), window):
-                hi = min(lo + window, len(perm))
+            for lo in range(first - first % window, len(index), window):
+                hi = min(lo + window, len(index))
                 handle.seek(int(index[lo, 0]))
                 data = handle.read(int(index[hi - 1, 1] - index[lo, 0]))
-                items = _parse_items(data, f"shard {shard['name']} in {self.root} (samples {lo}..{hi - 1})",
-                                     self._group_index, self._packed)
-                if len(items) != hi - lo or any(_item_tokens(it) != index[lo + i, 2] for i, it in enumerate(items)):
-                    raise ShardError(f"shard {shard['name']} in {self.root}: samples {lo}..{hi - 1} disagree with its index")
+                base = int(index[lo, 0])
+                order = orders(lo // window)
                 for p in range(max(lo, first), hi):
-                    item = items[int(perm[p]) - lo]
+                    i = lo + int(order[p - lo])
+                    where = f"shard {shard['name']} in {self.root} (sample {i})"
+                    key, members = parse_sample_members(memoryview(data)[int(index[i, 0]) - base:int(index[i, 1]) - base], where)
+                    item = _decode_item(key, members, where, self._group_index, self._packed)
+                    if _item_tokens(item) != index[i, 2]:
+                        raise ShardError(f"{where}: {_item_tokens(item)} tokens, its index says {index[i, 2]}")
                     if p == first and offset:
                         tokens, target, group, doc_id = item
                         item = (tokens[offset:], None if target is None else target[offset:], group, doc_id)
@@ -315,16 +329,17 @@ class ShardReader:
             raise ShardError(f"shard {shard['name']} in {self.root} cannot be read: {exc}") from exc
 
     def _rows_from_items(self, items: list, epoch: int, shard_id: int, skip: int) -> Iterator[Row]:
-        rng = _rng(self.seed, epoch, shard_id, 0xB1)
+        """Rows ``skip..`` of a whole decoded shard (sets without an index)."""
         if self._packed:
-            perm = _window_permutation(len(items), self.shuffle_buffer, rng)
-            for i in perm[skip:]:
-                yield items[i]
+            orders = _WindowOrders(self, epoch, shard_id, None, None)
+            perm = np.concatenate([lo + orders(lo // self.shuffle_buffer) for lo in range(0, len(items), self.shuffle_buffer)])
+            yield from (items[int(i)] for i in perm[skip:])
             return
-        perm = _stratified_permutation(np.array([it[2] for it in items]), self.shuffle_buffer, rng)
-        stream = (items[i] for i in perm)
+        groups = np.array([it[2] for it in items])
+        orders = _WindowOrders(self, epoch, shard_id, groups, np.array([len(it[0]) for it in items]))
+        perm = np.concatenate([lo + orders(lo // self.shuffle_buffer) for lo in range(0, len(items), self.shuffle_buffer)])
         pad = int(self.manifest["tokenizer"]["pad_id"])
-        for k, r in enumerate(pack_samples(stream, self.seq_len, pad)):
+        for k, r in enumerate(pack_samples((items[int(i)] for i in perm), self.seq_len, pad)):
             if k >= skip:
                 yield r
 
@@ -356,24 +371,65 @@ def _lane_cursor(start: int, lane: int, num_lanes: int) -> int:
     return start // num_lanes + (1 if lane < start % num_lanes else 0)
 
 
-def _window_permutation(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of range(n) that moves items only within windows of ``window``."""
-    out = np.arange(n)
-    for lo in range(0, n, window):
-        out[lo:lo + window] = lo + rng.permutation(min(window, n - lo))
-    return out
+class _WindowOrders:
+    """The shuffled order of each window of ``shuffle_buffer`` samples of one shard in one epoch,
+    seeded by (seed, epoch, shard, window) so any window's order is computed on its own.
+
+    Pre-packed rows (which mix groups) are permuted freely. Documents are shuffled within their
+    group and re-interleaved by the plan's own rule (:func:`interleave_by_deficit`) against the
+    window's group token shares: the order changes every epoch, and the ratio still holds within
+    about one document at every point (shuffling documents among their group's slots would keep
+    the group sequence but move tokens: a window of big documents could drift by a whole window).
+    """
+
+    def __init__(self, reader: "ShardReader", epoch: int, shard_id: int, groups: np.ndarray | None, tokens: np.ndarray | None):
+        self.reader, self.epoch, self.shard_id = reader, epoch, shard_id
+        self.groups = groups
+        unit_tokens = reader.manifest.get("unit", "tokens") == "tokens"
+        self.sizes = None if tokens is None else (tokens if unit_tokens else np.ones_like(tokens))
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __call__(self, w: int) -> np.ndarray:
+        """Window ``w``'s order: positions within the window (0..window-1) in read order."""
+        if w not in self._cache:
+            r = self.reader
+            rng = _rng(r.seed, self.epoch, self.shard_id, w, 0xB1)
+            lo = w * r.shuffle_buffer
+            if r._packed:
+                n = min(r.shuffle_buffer, r._shards[self.shard_id]["num_samples"] - lo)
+                order = rng.permutation(n)
+            else:
+                hi = lo + r.shuffle_buffer
+                order = interleave_by_deficit(self.groups[lo:hi], self.sizes[lo:hi], rng)
+            self._cache = {w: order}  # windows are read in order: keep one
+        return self._cache[w]
 
 
-def _stratified_permutation(groups: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
-    """Shuffle within windows of ``window`` items, each group only among its own slots, so the
-    group sequence (the mix plan) is unchanged and the ratio holds at every point."""
-    out = np.arange(len(groups))
-    for lo in range(0, len(groups), window):
-        block = out[lo:lo + window]
-        for g in np.unique(groups[lo:lo + window]):
-            where = np.flatnonzero(groups[lo:lo + window] == g)
-            block[where] = block[where][rng.permutation(len(where))]
-    return out
+def interleave_by_deficit(groups: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A shuffled order of items (``groups[i]``, ``sizes[i]``): each group's items in random
+    order, merged by the mix plan's rule (next is the group furthest below its share of the
+    items' own total, ``share*(T + next) - consumed``), so every prefix holds each group within
+    about one item of its share."""
+    names = np.unique(groups)
+    queues = [np.flatnonzero(groups == g) for g in names]
+    queues = [q[rng.permutation(len(q))].tolist() for q in queues]
+    sizes_py = sizes.tolist()
+    totals = [float(sum(sizes_py[i] for i in q)) for q in queues]
+    share = [t / max(1.0, sum(totals)) for t in totals]
+    heads, consumed, total, out = [0] * len(queues), [0.0] * len(queues), 0.0, []
+    for _ in range(len(groups)):
+        best, best_err = -1, 0.0
+        for g, q in enumerate(queues):
+            if heads[g] < len(q):
+                err = share[g] * (total + sizes_py[q[heads[g]]]) - consumed[g]
+                if best < 0 or err > best_err + 1e-12:
+                    best, best_err = g, err
+        item = queues[best][heads[best]]
+        heads[best] += 1
+        consumed[best] += sizes_py[item]
+        total += sizes_py[item]
+        out.append(item)
+    return np.asarray(out, dtype=np.int64)
 
 
 def _parse_shard(data: bytes, name: str, group_index: dict[str, int], packed: bool) -> list:
@@ -382,24 +438,23 @@ def _parse_shard(data: bytes, name: str, group_index: dict[str, int], packed: bo
 
 
 def _parse_items(data: bytes, where: str, group_index: dict[str, int], packed: bool) -> list:
-    """Samples of a run of tar members in file order: (tokens, target, group, id) tuples, or
-    Rows if packed."""
-    items = []
-    for key, members in parse_members(data, where).items():
-        at = f"{where}:{key}"
-        try:
-            tokens = load_npy(members["npy"], at).astype(np.int64)
-            meta = json.loads(members["json"])
-            mask = load_npy(members["mask.npy"], at) if "mask.npy" in members else None
-            if packed:
-                pieces = [(doc_id, group_index[g], int(n)) for doc_id, g, n in meta["pieces"]]
-                target = mask if mask is not None else (np.arange(len(tokens)) < sum(p[2] for p in pieces)).astype(np.uint8)
-                items.append(Row(tokens, target, pieces))
-            else:
-                items.append((tokens, mask, group_index[meta["group"]], meta["id"]))
-        except (KeyError, ValueError) as exc:
-            raise ShardError(f"{at}: bad sample: {exc!r}") from exc
-    return items
+    """Samples of a run of tar members in file order (see :func:`_decode_item`)."""
+    return [_decode_item(key, members, f"{where}:{key}", group_index, packed) for key, members in parse_members(data, where).items()]
+
+
+def _decode_item(key: str, members: dict[str, bytes], where: str, group_index: dict[str, int], packed: bool):
+    """One sample: a (tokens, target, group, id) tuple, or a Row if packed."""
+    try:
+        tokens = load_npy(members["npy"], where).astype(np.int64)
+        meta = json.loads(members["json"])
+        mask = load_npy(members["mask.npy"], where) if "mask.npy" in members else None
+        if packed:
+            pieces = [(doc_id, group_index[g], int(n)) for doc_id, g, n in meta["pieces"]]
+            target = mask if mask is not None else (np.arange(len(tokens)) < sum(p[2] for p in pieces)).astype(np.uint8)
+            return Row(tokens, target, pieces)
+        return (tokens, mask, group_index[meta["group"]], meta["id"])
+    except (KeyError, ValueError) as exc:
+        raise ShardError(f"{where}: bad sample {key}: {exc!r}") from exc
 
 
 def _item_tokens(item) -> int:

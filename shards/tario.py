@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import uuid
 from pathlib import Path
@@ -168,11 +169,67 @@ def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]
         yield key, members
 
 
+_NPY_DESCR = re.compile(rb"'descr':\s*'([^']+)'")
+
+
 def load_npy(data: bytes, where: str) -> np.ndarray:
+    """A 1-D .npy payload as an array. The header of the common case (version 1-3, C order,
+    1-D) is read with a regex instead of ``np.load``'s ``ast.literal_eval``: ~10x less time for
+    the small arrays of a shard; anything else goes through ``np.load``."""
+    if data[:6] == b"\x93NUMPY" and len(data) >= 12:
+        major = data[6]
+        header_len = int.from_bytes(data[8:10], "little") if major == 1 else int.from_bytes(data[8:12], "little")
+        start = (10 if major == 1 else 12) + header_len
+        header = data[start - header_len:start]
+        match = _NPY_DESCR.search(header)
+        if match and b"'fortran_order': False" in header and b"'shape': (" in header and b",)" in header:
+            try:
+                dtype = np.dtype(match.group(1).decode())
+                if (len(data) - start) % dtype.itemsize == 0 and not dtype.hasobject:
+                    return np.frombuffer(data, dtype=dtype, offset=start)
+            except (TypeError, ValueError):
+                pass
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ShardError(f"{where}: bad .npy member: {exc}") from exc
+
+
+def parse_sample_members(data: bytes | memoryview, where: str) -> tuple[str, dict[str, bytes]]:
+    """(key, {member suffix: bytes}) of one sample's tar members (``data`` is exactly the byte
+    range the index gives). Reads ustar/GNU headers directly (name, size, type; GNU long names):
+    a tenth of ``tarfile``'s per-member cost, which dominates reading small samples."""
+    members: dict[str, bytes] = {}
+    key, pos, long_name = None, 0, None
+    view = memoryview(data)
+    try:
+        while pos + 512 <= len(view):
+            header = bytes(view[pos:pos + 512])
+            if header.count(0) == 512:
+                break
+            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+            kind = header[156:157]
+            body = bytes(view[pos + 512:pos + 512 + size])
+            if len(body) != size:
+                raise ValueError(f"member needs {size} bytes, {len(body)} left")
+            pos += 512 + -(-size // 512) * 512
+            if kind == b"L":  # GNU long name: the next member's name
+                long_name = body.rstrip(b"\0").decode()
+                continue
+            if kind not in (b"0", b"\0"):
+                continue
+            name = long_name or header[:100].rstrip(b"\0").decode()
+            long_name = None
+            this_key, _, suffix = name.rsplit("/", 1)[-1].partition(".")
+            if key is not None and this_key != key:
+                raise ValueError(f"members of two samples ({key}, {this_key}) in one index entry")
+            key = this_key
+            members[suffix] = body
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{where} is corrupt: {exc}") from exc
+    if key is None:
+        raise ShardError(f"{where} is corrupt: no tar member in the indexed byte range")
+    return key, members
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
