@@ -69,10 +69,10 @@ def find_metrics(pipeline: Path) -> Path:
 def domain_share_series(manifest: dict) -> tuple[list[str], np.ndarray]:
     """Cumulative share of each mix group's tokens along the shard stream (shard order)."""
     shards = manifest.get("shards", [])
-    groups = sorted({g for s in shards for g in (s.get("tokens_by_domain") or {})})
+    groups = sorted({g for s in shards for g in (s.get("tokens_by_group") or {})})
     if not shards or not groups:
         return groups, np.zeros((0, 0))
-    per = np.array([[s.get("tokens_by_domain", {}).get(g, 0) for g in groups] for s in shards], dtype=float)
+    per = np.array([[s.get("tokens_by_group", {}).get(g, 0) for g in groups] for s in shards], dtype=float)
     cum = per.cumsum(axis=0)
     return groups, cum / np.maximum(cum.sum(axis=1, keepdims=True), 1)
 
@@ -188,14 +188,14 @@ def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manif
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(st.get("drop_reasons", {}).items(), key=lambda kv: -kv[1])) or "none"
         lines.append(f"{stage:>8}: {st['num_in']:>6} in -> {st['num_kept']:>6} kept, {st['num_rejected']:>5} rejected ({reasons})")
     if dedup_clusters:
-        lines.append(f"  dedup clusters: {dedup_clusters.get('num_clusters', '?')} clusters of 2+ documents, "
-                     f"largest {dedup_clusters.get('largest_size', '?')}")
+        sizes = [int(k) for k in dedup_clusters.get("size_histogram", {})]
+        lines.append(f"  dedup clusters: {dedup_clusters.get('num_clusters', 0)} clusters holding "
+                     f"{dedup_clusters.get('num_documents', '?')} documents, largest {max(sizes, default=0)}")
     if manifest:
-        achieved = manifest.get("achieved_shares") or {}
-        weights = manifest.get("weights") or {}
-        total_w = sum(weights.values()) or 1
-        mix = ", ".join(f"{g} {achieved.get(g, 0):.3f} (target {weights.get(g, 0) / total_w:.3f})" for g in sorted(weights))
-        lines.append(f"  shards: {len(manifest.get('shards', []))} shards, {manifest.get('total_tokens', '?')} tokens; mix {mix}")
+        mix = ", ".join(f"{g} {share:.3f} (target {manifest['shares'][g]:.3f})" for g, share in achieved_shares(manifest).items())
+        repeats = ", ".join(f"{g} x{r:.2f}" for g, r in (manifest.get("repeats") or {}).items())
+        lines.append(f"  shards: {len(manifest.get('shards', []))} shards, {manifest.get('num_tokens', 0)} tokens "
+                     f"({manifest.get('unit')}); mix {mix}; epochs per group {repeats or 'n/a'}")
     if metrics:
         losses = [m["loss"] for m in metrics if "loss" in m]
         if losses:
@@ -203,16 +203,50 @@ def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manif
     return lines
 
 
-def write_report(pipeline: Path, out: Path) -> list[str]:
-    """Write the Markdown report and its PNGs; return the summary lines."""
+def achieved_shares(manifest: dict) -> dict[str, float]:
+    """Each group's share of the set, in the manifest's unit (tokens or documents)."""
+    counts = manifest.get("tokens_by_group" if manifest.get("unit") == "tokens" else "docs_by_group") or {}
+    total = sum(counts.values()) or 1
+    return {g: counts.get(g, 0) / total for g in sorted(manifest.get("shares", counts))}
+
+
+def write_plot_data(out_dir: Path, manifest: dict | None, metrics: list[dict]) -> None:
+    """CSV files for ``dvc plots`` (loss per step, cumulative domain shares per shard)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_keys = ["loss"] + sorted({k for m in metrics for k in m if k.startswith("loss/")})
+    rows = ["step," + ",".join(k.replace("/", "_") for k in loss_keys)]
+    rows += [f"{m['step']}," + ",".join(str(m.get(k, "")) for k in loss_keys) for m in metrics if "loss" in m]
+    (out_dir / "loss.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    groups, shares = domain_share_series(manifest or {})
+    rows = ["shard," + ",".join(groups)]
+    rows += [f"{i + 1}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(shares)]
+    (out_dir / "domain_shares.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def pipeline_metrics(all_stats: dict[str, dict], manifest: dict | None, metrics: list[dict]) -> dict[str, Any]:
+    """A small JSON of headline numbers (DVC metrics: compare runs with ``dvc metrics diff``)."""
+    out: dict[str, Any] = {stage: {"in": st["num_in"], "kept": st["num_kept"]} for stage, st in all_stats.items()}
+    if manifest:
+        out["shards"] = {"tokens": manifest.get("num_tokens"), "shares": {g: round(v, 4) for g, v in achieved_shares(manifest).items()}}
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    if losses:
+        out["train"] = {"steps": metrics[-1].get("step"), "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
+    return out
+
+
+def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) -> list[str]:
+    """Write the Markdown report, its PNGs, plot CSVs, summary and metrics; return the summary."""
     out.parent.mkdir(parents=True, exist_ok=True)
     figs = out.parent / "figures"
     figs.mkdir(exist_ok=True)
     all_stats = stage_stats(pipeline)
-    clusters = load_json(pipeline / "dedup" / "clusters.json")
+    clusters = (all_stats.get("dedup") or {}).get("dedup", {}).get("clusters")
     manifest = load_json(pipeline / "shards" / "manifest.json")
-    metrics = read_metrics(find_metrics(pipeline))
+    metrics = read_metrics(metrics_path or find_metrics(pipeline))
     summary = summary_lines(all_stats, clusters, manifest, metrics)
+    write_plot_data(out.parent / "plots", manifest, metrics)
+    (out.parent / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")
+    (out.parent / "pipeline.json").write_text(json.dumps(pipeline_metrics(all_stats, manifest, metrics), indent=2) + "\n", encoding="utf-8")
     md = ["# jinglian run report", "", "```", *summary, "```", ""]
     if "clean" in all_stats:
         plot_lengths(kept_lengths(pipeline, "clean"), figs / "lengths.png")
@@ -228,7 +262,7 @@ def write_report(pipeline: Path, out: Path) -> list[str]:
     if manifest:
         groups, shares = domain_share_series(manifest)
         if len(shares):
-            plot_domain_shares(groups, shares, manifest.get("weights", {}), figs / "domain_shares.png")
+            plot_domain_shares(groups, shares, manifest.get("shares", {}), figs / "domain_shares.png")
             md += ["## Mix along the shard stream", "", "![domain shares](figures/domain_shares.png)", ""]
     if metrics:
         plot_loss(metrics, figs / "loss.png")
@@ -246,9 +280,11 @@ def _steps_table(stats: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spark_jobs.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-dir", default="data/pipeline", help="folder holding the stages' outputs (clean/, dedup/, tfidf/, augment/, shards/, train/)")
-    parser.add_argument("--out", default="reports/report.md", help="Markdown report to write; PNG plots go to figures/ beside it")
+    parser.add_argument("--metrics", default=None, help="trainer metrics JSON Lines (default: the first train/**/metrics*.jsonl under --pipeline-dir)")
+    parser.add_argument("--out", default="reports/report.md",
+                        help="Markdown report; beside it: figures/*.png, plots/*.csv (dvc plots), summary.txt, pipeline.json (dvc metrics)")
     args = parser.parse_args(argv)
-    summary = write_report(Path(args.pipeline_dir), Path(args.out))
+    summary = write_report(Path(args.pipeline_dir), Path(args.out), Path(args.metrics) if args.metrics else None)
     print("\n".join(["", "jinglian pipeline summary", *summary, f"report: {args.out}"]), flush=True)
     return 0
 
