@@ -29,6 +29,9 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"
+# Distributed-optimizer state in the canonical per-parameter form: gathered on DP rank 0 at
+# save, resharded at load, so the checkpoint loads into any TP/PP/DP layout.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def iteration_dir(root: str | os.PathLike, step: int) -> Path:
@@ -107,7 +110,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, models: list, optimizer,
     dist.barrier()
     state = model_sharded_state_dict([_unwrap(m) for m in models])
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state)
+        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
     state.update(_per_rank_objects(reader_state))
     state["common"] = {**common, "step": step, "layout": layout(),
                        "scheduler": scheduler.state_dict() if scheduler is not None else None}
@@ -134,7 +137,8 @@ def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, sched
     same_layout = common["layout"] == layout()
     state = model_sharded_state_dict([_unwrap(m) for m in models])
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True)
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True,
+                                                         metadata=OPTIMIZER_METADATA)
     if same_layout and optimizer is not None:
         state.update(_per_rank_objects(reader.state_dict() if reader is not None else None))
     loaded = dist_checkpointing.load(state, str(path))

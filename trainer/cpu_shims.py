@@ -60,20 +60,19 @@ def _patch_rng_tracker() -> None:
     mrandom._set_cuda_rng_state = set_state
 
 
-def _patch_grad_clip() -> None:
-    """Megatron's clip asserts ``torch.cuda.FloatTensor`` grads; the same scaling on CPU."""
-    from megatron.core.optimizer import optimizer as moptimizer
-    from megatron.core.utils import to_local_if_dtensor
+def _patch_tensor_type() -> None:
+    """megatron's optimizers dispatch on ``param.type() == 'torch.cuda.FloatTensor'`` (and Half,
+    BFloat16); report CPU tensors under the CUDA name for that no-argument form only."""
+    original = torch.Tensor.type
 
-    def clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
-        attr = "decoupled_grad" if use_decoupled_grad else "grad"
-        grads = [to_local_if_dtensor(getattr(p, attr)).detach() for p in parameters
-                 if getattr(p, attr, None) is not None]
-        clip_coeff = max_norm / (total_norm + 1.0e-6)
-        if clip_coeff < 1.0:
-            torch._foreach_mul_(grads, clip_coeff)
+    @functools.wraps(original)
+    def type_(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if not args and not kwargs and result.startswith("torch.") and ".cuda." not in result:
+            return "torch.cuda." + result[len("torch."):]
+        return result
 
-    moptimizer.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
+    torch.Tensor.type = type_
 
 
 def apply_cpu_shims() -> None:
@@ -94,7 +93,7 @@ def apply_cpu_shims() -> None:
         setattr(torch, name, _redirect_device_kwarg(getattr(torch, name)))
     torch.Tensor.to = _redirect_to(torch.Tensor.to)
     _patch_rng_tracker()
-    _patch_grad_clip()
+    _patch_tensor_type()
     _APPLIED = True
     logger.info("CUDA absent: megatron-core CPU shims applied (gloo backend)")
 

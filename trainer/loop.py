@@ -121,11 +121,19 @@ def _build_optimizer(config: TrainConfig, models: list):
     return optimizer, scheduler
 
 
-def setup(config: TrainConfig, shards: str, load: str | None = None, **reader_kwargs: Any) -> TrainState:
-    """Build groups, reader, model (pretrained weights, LoRA), DDP, optimizer; resume from ``load``."""
+def setup(config: TrainConfig, shards: str | None, load: str | None = None, reader_factory=None,
+          **reader_kwargs: Any) -> TrainState:
+    """Build groups, reader, model (pretrained weights, LoRA), DDP, optimizer; resume from ``load``.
+
+    ``reader_factory(dp_rank, dp_size)`` replaces the shards reader (tests feed fixed batches).
+    """
     device = init_distributed()
     init_parallel(config)
-    reader = build_reader(config, shards, **reader_kwargs)
+    if reader_factory is not None:
+        reader = reader_factory(parallel_state.get_data_parallel_rank(),
+                                parallel_state.get_data_parallel_world_size())
+    else:
+        reader = build_reader(config, shards, **reader_kwargs)
     vocab_size = config.model.vocab_size or reader_vocab_size(reader)
     tf_config = transformer_config(config)
     models = build_model(config, tf_config, vocab_size)
@@ -194,25 +202,47 @@ def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dic
         model=state.models if len(state.models) > 1 else state.models[0],
         num_microbatches=len(batches), seq_length=config.model.seq_len,
         micro_batch_size=config.data.micro_batch_size, forward_only=False)
+    lr = state.optimizer.param_groups[0]["lr"]  # the rate this step uses (scheduler steps after)
     _, grad_norm, _ = state.optimizer.step()
     state.scheduler.step(increment=1)
     stats = _reduce_stats(losses, 2 + 2 * num_domains, state.device).tolist()
     num_tokens = max(stats[1], 1.0)
     domain_loss = stats[2:2 + num_domains]
     domain_tokens = stats[2 + num_domains:]
-    return {"loss": stats[0] / num_tokens, "loss_tokens": int(stats[1]),
+    return {"loss": stats[0] / num_tokens, "loss_tokens": int(stats[1]), "lr": lr,
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "loss_by_domain": {d: domain_loss[i] / domain_tokens[i]
                                for i, d in enumerate(state.reader.domains) if domain_tokens[i] > 0},
             "tokens_by_domain": {d: int(domain_tokens[i]) for i, d in enumerate(state.reader.domains)}}
 
 
+def evaluate(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Forward-only masked mean loss over ``batches`` (this DP rank's part), averaged over DP."""
+    for model in state.models:
+        model.eval()
+    num_domains = len(state.reader.domains)
+    with torch.no_grad():
+        losses = get_forward_backward_func()(
+            forward_step_func=partial(forward_step, num_domains),
+            data_iterator=[iter(batches) for _ in state.models] if len(state.models) > 1 else iter(batches),
+            model=state.models if len(state.models) > 1 else state.models[0],
+            num_microbatches=len(batches), seq_length=state.config.model.seq_len,
+            micro_batch_size=state.config.data.micro_batch_size, forward_only=True)
+    for model in state.models:
+        model.train()
+    stats = _reduce_stats(losses, 2 + 2 * num_domains, state.device)
+    return float(stats[0] / stats[1].clamp(min=1))
+
+
 def _next_batches(state: TrainState, reader_iter: Iterator) -> list[dict[str, torch.Tensor]]:
     return [to_torch_batch(next(reader_iter), state.device) for _ in range(state.config.data.accumulation_steps)]
 
 
-def train(state: TrainState, save: str | None = None, metrics_path: str | None = None) -> list[float]:
-    """Train from ``state.step`` to ``config.steps``; log, write metrics, checkpoint. Returns losses."""
+def train(state: TrainState, save: str | None = None, metrics_path: str | None = None,
+          exit_at_step: int | None = None) -> list[float]:
+    """Train from ``state.step`` to ``config.steps`` (or ``exit_at_step``, saving there: a job
+    with a time limit, as Megatron-LM's --exit-interval); log, write metrics, checkpoint.
+    Returns this call's per-step losses."""
     config = state.config
     rank0 = dist.get_rank() == 0
     writer = MetricsWriter(metrics_path if rank0 else None)
@@ -222,7 +252,8 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
                        * config.data.accumulation_steps * parallel_state.get_data_parallel_world_size())
     reader_iter = iter(state.reader)
     losses = []
-    while state.step < config.steps:
+    last_step = min(config.steps, exit_at_step or config.steps)
+    while state.step < last_step:
         start = time.perf_counter()
         batches = _next_batches(state, reader_iter)
         data_s = time.perf_counter() - start
@@ -237,7 +268,7 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
             tps, tflops, mfu = throughput(tokens_per_step, step_s, flops_per_token, dist.get_world_size(), peak)
             metrics = StepMetrics(
                 step=state.step, loss=result["loss"], grad_norm=result["grad_norm"],
-                lr=state.optimizer.param_groups[0]["lr"], tokens_per_s=tps, tflops_per_gpu=tflops,
+                lr=result["lr"], tokens_per_s=tps, tflops_per_gpu=tflops,
                 mfu=mfu, data_wait_pct=100.0 * data_s / step_s, memory_gib=memory_gib(),
                 step_time_s=step_s, loss_by_domain=result["loss_by_domain"],
                 tokens_by_domain=result["tokens_by_domain"], consumed_tokens=state.consumed_tokens)
@@ -245,7 +276,7 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
                 logger.info(metrics.line(config.steps))
             writer.write(metrics)
         if save and ((config.save_interval and state.step % config.save_interval == 0)
-                     or state.step == config.steps):
+                     or state.step == last_step):
             save_state(state, save)
     return losses
 

@@ -42,6 +42,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field by dotted name, e.g. --set optim.lr=1e-4 "
                         "--set data.accumulation_steps=8 (values parsed as YAML); repeatable")
+    p.add_argument("--exit-at-step", type=int, default=None,
+                   help="stop (and checkpoint) after this step although the schedule runs to --steps; "
+                        "resume later with --load (for time-limited allocations)")
     p.add_argument("--params", default=None, help="params.yaml to read the train: section from "
                                                    "(default: the repository's)")
     p.add_argument("--metrics", default=None,
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     load = args.save if args.load == "auto" else args.load
     metrics = args.metrics or (str(Path(args.save) / "metrics.jsonl") if args.save else None)
     state = loop.setup(config, args.shards, load=load)
-    loop.train(state, save=args.save, metrics_path=metrics)
+    loop.train(state, save=args.save, metrics_path=metrics, exit_at_step=args.exit_at_step)
     if args.report and rank == 0 and metrics:
         from trainer.report import write_report  # noqa: PLC0415
 
