@@ -31,7 +31,36 @@ logger = logging.getLogger(__name__)
 LATEST = "latest"
 # Distributed-optimizer state in the canonical per-parameter form: gathered on DP rank 0 at
 # save, resharded at load, so the checkpoint loads into any TP/PP/DP layout.
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def _patch_torch_adamw_reshard() -> None:
+    """megatron-core 0.16 with torch's AdamW (no Apex/TE) cannot load a fully_reshardable
+    distributed-optimizer checkpoint: the saved per-parameter tensors omit torch's ``step``
+    (stored once in the param groups and restored from there), but the copy expects it.
+    Copy only the tensors that were saved. No-op when Apex or TE provides the optimizer."""
+    from megatron.core.optimizer import distrib_optimizer as dopt
+
+    if dopt.HAVE_APEX_OR_TE or getattr(dopt.DistributedOptimizer, "_jinglian_patched", False):
+        return
+    original = dopt.DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states(self, model_param, tensors):
+        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        destination = {"param": main_param, **self.optimizer.state[main_param]}
+        with torch.no_grad():
+            for key, value in tensors.items():
+                if key in destination:  # skip bookkeeping such as dp_reshardable's "padding"
+                    destination[key].copy_(value)
+
+    dopt.DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+    dopt.DistributedOptimizer._jinglian_patched = True
+
+
+_patch_torch_adamw_reshard()
 
 
 def iteration_dir(root: str | os.PathLike, step: int) -> Path:
@@ -125,6 +154,31 @@ def save_checkpoint(root: str | os.PathLike, step: int, models: list, optimizer,
     return path
 
 
+def _materialise_optimizer_state(optimizer) -> None:
+    """Give a fresh distributed optimizer its Adam state before building the load request.
+
+    megatron-core 0.16 without Apex/TE reads the Adam ``step`` from the state in
+    ``DistributedOptimizer.sharded_state_dict`` before it creates the dummy state it would load
+    into, so loading into a never-stepped optimizer fails; create that state first (the model
+    and optimizer tensors are overwritten by the load right after).
+    """
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(inner, "_init_optimizer_states_with_dummy_values") and not inner.optimizer.state:
+            inner._init_optimizer_states_with_dummy_values()
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """megatron-core 0.16's DistributedOptimizer (torch AdamW path) restores ``step`` as ONE
+    tensor shared by every parameter's state; torch increments it in place once per parameter,
+    so the bias correction would run ahead after a resume. Give each parameter its own copy."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        for param_state in getattr(torch_optimizer, "state", {}).values():
+            step = param_state.get("step")
+            if isinstance(step, torch.Tensor):
+                param_state["step"] = step.clone()
+
+
 def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, scheduler=None,
                     reader=None) -> dict[str, Any]:
     """Load a checkpoint into ``models`` (and optimizer/scheduler/reader/RNG when given).
@@ -137,6 +191,7 @@ def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, sched
     same_layout = common["layout"] == layout()
     state = model_sharded_state_dict([_unwrap(m) for m in models])
     if optimizer is not None:
+        _materialise_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True,
                                                          metadata=OPTIMIZER_METADATA)
     if same_layout and optimizer is not None:
@@ -147,6 +202,7 @@ def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, sched
         _unwrap(model).load_state_dict(loaded[key], strict=False)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_adam_steps(optimizer)
     if scheduler is not None and common.get("scheduler"):
         scheduler.load_state_dict(common["scheduler"])
     if same_layout and optimizer is not None:
