@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 LATEST = "latest"
 # Distributed-optimizer state in the canonical per-parameter form: gathered on DP rank 0 at
 # save, resharded at load, so the checkpoint loads into any TP/PP/DP layout.
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def _patch_torch_adamw_reshard() -> None:
@@ -142,6 +142,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, models: list, optimizer,
         state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
     state.update(_per_rank_objects(reader_state))
     state["common"] = {**common, "step": step, "layout": layout(),
+                       "adam_steps": adam_steps(optimizer) if optimizer is not None else [],
                        "scheduler": scheduler.state_dict() if scheduler is not None else None}
     dist_checkpointing.save(state, str(path))
     dist.barrier()
@@ -167,16 +168,33 @@ def _materialise_optimizer_state(optimizer) -> None:
             inner._init_optimizer_states_with_dummy_values()
 
 
-def _unshare_adam_steps(optimizer) -> None:
-    """megatron-core 0.16's DistributedOptimizer (torch AdamW path) restores ``step`` as ONE
-    tensor shared by every parameter's state; torch increments it in place once per parameter,
-    so the bias correction would run ahead after a resume. Give each parameter its own copy."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        torch_optimizer = getattr(inner, "optimizer", None)
+def _torch_optimizers(optimizer) -> list:
+    return [getattr(inner, "optimizer", None) for inner in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
+def adam_steps(optimizer) -> list[float | None]:
+    """torch AdamW's per-parameter ``step`` of each inner optimizer (one value each)."""
+    steps = []
+    for torch_optimizer in _torch_optimizers(optimizer):
+        values = {float(s["step"]) for s in getattr(torch_optimizer, "state", {}).values() if "step" in s}
+        steps.append(values.pop() if len(values) == 1 else None)
+    return steps
+
+
+def _restore_adam_steps(optimizer, steps: list[float | None]) -> None:
+    """Set torch AdamW's ``step`` from the checkpoint, one tensor per parameter.
+
+    megatron-core 0.16's DistributedOptimizer on the torch-AdamW path (no Apex/TE) restores
+    ``step`` from the live optimizer's param groups rather than the checkpoint's, and as ONE
+    tensor shared by all parameters (torch then increments it once per parameter), so Adam's
+    bias correction would be wrong after a resume.
+    """
+    for torch_optimizer, step in zip(_torch_optimizers(optimizer), steps):
+        if step is None:
+            continue
         for param_state in getattr(torch_optimizer, "state", {}).values():
-            step = param_state.get("step")
-            if isinstance(step, torch.Tensor):
-                param_state["step"] = step.clone()
+            if "step" in param_state:
+                param_state["step"] = torch.tensor(step, dtype=torch.float32)
 
 
 def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, scheduler=None,
@@ -202,7 +220,7 @@ def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, sched
         _unwrap(model).load_state_dict(loaded[key], strict=False)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
-        _unshare_adam_steps(optimizer)
+        _restore_adam_steps(optimizer, common.get("adam_steps") or [])
     if scheduler is not None and common.get("scheduler"):
         scheduler.load_state_dict(common["scheduler"])
     if same_layout and optimizer is not None:

@@ -129,6 +129,19 @@ def _dp_size():
     return parallel_state.get_data_parallel_world_size()
 
 
+def optimizer_tensors(optimizer) -> dict:
+    """Copies of every Adam state tensor (and step) of this rank, keyed by position."""
+    out = {}
+    for i, inner in enumerate(getattr(optimizer, "chained_optimizers", [optimizer])):
+        torch_opt = inner.optimizer
+        for g, group in enumerate(torch_opt.param_groups):
+            for j, param in enumerate(group["params"]):
+                out[(i, g, j, "param")] = param.detach().clone()
+                for k, v in torch_opt.state.get(param, {}).items():
+                    out[(i, g, j, k)] = torch.as_tensor(v).detach().clone().float()
+    return out
+
+
 def save_initial(config, root: Path) -> Path:
     """Build a model in ``config``'s layout and save its initial weights."""
     state = loop.setup(config, None, reader_factory=fixed_reader(global_batches(1, config.model.seq_len), config))
@@ -175,10 +188,16 @@ def test_resume_equals_uninterrupted(shared_dir, layout):
     batches = global_batches(6, config.model.seq_len)
     save = shared_dir / "run"
     state = loop.setup(config, None, reader_factory=fixed_reader(batches, config))
-    uninterrupted = loop.train(state, save=str(save))
+    uninterrupted = loop.train(state, save=str(save), exit_at_step=3)
+    saved_optimizer = optimizer_tensors(state.optimizer)
+    uninterrupted += loop.train(state, save=str(save))
     resumed_state = loop.setup(config, None, load=str(save / "iter_0000003"),
                                reader_factory=fixed_reader(batches, config))
     assert resumed_state.step == 3
+    loaded_optimizer = optimizer_tensors(resumed_state.optimizer)
+    assert saved_optimizer.keys() == loaded_optimizer.keys()
+    for key, value in saved_optimizer.items():
+        assert torch.equal(value, loaded_optimizer[key]), key
     assert resumed_state.reader.position == 3 * config.data.accumulation_steps
     resumed = loop.train(resumed_state)
     assert resumed == uninterrupted[3:], (resumed, uninterrupted)
