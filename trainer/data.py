@@ -147,7 +147,7 @@ def open_reader(shards: str, *, dp_rank: int, dp_size: int, seq_len: int, micro_
 def reader_vocab_size(reader: Any) -> int:
     """Vocabulary size from the reader's manifest."""
     manifest = reader.manifest
-    value = manifest.get("vocab_size") if isinstance(manifest, dict) else getattr(manifest, "vocab_size", None)
+    value = manifest.get("vocab_size") or (manifest.get("tokenizer") or {}).get("vocab_size")
     if not value:
         raise ValueError("shards manifest has no vocab_size; set model.vocab_size")
     return int(value)

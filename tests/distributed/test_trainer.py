@@ -28,7 +28,8 @@ from trainer import loop  # noqa: E402 (applies the CPU shims before megatron is
 from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import lora as lora_lib  # noqa: E402
 from trainer.config import apply_overrides  # noqa: E402
-from trainer.data import SyntheticReader, to_torch_batch  # noqa: E402
+from shards.reader import ShardReader  # noqa: E402
+from trainer.data import to_torch_batch  # noqa: E402
 from trainer.recipes import get_recipe  # noqa: E402
 
 WORLD = 4
@@ -56,18 +57,18 @@ def shared_dir():
         shutil.rmtree(box[0], ignore_errors=True)
 
 
-def global_batches(num_batches: int, seq_len: int, seed: int = 7) -> list[dict[str, np.ndarray]]:
-    """Fixed global batches of GLOBAL_ROWS sequences from one reader (dp_size 1)."""
-    source = iter(SyntheticReader(dp_rank=0, dp_size=1, seq_len=seq_len,
-                                  micro_batch_size=GLOBAL_ROWS, seed=seed))
+def global_batches(shard_dir, num_batches: int, seq_len: int = 64, seed: int = 7) -> list[dict[str, np.ndarray]]:
+    """Fixed global batches of GLOBAL_ROWS sequences read from the shards (one reader, dp_size 1)."""
+    source = iter(ShardReader(shard_dir, dp_rank=0, dp_size=1, seq_len=seq_len,
+                              micro_batch_size=GLOBAL_ROWS, seed=seed, shuffle_buffer=16))
     return [next(source) for _ in range(num_batches)]
 
 
 class FixedBatchReader:
     """Serves this DP rank's rows of fixed global batches as micro-batches (resumable)."""
 
-    domains = SyntheticReader.domains
-    manifest = {"vocab_size": 512}
+    domains = ("general", "domain", "expert")
+    manifest = {"tokenizer": {"vocab_size": 1000}}
 
     def __init__(self, batches, dp_rank: int, dp_size: int, micro_batch_size: int, repeat: bool = False):
         rows = GLOBAL_ROWS // dp_size
@@ -96,7 +97,7 @@ def tiny_config(tp=1, pp=1, **overrides):
     mbs = 1
     values = {"parallel.tp": tp, "parallel.pp": pp, "data.micro_batch_size": mbs,
               "data.accumulation_steps": GLOBAL_ROWS // (dp * mbs), "steps": NUM_STEPS,
-              "log_interval": 100, "model.vocab_size": 512}
+              "log_interval": 100, "data.shuffle_buffer": 16}
     values.update(overrides)
     return apply_overrides(get_recipe(values.pop("recipe", "tiny")), values)
 
@@ -142,16 +143,16 @@ def optimizer_tensors(optimizer) -> dict:
     return out
 
 
-def save_initial(config, root: Path) -> Path:
+def save_initial(config, root: Path, shard_dir) -> Path:
     """Build a model in ``config``'s layout and save its initial weights."""
-    state = loop.setup(config, None, reader_factory=fixed_reader(global_batches(1, config.model.seq_len), config))
+    state = loop.setup(config, None, reader_factory=fixed_reader(global_batches(shard_dir, 1), config))
     loop.save_state(state, str(root))
     return ckpt.latest_checkpoint(root)
 
 
-def test_loss_falls_on_repeated_batch_tp2_pp2():
+def test_loss_falls_on_repeated_batch_tp2_pp2(shard_dir):
     config = tiny_config(tp=2, pp=2, steps=15, **{"optim.warmup_steps": 1})
-    batch = global_batches(1, config.model.seq_len)
+    batch = global_batches(shard_dir, 1)
     state = loop.setup(config, None, reader_factory=fixed_reader(batch, config, repeat=True))
     losses = loop.train(state)
     assert losses[-1] < 0.75 * losses[0], losses
@@ -167,11 +168,11 @@ LAYOUTS = [
 ]
 
 
-def test_layouts_match_tp1_reference(shared_dir):
+def test_layouts_match_tp1_reference(shared_dir, shard_dir):
     """Same init, same global batches: every TP/PP/DP layout gives the TP=1 DP=4 losses."""
     reference_config = tiny_config()
-    init = save_initial(reference_config, shared_dir / "init")
-    batches = global_batches(NUM_STEPS, reference_config.model.seq_len)
+    init = save_initial(reference_config, shared_dir / "init", shard_dir)
+    batches = global_batches(shard_dir, NUM_STEPS)
     _, reference = run_layout(apply_overrides(reference_config, {"pretrained": str(init)}), batches)
     assert reference[-1] < reference[0]
     for layout in LAYOUTS:
@@ -182,31 +183,30 @@ def test_layouts_match_tp1_reference(shared_dir):
 
 
 @pytest.mark.parametrize("layout", [{"tp": 2, "pp": 2}, {"tp": 2, "parallel.distributed_optimizer": True}])
-def test_resume_equals_uninterrupted(shared_dir, layout):
-    """Save at step 3 of 6, resume in new model/optimizer/reader objects: same losses 4..6."""
+def test_resume_equals_uninterrupted(shared_dir, shard_dir, layout):
+    """Stream the shards; save at step 3 of 6, resume in new model/optimizer/reader objects:
+    the optimizer state is bit-identical and losses 4..6 equal the uninterrupted run's."""
     config = tiny_config(steps=6, save_interval=3, **layout)
-    batches = global_batches(6, config.model.seq_len)
     save = shared_dir / "run"
-    state = loop.setup(config, None, reader_factory=fixed_reader(batches, config))
+    state = loop.setup(config, str(shard_dir))
     uninterrupted = loop.train(state, save=str(save), exit_at_step=3)
     saved_optimizer = optimizer_tensors(state.optimizer)
     uninterrupted += loop.train(state, save=str(save))
-    resumed_state = loop.setup(config, None, load=str(save / "iter_0000003"),
-                               reader_factory=fixed_reader(batches, config))
+    resumed_state = loop.setup(config, str(shard_dir), load=str(save / "iter_0000003"))
     assert resumed_state.step == 3
     loaded_optimizer = optimizer_tensors(resumed_state.optimizer)
     assert saved_optimizer.keys() == loaded_optimizer.keys()
     for key, value in saved_optimizer.items():
         assert torch.equal(value, loaded_optimizer[key]), key
-    assert resumed_state.reader.position == 3 * config.data.accumulation_steps
+    assert resumed_state.reader.state_dict()["consumed_batches"] == 3 * config.data.accumulation_steps
     resumed = loop.train(resumed_state)
     assert resumed == uninterrupted[3:], (resumed, uninterrupted)
 
 
-def test_checkpoint_loads_into_another_layout(shared_dir):
+def test_checkpoint_loads_into_another_layout(shared_dir, shard_dir):
     """A TP=2 x PP=2 checkpoint (model + optimizer) loads into TP=1 x PP=2 and into DP=4."""
     config = tiny_config(tp=2, pp=2, steps=3)
-    batches = global_batches(4, config.model.seq_len)
+    batches = global_batches(shard_dir, 4)
     state, _ = run_layout(config, batches, )
     loop.save_state(state, str(shared_dir / "a"))
     expected = loop.evaluate(state, local_batches(state, batches[3]))
@@ -218,10 +218,11 @@ def test_checkpoint_loads_into_another_layout(shared_dir):
         assert abs(got - expected) < LAYOUT_ATOL, (layout, got, expected)
 
 
-def test_sft_loss_ignores_prompt_tokens():
+def test_sft_loss_ignores_prompt_tokens(shard_dir):
     """Changing labels where loss_mask is 0 (prompts, padding) leaves the SFT loss unchanged."""
     config = tiny_config(tp=2, recipe="tiny_sft")
-    batch = global_batches(1, config.model.seq_len)[0]
+    # the batch with the most masked labels (SFT prompts, document boundaries, padding)
+    batch = max(global_batches(shard_dir, 24), key=lambda b: int((b["loss_mask"] == 0).sum()))
     state = loop.setup(config, None, reader_factory=fixed_reader([batch], config))
     base = loop.evaluate(state, local_batches(state, batch))
     rng = np.random.default_rng(0)
@@ -233,12 +234,12 @@ def test_sft_loss_ignores_prompt_tokens():
     assert abs(loop.evaluate(state, local_batches(state, noisy_response)) - base) > 1e-4
 
 
-def test_lora_tp2_frozen_base_separate_adapters_and_merge(shared_dir):
+def test_lora_tp2_frozen_base_separate_adapters_and_merge(shared_dir, shard_dir):
     """LoRA under TP=2: base unchanged, loss falls, adapters saved alone, merge keeps outputs."""
     base_config = tiny_config(tp=2)
-    init = save_initial(base_config, shared_dir / "base")
+    init = save_initial(base_config, shared_dir / "base", shard_dir)
     config = tiny_config(tp=2, recipe="tiny_lora", steps=8, pretrained=str(init))
-    batch = global_batches(1, config.model.seq_len)
+    batch = global_batches(shard_dir, 1)
     state = loop.setup(config, None, reader_factory=fixed_reader(batch, config, repeat=True))
     base_weights = {n: p.detach().clone() for m in state.models for n, p in m.named_parameters()
                     if "lora_" not in n}
