@@ -21,9 +21,6 @@ import torch.distributed as dist
 
 pytestmark = pytest.mark.distributed
 
-if "WORLD_SIZE" not in os.environ:  # collected outside torchrun: the whole module needs it
-    pytest.skip("distributed tier: run under torchrun --nproc_per_node 4", allow_module_level=True)
-
 from trainer import loop  # noqa: E402 (applies the CPU shims before megatron is used)
 from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import lora as lora_lib  # noqa: E402
@@ -203,19 +200,27 @@ def test_resume_equals_uninterrupted(shared_dir, shard_dir, layout):
     assert resumed == uninterrupted[3:], (resumed, uninterrupted)
 
 
-def test_checkpoint_loads_into_another_layout(shared_dir, shard_dir):
-    """A TP=2 x PP=2 checkpoint (model + optimizer) loads into TP=1 x PP=2 and into DP=4."""
-    config = tiny_config(tp=2, pp=2, steps=3)
+@pytest.mark.parametrize("optimizer", [{}, {"parallel.distributed_optimizer": True}])
+def test_checkpoint_loads_into_another_layout(shared_dir, shard_dir, optimizer):
+    """A TP=2 x PP=2 checkpoint (model + optimizer) loads into TP=1 x PP=2 and into DP=4: the
+    same eval loss, and the next optimizer step lands on the same weights as the original's."""
+    config = tiny_config(tp=2, pp=2, steps=4, **optimizer)
     batches = global_batches(shard_dir, 4)
-    state, _ = run_layout(config, batches, )
-    loop.save_state(state, str(shared_dir / "a"))
+    state = loop.setup(config, None, reader_factory=fixed_reader(batches, config))
+    loop.train(state, save=str(shared_dir / "a"), exit_at_step=3)
     expected = loop.evaluate(state, local_batches(state, batches[3]))
+    loop.train(state)  # step 4 on batches[3]
+    expected_after = loop.evaluate(state, local_batches(state, batches[3]))
     for layout in ({"pp": 2}, {}):
-        other = tiny_config(steps=3, **layout)
-        loaded = loop.setup(other, None, load=str(shared_dir / "a"), reader_factory=fixed_reader(batches, other))
+        other = tiny_config(steps=4, **layout, **optimizer)
+        loaded = loop.setup(other, None, load=str(shared_dir / "a"),
+                            reader_factory=fixed_reader([batches[3]], other))
         assert loaded.step == 3
         got = loop.evaluate(loaded, local_batches(loaded, batches[3]))
         assert abs(got - expected) < LAYOUT_ATOL, (layout, got, expected)
+        loop.train(loaded)
+        got_after = loop.evaluate(loaded, local_batches(loaded, batches[3]))
+        assert abs(got_after - expected_after) < LAYOUT_ATOL, (layout, got_after, expected_after)
 
 
 def test_sft_loss_ignores_prompt_tokens(shard_dir):
