@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +132,30 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+@contextmanager
+def atomic_checkpoint_dir(final: Path):
+    """All ranks write into a temporary sibling; rank 0 renames it to ``final`` when every rank
+    is done (replacing a stale checkpoint of the same name), so a crash never leaves a
+    half-written ``iter_*`` under its final name. Needs a filesystem shared by all ranks, as
+    dist_checkpointing itself does."""
+    tmp = final.parent / f".{final.name}.tmp"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    yield tmp
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    dist.barrier()
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, models: list, optimizer, scheduler,
                     reader_state: dict[str, Any] | None, common: dict[str, Any]) -> Path:
     """Save model, optimizer, scheduler, RNG and reader state for ``step``; update ``latest``."""
     path = iteration_dir(root, step)
-    if dist.get_rank() == 0:
-        path.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
     state = model_sharded_state_dict([_unwrap(m) for m in models])
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
@@ -144,8 +163,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, models: list, optimizer,
     state["common"] = {**common, "step": step, "layout": layout(),
                        "adam_steps": adam_steps(optimizer) if optimizer is not None else [],
                        "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    dist_checkpointing.save(state, str(path))
-    dist.barrier()
+    with atomic_checkpoint_dir(path) as tmp_dir:
+        dist_checkpointing.save(state, str(tmp_dir))
     if dist.get_rank() == 0:
         tmp = Path(root) / f".{LATEST}.tmp"
         tmp.write_text(path.name)

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 import os
+import zlib
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
@@ -174,14 +173,13 @@ def adapter_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
 def save_adapters(models: list[torch.nn.Module], root: str | os.PathLike, step: int,
                   cfg: LoraConfig) -> Path:
     """Save the adapters alone under ``<root>/lora/iter_<step>`` (a dist_checkpointing dir)."""
+    from trainer.checkpoint import atomic_checkpoint_dir  # noqa: PLC0415
+
     path = Path(root) / "lora" / f"iter_{step:07d}"
-    if dist.get_rank() == 0:
-        path.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
     state = adapter_sharded_state_dict(models)
     state["lora_config"] = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets)}
-    dist_checkpointing.save(state, str(path))
-    dist.barrier()
+    with atomic_checkpoint_dir(path) as tmp_dir:
+        dist_checkpointing.save(state, str(tmp_dir))
     return path
 
 
