@@ -8,7 +8,6 @@ validated and a bad one names its dotted field.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -264,8 +263,3 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
 def to_dict(config: TrainConfig) -> dict[str, Any]:
     """JSON-ready view of the config (stored in checkpoints and the metrics file)."""
     return config_to_dict(config)
-
-
-def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """dataclasses.replace, re-validated."""
-    return dataclasses.replace(config, **changes)
