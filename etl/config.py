@@ -7,6 +7,7 @@ and the value.  Nested dataclass fields are built recursively.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,23 @@ import yaml
 
 T = TypeVar("T")
 DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+class FrozenDict(dict):
+    """A read-only dict for mapping fields of frozen configs; unlike ``MappingProxyType``
+    it pickles (Spark ships configs to executors) and compares equal to a plain dict."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("config mappings are read-only; build a new config with dataclasses.replace")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __ior__ = _readonly  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # frozen dataclasses hash their fields
+        return hash(tuple(sorted(self.items(), key=repr)))
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -89,12 +107,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict or hint is dict:
+    if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         if len(args) == 2:
-            return types.MappingProxyType({k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()})
-        return types.MappingProxyType(dict(value))
+            return FrozenDict({k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()})
+        return FrozenDict(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number, got {value!r}")

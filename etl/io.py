@@ -161,14 +161,14 @@ def read_file(input_file: InputFile | str, config: ReaderConfig | None = None) -
     try:
         yield from readers[fmt](input_file, config)
     except OSError as exc:  # unreadable file: one rejected record names it
-        yield _bad(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
+        yield bad_record(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
 
 
 # --------------------------------------------------------------------------------- helpers
 
 
-def _bad(input_file: InputFile, line: int, reason: str, error: str, raw: str, field: str | None = None) -> Document:
-    """A rejected record for raw input that could not become a document."""
+def bad_record(input_file: InputFile, line: int, reason: str, error: str, raw: str, field: str | None = None) -> Document:
+    """A rejected record for raw input that could not become a document (logged with file, record, field)."""
     where = f"{input_file.path}: record {line}" + (f": field {field!r}" if field else "")
     logger.warning("%s: %s (%s)", where, reason, error)
     meta = {"src_file": input_file.path, "src_line": line, "error": error}
@@ -195,6 +195,12 @@ def sniff_encoding(sample: bytes) -> str:
     except UnicodeDecodeError as exc:
         if exc.start >= len(sample) - 3:  # a multi-byte char cut by the sample's end
             return "utf-8"
+    # Mostly UTF-8 with a few corrupt bytes: stay UTF-8 and reject the bad lines one by one.
+    decoded = sample.decode("utf-8", "replace")
+    bad = decoded.count("\ufffd")
+    valid_multibyte = sum(1 for ch in decoded if ord(ch) > 0x7F) - bad
+    if valid_multibyte > 0 and bad <= 0.05 * (valid_multibyte + bad):
+        return "utf-8"
     from charset_normalizer import from_bytes
 
     best = from_bytes(sample).best()
@@ -239,22 +245,22 @@ def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Documen
     encoding = _file_encoding(input_file, config)
     for line_no, raw, error in _iter_lines(input_file):
         if error is not None:
-            yield _bad(input_file, line_no, "truncated_file", error, "")
+            yield bad_record(input_file, line_no, "truncated_file", error, "")
             return
         if not raw.strip():
             continue
         if len(raw) > config.max_record_bytes:
-            yield _bad(input_file, line_no, "record_too_large", f"{len(raw)} bytes > read.max_record_bytes={config.max_record_bytes}", raw.decode("utf-8", "replace"))
+            yield bad_record(input_file, line_no, "record_too_large", f"{len(raw)} bytes > read.max_record_bytes={config.max_record_bytes}", raw.decode("utf-8", "replace"))
             continue
         try:
             line = _decode(raw, encoding)
         except UnicodeDecodeError as exc:
-            yield _bad(input_file, line_no, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
+            yield bad_record(input_file, line_no, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield _bad(input_file, line_no, "invalid_json", f"{exc.msg} at column {exc.colno}", line)
+            yield bad_record(input_file, line_no, "invalid_json", f"{exc.msg} at column {exc.colno}", line)
             continue
         yield record_to_document(obj, input_file, line_no, config, raw=line)
 
@@ -262,12 +268,12 @@ def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Documen
 def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: ReaderConfig, raw: str = "") -> Document:
     """Validate one parsed record and turn it into a document (or a rejected one)."""
     if not isinstance(obj, dict):
-        return _bad(input_file, line_no, "invalid_record", f"expected a JSON object, got {type(obj).__name__}", raw)
+        return bad_record(input_file, line_no, "invalid_record", f"expected a JSON object, got {type(obj).__name__}", raw)
     text = obj.get("text")
     if text is not None and not isinstance(text, str):
-        return _bad(input_file, line_no, "invalid_record", f"'text' must be a string, got {type(text).__name__}", raw, field="text")
+        return bad_record(input_file, line_no, "invalid_record", f"'text' must be a string, got {type(text).__name__}", raw, field="text")
     if not (text and text.strip()) and not any(obj.get(k) for k in CONTENT_KEYS[1:]):
-        return _bad(input_file, line_no, "no_text", "record has no text, turns or instruction", raw, field="text")
+        return bad_record(input_file, line_no, "no_text", "record has no text, turns or instruction", raw, field="text")
     meta = obj.get("meta") or {}
     if isinstance(meta, str):
         try:
@@ -275,7 +281,7 @@ def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: Re
         except json.JSONDecodeError:
             meta = {"meta_raw": meta}
     if not isinstance(meta, dict):
-        return _bad(input_file, line_no, "invalid_record", f"'meta' must be an object, got {type(meta).__name__}", raw, field="meta")
+        return bad_record(input_file, line_no, "invalid_record", f"'meta' must be an object, got {type(meta).__name__}", raw, field="meta")
     meta = dict(meta)
     for key, value in obj.items():
         if key not in DOC_COLUMNS:
@@ -298,7 +304,7 @@ def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Docum
     try:
         parquet = pq.ParquetFile(input_file.path)
     except (pa.ArrowInvalid, OSError) as exc:
-        yield _bad(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
+        yield bad_record(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
         return
     row_no = 0
     for batch in parquet.iter_batches(batch_size=1024):
@@ -313,19 +319,19 @@ def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Docum
 def _read_whole(input_file: InputFile, config: ReaderConfig) -> tuple[str | None, Document | None]:
     size = os.path.getsize(input_file.path)
     if size > config.max_record_bytes and not input_file.path.lower().endswith(".gz"):
-        return None, _bad(input_file, 1, "record_too_large", f"{size} bytes > read.max_record_bytes={config.max_record_bytes}", "")
+        return None, bad_record(input_file, 1, "record_too_large", f"{size} bytes > read.max_record_bytes={config.max_record_bytes}", "")
     try:
         with _open_binary(input_file.path) as handle:
             raw = handle.read(config.max_record_bytes + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        return None, _bad(input_file, 1, "truncated_file", f"{type(exc).__name__}: {exc}", "")
+        return None, bad_record(input_file, 1, "truncated_file", f"{type(exc).__name__}: {exc}", "")
     if len(raw) > config.max_record_bytes:
-        return None, _bad(input_file, 1, "record_too_large", f"more than read.max_record_bytes={config.max_record_bytes} bytes", "")
+        return None, bad_record(input_file, 1, "record_too_large", f"more than read.max_record_bytes={config.max_record_bytes} bytes", "")
     encoding = config.encoding if config.encoding != "auto" else sniff_encoding(raw[:_SNIFF_BYTES])
     try:
         return raw.decode(encoding), None
     except UnicodeDecodeError as exc:
-        return None, _bad(input_file, 1, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
+        return None, bad_record(input_file, 1, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
 
 
 def _plain_doc(input_file: InputFile, config: ReaderConfig, text: str, line: int, doc_id: str, **meta: Any) -> Document:
@@ -341,7 +347,7 @@ def _read_text(input_file: InputFile, config: ReaderConfig) -> Iterator[Document
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if config.text_unit == "file":
         if not text.strip():
-            yield _bad(input_file, 1, "no_text", "file is empty or blank", text, field="text")
+            yield bad_record(input_file, 1, "no_text", "file is empty or blank", text, field="text")
         else:
             yield _plain_doc(input_file, config, text, 1, input_file.name)
         return
@@ -375,7 +381,7 @@ def _read_html(input_file: InputFile, config: ReaderConfig) -> Iterator[Document
         yield bad
         return
     if not text.strip():
-        yield _bad(input_file, 1, "no_text", "file is empty or blank", text, field="text")
+        yield bad_record(input_file, 1, "no_text", "file is empty or blank", text, field="text")
         return
     yield _plain_doc(input_file, config, text, 1, input_file.name, format="html")
 
@@ -434,3 +440,5 @@ __all__ = [
     "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl",
     "read_parquet_dir", "dumps_meta",
 ]
+
+_bad = bad_record  # backwards-compatible private name

@@ -24,6 +24,8 @@ HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\U00020000-\U0002ebef
 CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\ufe30-\ufe4f\u2018-\u201f\u2026\u2014"
 _RUNS = re.compile(f"(?P<han>[{HAN}]+)|(?P<punct>[{CJK_PUNCT}])|(?P<other>[^{HAN}{CJK_PUNCT}]+)")
 _HAN_CHAR = re.compile(f"[{HAN}]")
+# Treebank rules split a period only at the end of their input, so sentences are cut first.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +90,9 @@ def tokenize(text: str, config: TokenizerConfig = DEFAULT_TOKENIZER) -> list[str
         elif kind == "punct":
             tokens.append(seg)
         elif not seg.isspace():
-            toks = latin.tokenize(seg)
-            tokens.extend(t.lower() for t in toks) if config.lowercase else tokens.extend(toks)
+            for sentence in _SENTENCE_END.split(seg):
+                toks = latin.tokenize(sentence)
+                tokens.extend(t.lower() for t in toks) if config.lowercase else tokens.extend(toks)
     return tokens
 
 

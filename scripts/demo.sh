@@ -7,4 +7,4 @@ bash scripts/setup.sh
 source scripts/env.sh
 OUT=runs/demo
 mkdir -p "$OUT"
-spark-submit --master "local[2]" spark_jobs/clean.py --input data/sample --output "$OUT/clean"
+spark-submit --master "local[2]" spark_jobs/clean.py --input "data/sample/*/*.jsonl" --output "$OUT/clean"

@@ -65,6 +65,22 @@ def write(target: Path, plan: dict, corpora: Path) -> None:
         shutil.copy(f, lic / f.name)
 
 
+def write_kafka_sample(corpora: Path) -> None:
+    """data/kafka_sample/messages.jsonl: records for the streaming demo (not in data/sample),
+    with a few malformed lines on purpose, to show the dead-letter output."""
+    rows = [line for line in open(corpora / "general_en.jsonl", encoding="utf-8") if json.loads(line)["source"].startswith("github:gutenbergbooks")]
+    picked = rows[75::6][:120]  # offset from the demo sample's spread: disjoint records
+    demo_ids = {json.loads(line)["id"] for line in (ROOT / "data" / "sample" / "general" / "general_en.jsonl").open(encoding="utf-8")}
+    picked = [line for line in picked if json.loads(line)["id"] not in demo_ids]
+    bad = ['{"id": "broken-1", "text": "unterminated\n', '["not", "an", "object"]\n', '{"id": "empty-1", "text": ""}\n']
+    for k, line in enumerate(bad):
+        picked.insert(10 + 37 * k, line)
+    target = ROOT / "data" / "kafka_sample" / "messages.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(picked), encoding="utf-8")
+    print(f"{target.relative_to(ROOT)}: {len(picked)} lines ({len(bad)} malformed on purpose)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"), help="folder of the shared corpora")
@@ -72,6 +88,7 @@ def main() -> None:
     corpora = Path(args.corpora)
     write(ROOT / "data" / "sample", DEMO, corpora)
     write(ROOT / "tests" / "data", TESTS, corpora)
+    write_kafka_sample(corpora)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from shards.config import ShardsConfig
 from shards.mix import MixPlan, assign_group, plan_mix
 from shards.samples import Sample, encode_texts, order_key, pack_samples, sample_inputs, split_sample
 from shards.tario import ShardWriter, file_sha256, index_path_of
-from shards.tokenizer import load_tokenizer, token_dtype, tokenizer_fingerprint
+from shards.tokenizer import load_backend_tokenizer, load_tokenizer, token_dtype, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 STEP = "shards"
@@ -79,11 +79,14 @@ def group_of(doc: Document, forced_group: str | None, cfg: ShardsConfig) -> str 
     return assign_group(doc.domain, cfg.groups, cfg.default_group)
 
 
-def make_encoder(cfg: ShardsConfig, tokenizer_path: str) -> Callable[[list[tuple[Document, str | None]]], list[Sample | Document]]:
+def make_encoder(cfg: ShardsConfig, tokenizer_path: str, eos_id: int | None = None) -> Callable[[list[tuple[Document, str | None]]], list[Sample | Document]]:
     """A batch encoder: (document, forced group) pairs -> samples (a document longer than
-    ``max_doc_tokens`` gives several, its chunks), or the document dropped; in input order."""
-    tok = load_tokenizer(tokenizer_path)
-    eos = tok.eos_token_id if cfg.append_eos else None
+    ``max_doc_tokens`` gives several, its chunks), or the document dropped; in input order.
+    ``eos_id`` (from :func:`tokenizer_info`) saves loading ``transformers`` to find it."""
+    tok = load_backend_tokenizer(tokenizer_path)
+    if eos_id is None:
+        eos_id = int(load_tokenizer(tokenizer_path).eos_token_id)
+    eos = eos_id if cfg.append_eos else None
     weights = set(cfg.weights)
 
     def encode(batch: list[tuple[Document, str | None]]) -> list[Sample | Document]:
@@ -249,7 +252,7 @@ def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_se
     if not tokenizer_path:
         raise ValueError("shards.tokenizer: no tokenizer given (params shards.tokenizer or --tokenizer)")
     info = tokenizer_info(tokenizer_path)
-    encode = make_encoder(cfg, tokenizer_path)
+    encode = make_encoder(cfg, tokenizer_path, info.eos_id)
     samples: dict[str, list[Sample]] = {g: [] for g in cfg.weights}
     rejected: list[Document] = []
     for forced, path in parse_inputs(inputs):

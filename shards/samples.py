@@ -80,10 +80,16 @@ def order_key(seed: int, doc_id: str) -> str:
 
 
 def encode_texts(tok: Any, texts: Sequence[str], segments: Sequence[Any], eos_id: int | None) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Token ids (+EOS) and target masks for a batch of texts (masks only where segments exist)."""
-    enc = tok(list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    """Token ids (+EOS) and target masks for a batch of texts (masks only where segments exist);
+    ``tok`` is a ``tokenizers.Tokenizer`` or a ``transformers`` fast tokenizer (same ids)."""
+    if hasattr(tok, "encode_batch"):  # a tokenizers.Tokenizer (see shards.tokenizer.load_backend_tokenizer)
+        encodings = tok.encode_batch(list(texts), add_special_tokens=False)
+        all_ids, all_offsets = [e.ids for e in encodings], [e.offsets for e in encodings]
+    else:  # a transformers fast tokenizer
+        enc = tok(list(texts), add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+        all_ids, all_offsets = enc["input_ids"], enc["offset_mapping"]
     out = []
-    for ids, offsets, segs in zip(enc["input_ids"], enc["offset_mapping"], segments):
+    for ids, offsets, segs in zip(all_ids, all_offsets, segments):
         ids = np.asarray(ids, dtype=np.int64)
         target = target_mask_from_segments(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), segs) if segs else None
         if eos_id is not None:

@@ -71,6 +71,24 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
     return tok
 
 
+def load_backend_tokenizer(path_or_hub_id: str | os.PathLike):
+    """The ``tokenizers.Tokenizer`` that does the encoding: read straight from
+    ``<dir>/tokenizer.json`` for a local directory (no ``transformers``/torch import: ~3.5 s per
+    Spark Python worker), else the backend of :func:`load_tokenizer`. Truncation and padding are
+    switched off, as ``transformers`` does for an encode without them, so ids and offsets are the
+    same either way."""
+    path = Path(str(path_or_hub_id)) / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(path))
+    else:
+        backend = load_tokenizer(path_or_hub_id).backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def tokenizer_fingerprint(tok: Any) -> str:
     """sha256 (first 16 hex digits) of what decides the ids: model (vocab, merges), normaliser,
     pre-tokeniser, post-processor and added tokens of the backend tokenizer."""

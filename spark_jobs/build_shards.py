@@ -71,13 +71,13 @@ def extract(spark, inputs: Sequence[str]):
 _ENCODERS: dict = {}
 
 
-def _encode_partition(cfg: ShardsConfig, tokenizer_path: str):
-    key = (repr(cfg), tokenizer_path)
+def _encode_partition(cfg: ShardsConfig, tokenizer_path: str, eos_id: int):
+    key = (repr(cfg), tokenizer_path, eos_id)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         encode = _ENCODERS.get(key)
         if encode is None:
-            encode = _ENCODERS[key] = make_encoder(cfg, tokenizer_path)
+            encode = _ENCODERS[key] = make_encoder(cfg, tokenizer_path, eos_id)
         for batch in batches:
             forced = batch.column("forced_group").to_pylist()
             docs = list(rows_to_documents(batch))
@@ -102,14 +102,14 @@ def _encoded_row(result: Sample | Document, seed: int) -> dict:
             "target": None if result.target is None else result.target.astype(np.uint8).tobytes()}
 
 
-def transform(spark, records, cfg: ShardsConfig, tokenizer_path: str, num_partitions: int):
+def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partitions: int):
     """(plan, per-partition shard cuts, kept samples keyed by (partition, slot) and sorted within
     partitions, the rejected frame, the cached frames to unpersist)."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    encoded = records.mapInArrow(_encode_partition(cfg, tokenizer_path), _spark_schema(ENCODED_SCHEMA))
+    encoded = records.mapInArrow(_encode_partition(cfg, info.path, info.eos_id), _spark_schema(ENCODED_SCHEMA))
     encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
     kept = encoded.filter(F.col("drop_reason").isNull())
     rejected = encoded.filter(F.col("drop_reason").isNotNull())
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_partitions = args.partitions or spark.sparkContext.defaultParallelism
     started_s = time.perf_counter()
     records = extract(spark, args.input)
-    plan, cuts, ordered, rejected, cached = transform(spark, records, cfg, tokenizer_path, num_partitions)
+    plan, cuts, ordered, rejected, cached = transform(spark, records, cfg, info, num_partitions)
     planned_s = time.perf_counter()
     logger.info("encoded, numbered and planned %d slots in %.1f s", len(plan), planned_s - started_s)
     try:

@@ -86,7 +86,7 @@ def get_spark(app_name: str):
 def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
     """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
     parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML")
     parser.add_argument("--output", required=True, metavar="DIR",

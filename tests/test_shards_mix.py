@@ -77,3 +77,19 @@ def test_assign_group_exact_before_glob():
     assert assign_group("medical-genetics", rules) == "expert"
     assert assign_group("poetry", rules) is None
     assert assign_group("poetry", rules, "general") == "general"
+
+
+def test_reader_shuffle_keeps_every_prefix_within_one_item_of_the_shares():
+    from shards.reader import interleave_by_deficit
+
+    rng = np.random.default_rng(5)
+    groups = rng.choice(3, size=600, p=[0.7, 0.2, 0.1])
+    sizes = rng.integers(1, 300, size=600)
+    order = interleave_by_deficit(groups, sizes, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(600))
+    assert order.tolist() != interleave_by_deficit(groups, sizes, np.random.default_rng(1)).tolist()  # shuffles
+    shares = np.array([sizes[groups == g].sum() for g in range(3)]) / sizes.sum()
+    consumed = np.zeros(3)
+    for i in order:
+        consumed[groups[i]] += sizes[i]
+        assert np.all(np.abs(consumed - shares * consumed.sum()) <= sizes.max() + 1e-9)

@@ -1,0 +1,176 @@
+"""Cleaning benchmark: jinglian's rules vs DataTrove's on the same documents in the same run.
+
+    python -m benchmarks.clean [--corpora ../shared/corpora] [--max-docs 600] [--scales 1 2 4] [--spark]
+
+Reports documents/s and MB/s per core for (a) the whole local clean pipeline, (b) jinglian's
+Gopher quality + Gopher repetition + C4 rules versus DataTrove's GopherQualityFilter,
+GopherRepetitionFilter and C4QualityFilter (spaCy word tokenizer, DataTrove's default) on the
+same English documents, with the agreement of their keep/drop decisions, (c) optionally the
+Spark job on local[2], (d) time at 1x..4x the data, and (e) the HTML extractor comparison
+(recall of main-content blocks, leaked navigation strings, pages/s).  Results go to
+benchmarks/results/clean.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from etl.clean import CleanConfig, build_clean_pipeline
+from etl.document import Document
+from etl.io import read_inputs, write_jsonl
+from etl.quality import QualityConfig, c4_rules, gopher_quality, repetition
+from etl.tokenize import TokenizerConfig, tokenize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.clean", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpora", default=str(ROOT.parent.parent / "shared" / "corpora") if not (ROOT / "../shared/corpora").exists() else str(ROOT / "../shared/corpora"))
+    p.add_argument("--max-docs", type=int, default=600, help="documents per text corpus file")
+    p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4], help="data multiples for the scaling run")
+    p.add_argument("--spark", action="store_true", help="also time spark_jobs/clean.py on local[2]")
+    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "clean.json"))
+    return p.parse_args(argv)
+
+
+def load_docs(corpora: Path, max_docs: int) -> list[Document]:
+    docs = []
+    for name in ("general_en", "general_zh", "domain_medical", "expert"):
+        read = [d for d in read_inputs([corpora / f"{name}.jsonl"]) if not d.dropped]
+        docs.extend(read[:max_docs])
+    return docs
+
+
+def _mb(docs) -> float:
+    return sum(len(d.text.encode("utf-8")) for d in docs) / 1e6
+
+
+def time_pipeline(docs: list[Document]) -> dict:
+    copies = [Document.from_row(d.to_row()) for d in docs]
+    pipeline = build_clean_pipeline()
+    list(pipeline([Document.from_row(docs[0].to_row())]))  # warm up jieba, langid
+    start = time.perf_counter()
+    out = list(pipeline(copies))
+    elapsed = time.perf_counter() - start
+    return {"docs": len(docs), "mb": round(_mb(docs), 3), "s": round(elapsed, 3), "docs_per_s": round(len(docs) / elapsed, 1),
+            "mb_per_s": round(_mb(docs) / elapsed, 3), "kept": sum(not d.dropped for d in out)}
+
+
+PARITY_C4 = dict(min_sentences=5, curly_bracket=True, remove_lines=True)
+
+
+def jinglian_rules(doc_text: str, config: QualityConfig, tok: TokenizerConfig) -> bool:
+    tokens = tokenize(doc_text, tok)
+    lines = doc_text.splitlines()
+    if not tokens or gopher_quality(doc_text, lines, tokens, config.gopher):
+        return False
+    if repetition(doc_text, tokens, config.repetition.top_ngram_char_frac, config.repetition.dup_ngram_char_frac, config.repetition):
+        return False
+    return c4_rules(doc_text, config.c4)[0] is None
+
+
+def compare_datatrove(docs: list[Document]) -> dict:
+    from datatrove.data import Document as DTDocument
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    english = [d for d in docs if d.lang == "en" or re.match(r"^[\x00-\x7f\u2018-\u201d]*$", d.text[:200])]
+    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter()]
+    dt_docs = [DTDocument(text=d.text, id=d.id) for d in english]
+    filters[0].filter(dt_docs[0])  # load spaCy once
+
+    def dt_keep(doc):
+        for f in filters:
+            res = f.filter(doc)
+            if res is not True and not (isinstance(res, tuple) and res[0]):
+                return False
+        return True
+
+    start = time.perf_counter()
+    dt = [dt_keep(DTDocument(text=d.text, id=d.id)) for d in english]
+    dt_s = time.perf_counter() - start
+    config = QualityConfig(c4=dataclasses.replace(QualityConfig().c4, **PARITY_C4))
+    results = {}
+    for name, tok in (("treebank", TokenizerConfig()), ("wordpunct", TokenizerConfig(english="wordpunct"))):
+        jinglian_rules(english[0].text, config, tok)
+        start = time.perf_counter()
+        ours = [jinglian_rules(d.text, config, tok) for d in english]
+        s = time.perf_counter() - start
+        results[name] = {"s": round(s, 3), "docs_per_s": round(len(english) / s, 1), "speed_ratio_vs_datatrove": round(dt_s / s, 2),
+                         "decision_agreement": round(sum(a == b for a, b in zip(ours, dt)) / len(dt), 3), "kept": sum(ours)}
+    return {"docs": len(english), "mb": round(_mb(english), 3), "datatrove": {"s": round(dt_s, 3), "docs_per_s": round(len(english) / dt_s, 1), "kept": sum(dt)},
+            "jinglian": results, "config": {"c4": PARITY_C4, "note": "both sides: Gopher quality + repetition + C4 with C4's own 5 sentences, curly brackets, line removal"}}
+
+
+def html_comparison(corpora: Path) -> dict:
+    from lxml import html as lxml_html
+
+    from etl.html import extract_resiliparse, extract_trafilatura
+
+    pages = [d for d in read_inputs([corpora / "html_pages.jsonl"]) if not d.dropped]
+    nav_xpath = "//*[contains(@class,'nav') or contains(@class,'footer') or contains(@class,'header') or self::nav or self::footer]"
+    out = {}
+    for name, fn in (("resiliparse", lambda h: extract_resiliparse(h)), ("trafilatura", lambda h: extract_trafilatura(h))):
+        fn(pages[0].text)
+        recalls, leaks, total_s = [], [], 0.0
+        for page in pages:
+            start = time.perf_counter()
+            text = fn(page.text)
+            total_s += time.perf_counter() - start
+            norm = " ".join(text.split())
+            tree = lxml_html.fromstring(page.text.encode("utf-8"))
+            nav = {" ".join(e.text_content().split()) for e in tree.xpath(nav_xpath)}
+            nav = {t for t in nav if len(t) >= 8}
+            for e in tree.xpath(nav_xpath):
+                e.drop_tree()
+            blocks = [" ".join(e.text_content().split()) for e in tree.xpath("//body//*[self::p or self::h1 or self::h2 or self::h3 or self::h4 or self::li or self::pre]")]
+            blocks = [b for b in blocks if len(b) >= 20]
+            if blocks:
+                recalls.append(sum(b in norm for b in blocks) / len(blocks))
+            if nav:
+                leaks.append(sum(t in norm for t in nav) / len(nav))
+        out[name] = {"pages": len(pages), "pages_per_s": round(len(pages) / total_s, 1), "mean_block_recall": round(sum(recalls) / len(recalls), 3),
+                     "mean_nav_leak": round(sum(leaks) / max(1, len(leaks)), 3)}
+    return out
+
+
+def spark_run(docs: list[Document]) -> dict:
+    from spark_jobs.clean import main as spark_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.jsonl"
+        write_jsonl(docs, path)
+        start = time.perf_counter()
+        spark_main(["--input", str(path), "--output", str(Path(tmp) / "out")])
+        s = time.perf_counter() - start
+    return {"master": "launcher's (run under spark-submit --master local[2])", "docs": len(docs), "s": round(s, 2),
+            "docs_per_s_per_core": round(len(docs) / s / 2, 1), "mb_per_s_per_core": round(_mb(docs) / s / 2, 3)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    corpora = Path(args.corpora)
+    docs = load_docs(corpora, args.max_docs)
+    report = {"corpora": str(corpora), "max_docs_per_file": args.max_docs, "cores": 1}
+    report["scaling_local"] = [dict(scale=k, **time_pipeline(docs * k)) for k in args.scales]
+    report["local_pipeline"] = report["scaling_local"][0]
+    annotated = list(build_clean_pipeline(CleanConfig())(Document.from_row(d.to_row()) for d in docs))
+    for raw, ann in zip(docs, annotated):
+        raw.lang = ann.lang
+    report["rules_vs_datatrove"] = compare_datatrove(docs)
+    report["html_extractors"] = html_comparison(corpora)
+    if args.spark:
+        report["spark"] = spark_run(docs)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The cleaning stage: configuration, the step pipeline, and the local command line.
+
+Steps, in order (each a pure function under the step contract, :mod:`etl.step`)::
+
+    html        HTML records -> main text                          html_no_text
+    dialogue    turns / instruction -> text + segments + tree      dialogue_* / instruction_*
+    normalize   NFKC, invisible chars, whitespace, unwrap, t2s     empty_after_normalize
+    chars       remove characters outside the allowed classes      invalid_chars
+    langid      lang annotation + language filter                  lang_not_allowed, low_lang_score
+    dedup_lines repeated lines/sentences, boilerplate lines        (no drop; counts in meta)
+    quality     Gopher quality + repetition, C4, CJK rules         gopher_*, dup_*, top_*, c4_*, cjk_*
+    pii         e-mail, phone, ID card, IP masking                 (no drop; counts in meta)
+
+``meta.chars_in`` (the record's characters before cleaning, kept on re-cleaning) is set by
+the first step so the statistics report characters in and out.
+
+Local run (the same steps as ``spark-submit spark_jobs/clean.py``)::
+
+    python -m etl.clean --input data/sample --output runs/clean [--params params.yaml] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from etl.charfilter import CharFilterConfig, filter_chars
+from etl.config import build_config, config_to_dict, load_params, params_hash
+from etl.dialogue import DialogueConfig, flatten_document
+from etl.document import Document
+from etl.html import HtmlConfig, strip_html
+from etl.io import ReaderConfig, read_inputs
+from etl.langid import LangIdConfig, identify_language
+from etl.normalize import NormalizeConfig, normalize_text, unwrap_lines
+from etl.pii import PiiConfig, mask_pii
+from etl.quality import QualityConfig, check_quality
+from etl.repetition import RepetitionRemovalConfig, remove_repetition
+from etl.runner import run_pipeline, write_stage_output
+from etl.step import ON_ERROR_CHOICES, FunctionStep, Pipeline, filter_step, map_step
+from etl.tokenize import TokenizerConfig
+
+logger = logging.getLogger(__name__)
+STAGE = "clean"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanConfig:
+    """The ``clean:`` section of params.yaml (every sub-section documented in its class)."""
+
+    on_error: str = "skip"
+    """Per-record failures: ``skip`` rejects the record as ``error_<Type>``, ``raise`` stops."""
+    html: HtmlConfig = field(default_factory=HtmlConfig)
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    chars: CharFilterConfig = field(default_factory=CharFilterConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
+    dedup_lines: RepetitionRemovalConfig = field(default_factory=RepetitionRemovalConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"clean.on_error must be one of {list(ON_ERROR_CHOICES)}, got {self.on_error!r}")
+
+
+def load_clean_config(params_path: str | None = None) -> tuple[CleanConfig, TokenizerConfig, ReaderConfig]:
+    """``(clean, tokenizer, read)`` configs from params.yaml (the repository's when None)."""
+    params = load_params(params_path)
+    return (build_config(CleanConfig, params.get("clean"), "clean"),
+            build_config(TokenizerConfig, params.get("tokenizer"), "tokenizer"),
+            build_config(ReaderConfig, params.get("read"), "read"))
+
+
+# ------------------------------------------------------------------------------ steps
+
+
+def _chars_in(doc: Document) -> int:
+    if doc.text:
+        return len(doc.text)
+    turns = doc.meta.get("turns")
+    if isinstance(turns, list):
+        return sum(len(t.get("text") or "") for t in turns if isinstance(t, dict))
+    return sum(len(str(doc.meta.get(k) or "")) for k in ("instruction", "input", "output"))
+
+
+def html_step(config: CleanConfig) -> FunctionStep:
+    """Record ``meta.chars_in``, then extract HTML records' text (``html_no_text``)."""
+
+    def run(doc: Document) -> str | None:
+        doc.meta.setdefault("chars_in", _chars_in(doc))
+        return strip_html(doc, config.html)
+
+    return filter_step("html", run, config.on_error)
+
+
+def _turn_cleaner(config: CleanConfig):
+    def clean_turn(text: str) -> str:
+        text = normalize_text(text, config.normalize)
+        if config.chars.remove:
+            text = filter_chars(text, config.chars)[0]
+        if config.pii.enabled:
+            text = mask_pii(text, config.pii)[0]
+        return text
+
+    return clean_turn
+
+
+def dialogue_step(config: CleanConfig) -> FunctionStep:
+    """Flatten dialogue and instruction records (turns cleaned before flattening)."""
+    clean_turn = _turn_cleaner(config)
+    return filter_step("dialogue", lambda doc: flatten_document(doc, config.dialogue, clean_turn), config.on_error)
+
+
+def normalize_step(config: CleanConfig) -> FunctionStep:
+    """Normalise text (documents with segments were normalised turn by turn)."""
+
+    def run(doc: Document) -> str | None:
+        if "segments" not in doc.meta:
+            doc.text = normalize_text(doc.text, config.normalize)
+        return None if doc.text else "empty_after_normalize"
+
+    return filter_step("normalize", run, config.on_error)
+
+
+def chars_step(config: CleanConfig) -> FunctionStep:
+    """Remove invalid characters; drop documents with too many (``invalid_chars``)."""
+
+    def run(doc: Document) -> str | None:
+        new_text, num_invalid = filter_chars(doc.text, config.chars)
+        if num_invalid:
+            doc.meta["num_invalid_chars"] = doc.meta.get("num_invalid_chars", 0) + num_invalid
+        if num_invalid / max(1, len(doc.text)) > config.chars.max_invalid_frac:
+            return "invalid_chars"
+        if config.chars.remove and num_invalid and "segments" not in doc.meta:
+            doc.text = new_text
+        return None if doc.text else "empty_after_chars"
+
+    return filter_step("chars", run, config.on_error)
+
+
+def langid_step(config: CleanConfig) -> FunctionStep:
+    return filter_step("langid", lambda doc: identify_language(doc, config.langid), config.on_error)
+
+
+def dedup_lines_step(config: CleanConfig) -> FunctionStep:
+    """Remove repeated lines and sentences and boilerplate lines inside each document."""
+
+    def run(doc: Document) -> str | None:
+        if not config.dedup_lines.enabled or "segments" in doc.meta:
+            return None
+        doc.text, counts = remove_repetition(doc.text, config.dedup_lines)
+        if any(counts.values()) and config.normalize.unwrap_lines:
+            # removing a line can make two wrapped lines adjacent; re-unwrap so that cleaning
+            # clean output changes nothing (idempotence)
+            doc.text = unwrap_lines(doc.text, config.normalize.unwrap_min_chars)
+        for key, num in counts.items():
+            if num:
+                doc.meta[key] = doc.meta.get(key, 0) + num
+        return None if doc.text else "empty_after_dedup_lines"
+
+    return filter_step("dedup_lines", run, config.on_error)
+
+
+def quality_step(config: CleanConfig, tokenizer: TokenizerConfig) -> FunctionStep:
+    return filter_step("quality", lambda doc: check_quality(doc, config.quality, tokenizer), config.on_error)
+
+
+def pii_step(config: CleanConfig) -> FunctionStep:
+    """Mask PII (documents with segments were masked turn by turn)."""
+
+    def run(doc: Document) -> Document:
+        if config.pii.enabled and "segments" not in doc.meta:
+            doc.text, counts = mask_pii(doc.text, config.pii)
+            if counts:
+                merged = dict(doc.meta.get("pii_counts") or {})
+                for kind, num in counts.items():
+                    merged[kind] = merged.get(kind, 0) + num
+                doc.meta["pii_counts"] = merged
+        return doc
+
+    return map_step("pii", run, config.on_error)
+
+
+def build_clean_pipeline(config: CleanConfig | None = None, tokenizer_config: TokenizerConfig | None = None) -> Pipeline:
+    """The cleaning pipeline (see the module docstring); reused by Spark, Kafka ingest and DVC."""
+    config = config or CleanConfig()
+    tokenizer_config = tokenizer_config or TokenizerConfig()
+    return Pipeline([
+        html_step(config), dialogue_step(config), normalize_step(config), chars_step(config),
+        langid_step(config), dedup_lines_step(config), quality_step(config, tokenizer_config), pii_step(config),
+    ], name=STAGE)
+
+
+class CleanPipelineFactory:
+    """A picklable factory (for worker processes and Spark executors)."""
+
+    def __init__(self, config: CleanConfig, tokenizer_config: TokenizerConfig):
+        self.config = config
+        self.tokenizer_config = tokenizer_config
+
+    def __call__(self) -> Pipeline:
+        return build_clean_pipeline(self.config, self.tokenizer_config)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    """The local CLI: the Spark job's flags plus --workers and --no-progress."""
+    parser = argparse.ArgumentParser(prog="python -m etl.clean", description="Clean raw text locally (the same steps as spark_jobs/clean.py).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output directory; receives kept/, rejected/ and stats.json, written atomically")
+    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=None,
+                        help="per-record failures: 'skip' rejects the record with reason error_<Type>; 'raise' stops (default: clean.on_error)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (output is identical for any N)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def resolve_configs(params: str | None, on_error: str | None) -> tuple[CleanConfig, TokenizerConfig, ReaderConfig]:
+    """Load the configs and apply the --on-error override."""
+    import dataclasses
+
+    config, tokenizer_config, reader_config = load_clean_config(params)
+    if on_error:
+        config = dataclasses.replace(config, on_error=on_error)
+    return config, tokenizer_config, reader_config
+
+
+def stats_extra(config: CleanConfig, tokenizer_config: TokenizerConfig, runner: str) -> dict:
+    """What stats.json records besides the counts: stage, runner, params hash."""
+    return {"stage": STAGE, "runner": runner, "params_hash": params_hash(config_to_dict(config))}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the cleaning stage locally; returns the statistics report."""
+    args = arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1")
+    config, tokenizer_config, reader_config = resolve_configs(args.params, args.on_error)
+    factory = CleanPipelineFactory(config, tokenizer_config)
+    docs = run_pipeline(read_inputs(args.input, reader_config), factory, workers=args.workers)
+    report = write_stage_output(docs, args.output, factory().step_names, stats_extra(config, tokenizer_config, "local"),
+                                progress=not args.no_progress, desc=STAGE)
+    reasons = ", ".join(f"{k}={v}" for k, v in report["drop_reasons"].items()) or "none"
+    print(f"[clean] in={report['num_in']} kept={report['num_kept']} rejected={report['num_rejected']} "
+          f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

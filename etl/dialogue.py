@@ -1,0 +1,202 @@
+"""Dialogue trees and instruction records flattened into training text with segments.
+
+Input forms (the reader puts non-column fields into ``meta``):
+
+* dialogues: ``meta.turns = [{"role", "text", ...}, ...]``; a turn may carry ``id`` and
+  ``parent`` (a branching tree, as in OpenAssistant); without them each turn's parent is the
+  previous turn.
+* instructions (the seeds' SFT format): ``meta.instruction`` (+ optional ``meta.input``) and
+  ``meta.output``.
+
+Validation (each its own drop reason): ``dialogue_no_turns``, ``dialogue_empty_turn``,
+``dialogue_unknown_role`` (a role in neither ``prompt_roles`` nor ``response_roles``,
+compared case-insensitively), ``dialogue_not_alternating`` (two consecutive turns on the same
+side, prompt or response, when ``require_alternation``), ``dialogue_bad_parent`` (a parent id
+that is not an earlier turn), ``instruction_missing_output``.
+
+The template (documented in README "Stage: clean")::
+
+    dialogue:     "{role}: {text}" per turn on the path root -> last leaf, joined by "\\n"
+    instruction:  "{instruction}\\n{input}\\n" (input line only when non-empty) + "{output}"
+
+Each turn's text is normalised (and PII-masked when enabled) *before* flattening.  The step
+records ``meta.segments = [[start, end, "prompt"|"response"], ...]``: character offsets into
+the final ``text`` that cover it exactly, adjacent spans of one kind merged; "response" is the
+text a fine-tuned model should learn to produce (the response turns' text and the newline
+ending them, or the instruction's output).  Role labels ``"B: "`` belong to the prompt.
+``meta.dialogue = [{"id", "parent", "role", "text"}, ...]`` keeps the tree; ``meta.turns`` is
+removed (the tree replaces it).  Later steps that rewrite text skip documents with segments,
+so the offsets stay valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from etl.document import Document
+
+DEFAULT_PROMPT_ROLES = ("a", "user", "human", "patient", "guest_family", "guest_clinician", "system", "question")
+DEFAULT_RESPONSE_ROLES = ("b", "assistant", "gpt", "bot", "doctor", "answer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DialogueConfig:
+    """The ``clean.dialogue`` section."""
+
+    enabled: bool = True
+    """Flatten dialogue and instruction records (others pass unchanged)."""
+    prompt_roles: tuple[str, ...] = DEFAULT_PROMPT_ROLES
+    """Roles (case-insensitive) whose turns are context.  KdConv: A; MTS-Dialog: patient and guests."""
+    response_roles: tuple[str, ...] = DEFAULT_RESPONSE_ROLES
+    """Roles whose turns the model learns to produce.  KdConv: B (the knowledgeable side); MTS-Dialog: doctor."""
+    require_alternation: bool = False
+    """Drop dialogues where two consecutive turns are on the same side (``dialogue_not_alternating``).
+    Off by default: 6% of MTS-Dialog has a patient and a relative speaking in a row, which is
+    real conversation; such turns are counted in ``meta.num_same_side_turns`` instead."""
+    min_turns: int = 2
+    """Turns on the flattened path; fewer is ``dialogue_too_few_turns``."""
+    turn_template: str = "{role}: {text}"
+    """How one turn is written; must contain ``{role}`` before ``{text}`` and end with ``{text}``."""
+    turn_separator: str = "\n"
+    """Between turns; it ends the preceding turn's segment."""
+
+    def __post_init__(self) -> None:
+        overlap = {r.lower() for r in self.prompt_roles} & {r.lower() for r in self.response_roles}
+        if overlap:
+            raise ValueError(f"clean.dialogue: roles in both prompt_roles and response_roles: {sorted(overlap)}")
+        if not self.turn_template.endswith("{text}") or "{role}" not in self.turn_template:
+            raise ValueError(f"clean.dialogue.turn_template must contain {{role}} and end with {{text}}, got {self.turn_template!r}")
+        if self.min_turns < 1:
+            raise ValueError(f"clean.dialogue.min_turns must be >= 1, got {self.min_turns}")
+
+
+TextFn = Callable[[str], str]
+
+
+def _side(role: str, config: DialogueConfig) -> str | None:
+    low = role.lower()
+    if low in {r.lower() for r in config.response_roles}:
+        return "response"
+    if low in {r.lower() for r in config.prompt_roles}:
+        return "prompt"
+    return None
+
+
+def build_tree(turns: list[Any], clean_text: TextFn) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """``(tree nodes, None)`` or ``(None, reason)`` from raw turns; texts pass through ``clean_text``."""
+    if not isinstance(turns, list) or not turns:
+        return None, "dialogue_no_turns"
+    nodes: list[dict[str, Any]] = []
+    ids: set[str] = set()
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("text"), str) or not isinstance(turn.get("role"), str):
+            return None, "dialogue_bad_turn"
+        text = clean_text(turn["text"])
+        if not text:
+            return None, "dialogue_empty_turn"
+        node_id = str(turn.get("id", i))
+        parent = turn.get("parent", nodes[-1]["id"] if nodes else None)
+        parent = None if parent is None else str(parent)
+        if parent is not None and parent not in ids:
+            return None, "dialogue_bad_parent"
+        ids.add(node_id)
+        nodes.append({"id": node_id, "parent": parent, "role": turn["role"], "text": text})
+    return nodes, None
+
+
+def main_path(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Root to leaf following each node's first child (the whole list for a linear dialogue)."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for node in nodes:
+        children.setdefault(node["parent"], []).append(node)
+    path, parent = [], None
+    while children.get(parent):
+        node = children[parent][0]
+        path.append(node)
+        parent = node["id"]
+    return path
+
+
+def _append(parts: list[str], segments: list[list], piece: str, kind: str, pos: int) -> int:
+    if not piece:
+        return pos
+    parts.append(piece)
+    end = pos + len(piece)
+    if segments and segments[-1][2] == kind and segments[-1][1] == pos:
+        segments[-1][1] = end
+    else:
+        segments.append([pos, end, kind])
+    return end
+
+
+def flatten_dialogue(path: list[dict[str, Any]], config: DialogueConfig) -> tuple[str | None, list[list] | None, str | None]:
+    """``(text, segments, None)`` for a validated path, or ``(None, None, reason)``."""
+    if len(path) < config.min_turns:
+        return None, None, "dialogue_too_few_turns"
+    label_tpl = config.turn_template[: -len("{text}")]
+    parts: list[str] = []
+    segments: list[list] = []
+    pos, last_side = 0, None
+    for i, node in enumerate(path):
+        side = _side(node["role"], config)
+        if side is None:
+            return None, None, "dialogue_unknown_role"
+        if config.require_alternation and side == last_side:
+            return None, None, "dialogue_not_alternating"
+        last_side = side
+        pos = _append(parts, segments, label_tpl.format(role=node["role"]), "prompt", pos)
+        sep = config.turn_separator if i < len(path) - 1 else ""
+        pos = _append(parts, segments, node["text"] + sep, side, pos)
+    return "".join(parts), segments, None
+
+
+def count_same_side(path: list[dict[str, Any]], config: DialogueConfig) -> int:
+    """Consecutive turn pairs on the same side (prompt or response)."""
+    sides = [_side(node["role"], config) for node in path]
+    return sum(1 for a, b in zip(sides, sides[1:]) if a == b)
+
+
+def flatten_instruction(meta: dict[str, Any], clean_text: TextFn) -> tuple[str | None, list[list] | None, str | None]:
+    """Instruction/input/output to ``(text, segments, None)`` or ``(None, None, reason)``."""
+    instruction = clean_text(str(meta.get("instruction") or ""))
+    extra = clean_text(str(meta.get("input") or ""))
+    output = clean_text(str(meta.get("output") or ""))
+    if not instruction:
+        return None, None, "instruction_empty"
+    if not output:
+        return None, None, "instruction_missing_output"
+    prompt = instruction + "\n" + (extra + "\n" if extra else "")
+    return prompt + output, [[0, len(prompt), "prompt"], [len(prompt), len(prompt) + len(output), "response"]], None
+
+
+def is_structured(doc: Document) -> bool:
+    """Whether ``doc`` is a dialogue or instruction record still to be flattened."""
+    return "segments" not in doc.meta and ("turns" in doc.meta or "instruction" in doc.meta)
+
+
+def flatten_document(doc: Document, config: DialogueConfig, clean_text: TextFn) -> str | None:
+    """Turn a dialogue/instruction record into text + segments in place; answer a reason or None."""
+    if not config.enabled or not is_structured(doc):
+        return None
+    if "turns" in doc.meta:
+        nodes, reason = build_tree(doc.meta["turns"], clean_text)
+        if reason:
+            return reason
+        path = main_path(nodes)
+        text, segments, reason = flatten_dialogue(path, config)
+        if reason:
+            return reason
+        num_same_side = count_same_side(path, config)
+        if num_same_side:
+            doc.meta["num_same_side_turns"] = num_same_side
+        doc.meta["dialogue"] = nodes
+        doc.meta.pop("turns")
+        doc.meta["format"] = "dialogue"
+    else:
+        text, segments, reason = flatten_instruction(doc.meta, clean_text)
+        if reason:
+            return reason
+        doc.meta["format"] = "instruction"
+    doc.text = text
+    doc.meta["segments"] = segments
+    return None

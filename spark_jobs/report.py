@@ -1,0 +1,257 @@
+"""The pipeline's summary and run report (the last DVC stage).
+
+Reads what the stages left under ``--pipeline-dir`` (each stage's ``stats.json`` and kept
+records, the dedup cluster report, the shard manifest, the trainer's metrics JSON Lines) and
+writes ``--out`` (a Markdown report with PNG plots beside it) plus a short summary on stdout:
+records in and out per stage with drop reasons, dedup clusters, achieved mix ratios, tokens
+and the training loss.  Missing stages are skipped, so it works on a partial pipeline too.
+
+    python -m spark_jobs.report --pipeline-dir data/pipeline --out reports/report.md
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("clean", "dedup", "tfidf", "augment")
+
+
+def load_json(path: Path) -> Any | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def stage_stats(pipeline: Path) -> dict[str, dict]:
+    """``{stage: stats.json}`` for the stages that ran."""
+    found = {}
+    for stage in STAGES:
+        stats = load_json(pipeline / stage / "stats.json")
+        if stats is not None:
+            found[stage] = stats
+    return found
+
+
+def kept_lengths(pipeline: Path, stage: str, limit: int = 200_000) -> dict[str, list[int]]:
+    """Character lengths of a stage's kept records, by language (at most ``limit`` records)."""
+    import pyarrow.parquet as pq
+
+    lengths: dict[str, list[int]] = collections.defaultdict(list)
+    count = 0
+    for part in sorted((pipeline / stage / "kept").glob("*.parquet")):
+        table = pq.read_table(part, columns=["text", "lang"])
+        for text, lang in zip(table.column("text").to_pylist(), table.column("lang").to_pylist()):
+            lengths[lang or "und"].append(len(text or ""))
+            count += 1
+            if count >= limit:
+                return lengths
+    return lengths
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The trainer's metrics JSON Lines (one object per log step)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def find_metrics(pipeline: Path) -> Path:
+    candidates = sorted(pipeline.glob("train/**/metrics*.jsonl"))
+    return candidates[0] if candidates else pipeline / "train" / "metrics.jsonl"
+
+
+def domain_share_series(manifest: dict) -> tuple[list[str], np.ndarray]:
+    """Cumulative share of each mix group's tokens along the shard stream (shard order)."""
+    shards = manifest.get("shards", [])
+    groups = sorted({g for s in shards for g in (s.get("tokens_by_domain") or {})})
+    if not shards or not groups:
+        return groups, np.zeros((0, 0))
+    per = np.array([[s.get("tokens_by_domain", {}).get(g, 0) for g in groups] for s in shards], dtype=float)
+    cum = per.cumsum(axis=0)
+    return groups, cum / np.maximum(cum.sum(axis=1, keepdims=True), 1)
+
+
+# ------------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for lang, values in sorted(lengths.items(), key=lambda kv: -len(kv[1]))[:6]:
+        ax.hist(np.log10(np.maximum(values, 1)), bins=40, alpha=0.55, label=f"{lang} ({len(values)})")
+    ax.set_xlabel("document length, log10(characters)")
+    ax.set_ylabel("documents")
+    ax.set_title("Kept document lengths by language")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_languages(stats: dict, path: Path) -> None:
+    plt = _plt()
+    langs = stats.get("kept_by_lang", {})
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = list(langs)
+    ax.bar(names, [langs[n]["docs"] for n in names], color="#4C72B0")
+    ax.set_ylabel("kept documents")
+    ax.set_title("Languages after cleaning")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_drop_reasons(all_stats: dict[str, dict], path: Path) -> None:
+    plt = _plt()
+    rows = [(f"{stage}: {reason}", n) for stage, st in all_stats.items() for reason, n in st.get("drop_reasons", {}).items()]
+    rows.sort(key=lambda r: r[1])
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(rows) + 1)))
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#C44E52")
+    ax.set_xlabel("documents dropped")
+    ax.set_title("Drop reasons per stage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cluster_sizes(histogram: dict[str, int], path: Path) -> None:
+    plt = _plt()
+    sizes = sorted(histogram, key=lambda s: int(s))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar([str(s) for s in sizes], [histogram[s] for s in sizes], color="#55A868")
+    ax.set_yscale("log")
+    ax.set_xlabel("near-duplicate cluster size (documents)")
+    ax.set_ylabel("clusters")
+    ax.set_title("Dedup cluster sizes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_domain_shares(groups: list[str], shares: np.ndarray, weights: dict[str, float], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    total = sum(weights.values()) or 1
+    for i, group in enumerate(groups):
+        line, = ax.plot(np.arange(1, len(shares) + 1), shares[:, i], label=group)
+        if group in weights:
+            ax.axhline(weights[group] / total, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("shard (stream order)")
+    ax.set_ylabel("cumulative token share")
+    ax.set_title("Domain shares along the shard stream (dotted: target)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss(metrics: list[dict], path: Path) -> None:
+    plt = _plt()
+    steps = [m["step"] for m in metrics if "loss" in m]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(steps, [m["loss"] for m in metrics if "loss" in m], label="loss")
+    domain_keys = sorted({k for m in metrics for k in m if k.startswith("loss/")})
+    for key in domain_keys:
+        pts = [(m["step"], m[key]) for m in metrics if key in m]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manifest: dict | None, metrics: list[dict]) -> list[str]:
+    """The human summary printed at the end of the demo (also the report's first section)."""
+    lines = []
+    for stage, st in all_stats.items():
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(st.get("drop_reasons", {}).items(), key=lambda kv: -kv[1])) or "none"
+        lines.append(f"{stage:>8}: {st['num_in']:>6} in -> {st['num_kept']:>6} kept, {st['num_rejected']:>5} rejected ({reasons})")
+    if dedup_clusters:
+        lines.append(f"  dedup clusters: {dedup_clusters.get('num_clusters', '?')} clusters of 2+ documents, "
+                     f"largest {dedup_clusters.get('largest_size', '?')}")
+    if manifest:
+        achieved = manifest.get("achieved_shares") or {}
+        weights = manifest.get("weights") or {}
+        total_w = sum(weights.values()) or 1
+        mix = ", ".join(f"{g} {achieved.get(g, 0):.3f} (target {weights.get(g, 0) / total_w:.3f})" for g in sorted(weights))
+        lines.append(f"  shards: {len(manifest.get('shards', []))} shards, {manifest.get('total_tokens', '?')} tokens; mix {mix}")
+    if metrics:
+        losses = [m["loss"] for m in metrics if "loss" in m]
+        if losses:
+            lines.append(f"  train: {len(metrics)} log steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return lines
+
+
+def write_report(pipeline: Path, out: Path) -> list[str]:
+    """Write the Markdown report and its PNGs; return the summary lines."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figs = out.parent / "figures"
+    figs.mkdir(exist_ok=True)
+    all_stats = stage_stats(pipeline)
+    clusters = load_json(pipeline / "dedup" / "clusters.json")
+    manifest = load_json(pipeline / "shards" / "manifest.json")
+    metrics = read_metrics(find_metrics(pipeline))
+    summary = summary_lines(all_stats, clusters, manifest, metrics)
+    md = ["# jinglian run report", "", "```", *summary, "```", ""]
+    if "clean" in all_stats:
+        plot_lengths(kept_lengths(pipeline, "clean"), figs / "lengths.png")
+        plot_languages(all_stats["clean"], figs / "languages.png")
+        md += ["## Cleaning", "", "![lengths](figures/lengths.png)", "", "![languages](figures/languages.png)", ""]
+        md += _steps_table(all_stats["clean"])
+    if all_stats:
+        plot_drop_reasons(all_stats, figs / "drop_reasons.png")
+        md += ["## Drop reasons", "", "![drop reasons](figures/drop_reasons.png)", ""]
+    if clusters and clusters.get("size_histogram"):
+        plot_cluster_sizes(clusters["size_histogram"], figs / "cluster_sizes.png")
+        md += ["## Near-duplicate clusters", "", "![clusters](figures/cluster_sizes.png)", ""]
+    if manifest:
+        groups, shares = domain_share_series(manifest)
+        if len(shares):
+            plot_domain_shares(groups, shares, manifest.get("weights", {}), figs / "domain_shares.png")
+            md += ["## Mix along the shard stream", "", "![domain shares](figures/domain_shares.png)", ""]
+    if metrics:
+        plot_loss(metrics, figs / "loss.png")
+        md += ["## Training", "", "![loss](figures/loss.png)", "", f"Last metrics line: `{json.dumps(metrics[-1])}`", ""]
+    out.write_text("\n".join(md), encoding="utf-8")
+    return summary
+
+
+def _steps_table(stats: dict) -> list[str]:
+    rows = ["| step | in | dropped | out |", "|---|---:|---:|---:|"]
+    rows += [f"| {s['step']} | {s['in']} | {s['dropped']} | {s['out']} |" for s in stats.get("steps", [])]
+    return rows + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spark_jobs.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-dir", default="data/pipeline", help="folder holding the stages' outputs (clean/, dedup/, tfidf/, augment/, shards/, train/)")
+    parser.add_argument("--out", default="reports/report.md", help="Markdown report to write; PNG plots go to figures/ beside it")
+    args = parser.parse_args(argv)
+    summary = write_report(Path(args.pipeline_dir), Path(args.out))
+    print("\n".join(["", "jinglian pipeline summary", *summary, f"report: {args.out}"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
