@@ -1,0 +1,265 @@
+"""Frozen, validated trainer configuration.
+
+A recipe (:mod:`trainer.recipes`) returns a :class:`TrainConfig`; the ``train:`` section of
+params.yaml and ``--set key=value`` flags override its fields through :func:`apply_overrides`,
+which rebuilds the whole config with :func:`etl.config.build_config` so every override is
+validated and a bad one names its dotted field.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from etl.config import build_config, config_to_dict
+
+
+def _check(cond: bool, where: str, value: Any, why: str) -> None:
+    if not cond:
+        raise ValueError(f"{where}={value!r}: {why}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """GPT/Llama-style decoder shape (megatron-core TransformerConfig + GPTModel options)."""
+
+    num_layers: int
+    """Transformer layers (divisible by parallel.pp * (parallel.virtual_pp or 1))."""
+    hidden_size: int
+    """Model width d_model."""
+    num_attention_heads: int
+    """Query heads (divisible by parallel.tp)."""
+    num_query_groups: int | None = None
+    """Key/value heads for grouped-query attention; None = num_attention_heads (plain MHA)."""
+    ffn_hidden_size: int | None = None
+    """MLP inner width; None = 4 * hidden_size."""
+    seq_len: int = 2048
+    """Training sequence length in tokens (must equal the reader's seq_len)."""
+    vocab_size: int | None = None
+    """Vocabulary; None = the shards manifest's vocab size. Padded up to a multiple of
+    ``make_vocab_size_divisible_by * tp`` as Megatron does."""
+    make_vocab_size_divisible_by: int = 128
+    """Vocab padding unit (Megatron-LM default 128) so the embedding splits evenly over TP."""
+    normalization: Literal["RMSNorm", "LayerNorm"] = "RMSNorm"
+    """Norm layer (Llama: RMSNorm)."""
+    norm_epsilon: float = 1e-5
+    """Norm epsilon."""
+    activation: Literal["swiglu", "gelu"] = "swiglu"
+    """MLP activation; swiglu = gated SiLU (Llama)."""
+    position_embedding: Literal["rope", "learned_absolute"] = "rope"
+    """Position encoding (Llama: rope)."""
+    rotary_base: int = 10000
+    """RoPE base (Llama-2: 10000)."""
+    untie_embeddings: bool = True
+    """Separate input embedding and output projection (Llama: untied)."""
+    add_bias_linear: bool = False
+    """Biases in linear layers (Llama: none)."""
+    hidden_dropout: float = 0.0
+    """Dropout after attention/MLP (0 for pretraining at scale)."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities."""
+    init_method_std: float = 0.02
+    """Std of the normal weight init (GPT-2/Megatron default 0.02)."""
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    """Layer spec: auto = Transformer Engine spec when TE is installed and CUDA present, else local."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_len"):
+            _check(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "must be > 0")
+        _check(self.hidden_size % self.num_attention_heads == 0, "model.hidden_size",
+               self.hidden_size, f"must be divisible by num_attention_heads={self.num_attention_heads}")
+        groups = self.num_query_groups
+        _check(groups is None or (groups > 0 and self.num_attention_heads % groups == 0),
+               "model.num_query_groups", groups, "must divide num_attention_heads")
+        _check(0.0 <= self.hidden_dropout < 1 and 0.0 <= self.attention_dropout < 1,
+               "model.hidden_dropout", self.hidden_dropout, "dropouts must be in [0, 1)")
+
+    @property
+    def ffn_size(self) -> int:
+        """The MLP inner width actually used."""
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def query_groups(self) -> int:
+        """The number of key/value heads actually used."""
+        return self.num_query_groups or self.num_attention_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """Megatron parallel layout; DP = world size / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+    virtual_pp: int | None = None
+    """Interleaved pipeline chunks per stage (None = plain 1F1B)."""
+    sequence_parallel: bool = True
+    """Shard layer-norm/dropout activations over the TP group (only effective when tp > 1)."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over the data-parallel group (ZeRO-1, Megatron's distributed optimizer)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the DP gradient all-reduce with backward (GPU clusters; off on CPU/gloo)."""
+
+    def __post_init__(self) -> None:
+        _check(self.tp >= 1, "parallel.tp", self.tp, "must be >= 1")
+        _check(self.pp >= 1, "parallel.pp", self.pp, "must be >= 1")
+        _check(self.virtual_pp is None or (self.virtual_pp >= 2 and self.pp >= 2),
+               "parallel.virtual_pp", self.virtual_pp, "needs pp >= 2 and virtual_pp >= 2, or None")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with cosine decay and linear warmup (Megatron OptimizerConfig + OptimizerParamScheduler)."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Floor of the cosine decay."""
+    weight_decay: float = 0.01
+    """Decoupled (AdamW) weight decay; norms and biases are excluded by Megatron."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2 (Llama/GPT-3: 0.95)."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    warmup_steps: int = 100
+    """Linear warmup, in optimizer steps."""
+    decay_steps: int | None = None
+    """Cosine decay length in optimizer steps; None = train.steps."""
+    decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    """LR decay after warmup."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _check(0 <= self.min_lr <= self.lr, "optim.min_lr", self.min_lr, "must be in [0, lr]")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(self.clip_grad >= 0, "optim.clip_grad", self.clip_grad, "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """How batches are drawn from the shards."""
+
+    micro_batch_size: int = 1
+    """Sequences per micro-batch per data-parallel rank."""
+    accumulation_steps: int = 1
+    """Micro-batches per optimizer step (gradient accumulation; the pipeline's micro-batches)."""
+    seed: int = 0
+    """Reader shuffle seed (the reader's order depends on it, not on the model seed)."""
+    shuffle_buffer: int = 1000
+    """Reader shuffle buffer, in samples."""
+    num_workers: int = 0
+    """Reader worker processes per rank."""
+
+    def __post_init__(self) -> None:
+        _check(self.micro_batch_size >= 1, "data.micro_batch_size", self.micro_batch_size, "must be >= 1")
+        _check(self.accumulation_steps >= 1, "data.accumulation_steps", self.accumulation_steps, "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021) on Megatron's parallel linear layers."""
+
+    rank: int = 16
+    """Adapter rank r."""
+    alpha: float = 32.0
+    """Scale numerator: the update is (alpha / rank) * B @ A."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    targets: tuple[str, ...] = ("linear_qkv", "linear_proj")
+    """Module names that get adapters (attention projections by default; add linear_fc1/linear_fc2 for the MLP)."""
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "lora.rank", self.rank, "must be >= 1")
+        _check(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
+        allowed = {"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"}
+        _check(bool(self.targets) and set(self.targets) <= allowed, "lora.targets", self.targets,
+               f"must be a non-empty subset of {sorted(allowed)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training job: model, parallel layout, optimizer, data and schedule."""
+
+    name: str
+    """Recipe name (recorded in checkpoints and metrics)."""
+    mode: Literal["pretrain", "sft", "lora"] = "pretrain"
+    """pretrain: causal LM on every token; sft: loss on responses only (the shards' loss_mask);
+    lora: sft loss with frozen base weights and trainable adapters."""
+    model: ModelConfig
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    steps: int = 100
+    """Optimizer steps to train (total, counting steps done before a resume)."""
+    seed: int = 1234
+    """Model init and dropout seed (megatron model_parallel_cuda_manual_seed)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 mixed precision on GPU, fp32 on CPU."""
+    log_interval: int = 10
+    """Steps between metrics lines."""
+    save_interval: int = 0
+    """Steps between checkpoints (0 = only at the end)."""
+    pretrained: str | None = None
+    """Checkpoint whose model weights initialise this run (fine-tuning); any TP/PP layout."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
+        _check(self.save_interval >= 0, "train.save_interval", self.save_interval, "must be >= 0")
+        m, p = self.model, self.parallel
+        _check(m.num_attention_heads % p.tp == 0, "parallel.tp", p.tp,
+               f"must divide model.num_attention_heads={m.num_attention_heads}")
+        _check(m.query_groups % p.tp == 0, "parallel.tp", p.tp,
+               f"must divide model.num_query_groups={m.query_groups}")
+        _check(m.ffn_size % p.tp == 0, "parallel.tp", p.tp, f"must divide ffn size {m.ffn_size}")
+        chunks = p.pp * (p.virtual_pp or 1)
+        _check(m.num_layers % chunks == 0, "model.num_layers", m.num_layers,
+               f"must be divisible by pp * virtual_pp = {chunks}")
+        _check(p.virtual_pp is None or self.data.accumulation_steps % p.pp == 0,
+               "data.accumulation_steps", self.data.accumulation_steps,
+               "interleaved pipelining needs a multiple of parallel.pp")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optim.lr=1e-4`` -> ("optim.lr", 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected key=value (for example optim.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string; the user meant a number
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return ``config`` with dotted-key overrides applied and the whole config re-validated."""
+    data = copy.deepcopy(config_to_dict(config))
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"train.{dotted}: {part!r} is not a config section")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"train.{dotted}: unknown key; known: {sorted(node)}")
+        node[parts[-1]] = value
+    return build_config(TrainConfig, data, "train")
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-ready view of the config (stored in checkpoints and the metrics file)."""
+    return config_to_dict(config)
