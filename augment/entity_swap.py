@@ -222,14 +222,19 @@ def plan_swaps(mentions: list[Mention], graph: KnowledgeGraph, config: EntitySwa
     if not keys:
         return {}
     count = max(1, round(config.entity_fraction * len(keys)))
-    plan = {}
+    plan: dict[str, tuple[str, str, str]] = {}
+    used: set[str] = set()  # two entities never get the same replacement
     for key in sorted(rng.sample(keys, count)):
-        aliases, peers = options[key]
+        aliases = [a for a in options[key][0] if a not in used]
+        peers = [p for p in options[key][1] if p not in used]
         etype = next(m.type for m in mentions if m.key == key)
         if aliases and (not peers or rng.random() < config.alias_prob):
             plan[key] = (rng.choice(aliases), etype, "alias")
-        else:
+        elif peers:
             plan[key] = (rng.choice(peers), etype, "same_type")
+        else:
+            continue
+        used.add(plan[key][0])
     return plan
 
 

@@ -30,6 +30,8 @@ from etl.tokenize import HAN
 
 logger = logging.getLogger(__name__)
 METHOD = "masked_lm"
+#: jieba tags never masked: non-words, numerals, measure words (3台, 二十个), pronouns.
+_SKIP_TAGS = frozenset({"x", "m", "mq", "q", "r"})
 _ALL_HAN = re.compile(f"[{HAN}]+")
 _ALL_LATIN = re.compile(r"[A-Za-z]+(?:['\-][A-Za-z]+)*")
 
@@ -56,7 +58,7 @@ def eligible_words(words: list[Word], entity_spans: list[tuple[int, int]], stop_
     """Words that may be masked: Han words or Latin words of 2+ letters, not stop words, numbers or entities."""
     out = []
     for w in words:
-        if is_number(w) or w.text.lower() in stop_words or w.pos in ("x", "eng") and not _ALL_LATIN.fullmatch(w.text):
+        if is_number(w) or w.pos in _SKIP_TAGS or w.text.lower() in stop_words:
             continue
         if not (_ALL_HAN.fullmatch(w.text) or (_ALL_LATIN.fullmatch(w.text) and len(w.text) >= 2)):
             continue
