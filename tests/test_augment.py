@@ -28,7 +28,7 @@ def _docs(data_dir, name, n, max_chars=160):
     """The first ``n`` records, cut after the first sentence end past 60 characters (fast tests)."""
     with open(data_dir / name, encoding="utf-8") as handle:
         docs = [Document.from_row(json.loads(line)) for line in handle][:n]
-    for d in docs:
+    for d in docs if max_chars else ():
         ends = [i for i, c in enumerate(d.text[:max_chars]) if c in "。？！.?!" and i > 60]
         d.text = d.text[:ends[0] + 1] if ends else d.text[:max_chars]
     return docs
@@ -50,7 +50,7 @@ def _params(tiny, data_dir, **overrides):
                   "expert": {"back_translation": 1, "masked_lm": 2, "entity_swap": 1}},
         "back_translation": {"routes": {"zh": {"forward": tiny["marian"], "backward": tiny["marian"]},
                                         "en": {"forward": tiny["marian"], "backward": tiny["marian"]}},
-                             "num_beams": 2, "max_new_tokens": 24, "batch_sentences": 8},
+                             "num_beams": 2, "max_new_tokens": 10, "batch_sentences": 8},
         "masked_lm": {"models": {"zh": tiny["bert"], "en": tiny["bert"]}, "batch_sentences": 8},
         "entity_swap": {"knowledge_graph": [str(data_dir / "augment_kg.csv")]},
         "guard": {"back_translation": {"min_similarity": 0.0, "max_similarity": 0.95, "max_length_ratio": 20.0},
@@ -111,7 +111,7 @@ def test_rates_by_domain_group_and_fractional_rates(tiny, data_dir):
 
 
 def test_entity_swap_real_text_consistent(data_dir):
-    doc = next(d for d in _docs(data_dir, "general_zh.jsonl", 200, max_chars=10_000) if d.id == "kdconv-kb-travel-31be8277eb")
+    doc = next(d for d in _docs(data_dir, "general_zh.jsonl", 200, max_chars=0) if d.id == "kdconv-kb-travel-31be8277eb")
     doc.domain = "medical"
     config = load_augment_config({"augment": {"groups": {"d": ["medical"]}, "rates": {"d": {"entity_swap": 3}},
                                               "entity_swap": {"knowledge_graph": [str(data_dir / "augment_kg.csv")], "entity_fraction": 1.0}}})
@@ -233,18 +233,18 @@ def test_back_translation_keeps_separators_and_foreign_sentences(tiny, data_dir)
 def test_back_translation_independent_of_batch(tiny, data_dir, sample):
     from augment.backtranslate import BackTranslationAugmenter
 
-    bt = {"do_sample": sample, "num_beams": 2, "max_new_tokens": 16, "batch_sentences": 8,
+    bt = {"do_sample": sample, "num_beams": 2, "max_new_tokens": 8, "batch_sentences": 8,
           "routes": {"zh": {"forward": tiny["marian"], "backward": tiny["marian"]}, "en": {"forward": tiny["marian"], "backward": tiny["marian"]}}}
     config = _params(tiny, data_dir, back_translation=bt, rates={"domain": {"back_translation": 2}})
     docs = _docs(data_dir, "domain_medical.jsonl", 100)
-    docs = [d for d in docs if d.lang == "zh"][:3] + [d for d in docs if d.lang == "en"][:3]
+    docs = [d for d in docs if d.lang == "zh"][:2] + [d for d in docs if d.lang == "en"][:2]
     for d in docs:  # a few sentences each keep the test fast
         d.text = d.text[:d.text.find("。", 60) + 1 or 80] if d.lang == "zh" else d.text[:d.text.find(". ", 100) + 1 or 120]
     aug = BackTranslationAugmenter(config)
     together = [d.text for d in aug(docs) if d.meta.get("augment")]
     alone = [d.text for doc in reversed(docs) for d in aug([doc]) if d.meta.get("augment")]
     assert sorted(together) == sorted(alone)
-    assert len(together) == (12 if sample else 6)  # beam search: one variant per document
+    assert len(together) == (8 if sample else 4)  # beam search: one variant per document
     if sample:
         other = [d.text for d in BackTranslationAugmenter(_params(tiny, data_dir, back_translation=bt, seed=99,
                                                                   rates={"domain": {"back_translation": 2}}))(docs) if d.meta.get("augment")]
