@@ -313,3 +313,13 @@ def test_local_runner_writes_stage_output(tiny, data_dir, tmp_path):
     assert sum(m["kept"] for m in by_method.values()) == len(kept) - 4
     assert sum(m["rejected"] for m in by_method.values()) == len(rejected)
     assert all(r.meta["augment"]["parent_id"] for r in rejected)
+
+
+def test_import_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, augment, augment.pipeline, augment.backtranslate, augment.mlm, augment.entity_swap, augment.__main__;"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
