@@ -65,19 +65,19 @@ class SeededSampler:
     def __call__(self, input_ids, scores):
         import torch
 
+        logits = scores.float() / self.temperature
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < self.top_p
+            probs = torch.zeros_like(probs).scatter(1, order, sorted_probs * keep)
+        probs = probs.cpu()  # one transfer per step; the draws use per-row CPU generators
+        tokens = [int(torch.multinomial(probs[row], 1, generator=gen)) for row, gen in enumerate(self.generators)]
         out = torch.full_like(scores, float("-inf"))
-        for row, gen in enumerate(self.generators):
-            logits = scores[row].float().cpu() / self.temperature
-            if self.top_k:
-                kth = torch.topk(logits, min(self.top_k, logits.numel())).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-            if self.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_probs, 0) - sorted_probs < self.top_p
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            token = torch.multinomial(probs, 1, generator=gen).item()
-            out[row, token] = 0.0
+        out[torch.arange(len(tokens), device=scores.device), torch.tensor(tokens, device=scores.device)] = 0.0
         return out
 
 
