@@ -9,6 +9,8 @@ whole batch of documents pooled, length-sorted, ``batch_sentences`` per call) in
 Models are random-weight but not trivial: Marian d_model 256, 3+3 layers; BERT hidden 256,
 4 layers; tokenizers trained on tests/data.  Random Marian weights rarely emit EOS, so every
 sentence decodes ``max_new_tokens`` tokens in both arms (a fair, worst-case length).
+The masked-LM baseline is nlpaug's: per sentence one call with one row per chosen word (only
+that word masked); a second baseline masks all chosen words of the sentence in one row.
 Reports samples (documents) per second per method and the speed-up, at two input sizes.
 """
 from __future__ import annotations
@@ -87,14 +89,19 @@ def per_sentence_back_translation(config, docs) -> int:
     return made
 
 
-def per_sentence_masked_lm(config, docs) -> int:
-    """Baseline: the same words chosen, one fill-mask forward call per sentence."""
+def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
+    """Baseline: the same words chosen, one fill-mask call per sentence.
+
+    ``one_mask_per_row`` (nlpaug ``ContextualWordEmbsAug`` / TextAttack ``WordSwapMaskedLM``):
+    the call holds one copy of the sentence per chosen word, each with only that word masked.
+    Otherwise the call holds the sentence once with all its chosen words masked (the same
+    masking as jinglian, without cross-sentence batching or the masked-positions-only head)."""
     import random
 
     import torch
 
     from augment.lineage import derive_seed
-    from augment.mlm import MaskedLMAugmenter, choose_fill, encode_row, substitute
+    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_row, substitute
 
     aug = MaskedLMAugmenter(config)
     made = 0
@@ -102,13 +109,17 @@ def per_sentence_masked_lm(config, docs) -> int:
         tokenizer, model = aug.model_for(doc.lang)
         rows = aug.plan_rows(i, doc, 1)
         for row in rows:
-            encode_row(row, tokenizer, config.masked_lm.max_input_tokens)
-            with torch.inference_mode():
-                logits = model(input_ids=torch.tensor([row.input_ids])).logits[0]
-            top = torch.topk(logits, k=config.masked_lm.top_k * 4, dim=-1).indices
             rng = random.Random(derive_seed(config.seed, doc.id, "masked_lm", 0, row.span[0]))
-            row.fills = [choose_fill(w, [top[p].tolist() for p in g], tokenizer, aug.stop_words, config.masked_lm.top_k, rng) if g else None
-                         for w, g in zip(row.words, row.mask_groups)]
+            singles = [_Row(i, 0, row.span, row.sentence, [w]) for w in row.words] if one_mask_per_row else [row]
+            for single in singles:
+                encode_row(single, tokenizer, config.masked_lm.max_input_tokens)
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([r.input_ids for r in singles])).logits
+            top = torch.topk(logits, k=config.masked_lm.top_k * 4, dim=-1).indices
+            row.fills = []
+            for k, single in enumerate(singles):
+                row.fills += [choose_fill(w, [top[k, p].tolist() for p in g], tokenizer, aug.stop_words, config.masked_lm.top_k, rng) if g else None
+                              for w, g in zip(single.words, single.mask_groups)]
         made += bool(rows and substitute(doc.text, rows)[0])
     return made
 
@@ -131,6 +142,7 @@ def run_size(config, docs, repeats: int) -> dict:
     arms = {
         "back_translation": (lambda: BackTranslationAugmenter(config)(fresh()), lambda: per_sentence_back_translation(config, fresh())),
         "masked_lm": (lambda: MaskedLMAugmenter(config)(fresh()), lambda: per_sentence_masked_lm(config, fresh())),
+        "masked_lm_vs_all_masks_per_sentence": (lambda: MaskedLMAugmenter(config)(fresh()), lambda: per_sentence_masked_lm(config, fresh(), False)),
         "entity_swap": (lambda: EntitySwapAugmenter(config)(fresh()), None),
     }
     for method, (batched, baseline) in arms.items():
