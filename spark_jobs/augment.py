@@ -12,8 +12,16 @@ output is the same for any number of partitions.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
-from augment.__main__ import make_config
+# Run as a script, this file's folder comes first on sys.path and this file (augment.py) would
+# shadow the `augment` package: put the repository root there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
+    sys.path[0] = os.path.dirname(_HERE)
+
+from augment.__main__ import make_config  # noqa: E402
 from augment.config import AugmentConfig
 from augment.pipeline import AugmentStats, build_pipeline
 from etl.config import build_config, config_to_dict, load_params, params_hash
