@@ -1,0 +1,121 @@
+"""The augment stage as steps, and its per-method statistics.
+
+:func:`build_pipeline` returns a :class:`etl.step.Pipeline` with one step per method in
+``augment.methods``.  Each step takes batches of ``batch_docs`` documents, yields every input
+document unchanged, and after each parent the variants it made (kept, or rejected by the
+guard with ``too_similar`` / ``too_different``).  Variants are never augmented again.
+
+:class:`AugmentStats` counts, per method, variants made, kept and rejected by reason, from the
+output records alone, so the local runner and the Spark job report the same numbers.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from augment.config import AugmentConfig
+from etl.document import Document
+from etl.step import FunctionStep, Pipeline
+
+
+def _batched_step(name: str, fn: Callable[[list[Document]], list[Document]], batch_size: int) -> FunctionStep:
+    """Like :func:`etl.step.batch_step`, but a failure never rejects the originals: the
+    augmenters record failures as rejected ``error_<Type>`` variants themselves."""
+
+    def run(docs: Iterable[Document]) -> Iterator[Document]:
+        batch: list[Document] = []
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                yield from fn(batch)
+                batch = []
+        if batch:
+            yield from fn(batch)
+
+    return FunctionStep(name, run)
+
+
+def build_augmenters(config: AugmentConfig) -> list[Any]:
+    """One augmenter per configured method, in order (the knowledge graph is loaded once)."""
+    from augment.backtranslate import BackTranslationAugmenter
+    from augment.entity_swap import EntitySwapAugmenter, KnowledgeGraph
+    from augment.mlm import MaskedLMAugmenter
+
+    graph = KnowledgeGraph.load(config.entity_swap.knowledge_graph)
+    makers = {"back_translation": lambda: BackTranslationAugmenter(config),
+              "masked_lm": lambda: MaskedLMAugmenter(config, graph),
+              "entity_swap": lambda: EntitySwapAugmenter(config, graph)}
+    return [makers[m]() for m in config.methods]
+
+
+def build_pipeline(config: AugmentConfig) -> Pipeline:
+    """The augment pipeline (models load lazily, on the first batch that needs them)."""
+    return Pipeline([_batched_step(a.name, a, config.batch_docs) for a in build_augmenters(config)], name="augment")
+
+
+def _counter() -> collections.Counter:
+    return collections.Counter()
+
+
+@dataclass
+class AugmentStats:
+    """Per method: variants made, kept, rejected by reason; parents augmented; originals seen."""
+
+    num_originals: int = 0
+    made: collections.Counter = field(default_factory=_counter)
+    kept: collections.Counter = field(default_factory=_counter)
+    rejected: collections.Counter = field(default_factory=_counter)  # key: (method, reason)
+    parents: dict[str, set] = field(default_factory=lambda: collections.defaultdict(set))
+    """Parent ids seen in this partition (a parent's variants never leave its partition)."""
+    parent_counts: collections.Counter = field(default_factory=_counter)
+    similarity_sum: collections.Counter = field(default_factory=_counter)
+
+    def add(self, doc: Document) -> None:
+        lineage = doc.meta.get("augment")
+        if not isinstance(lineage, dict):
+            self.num_originals += 1
+            return
+        method = lineage.get("method", "?")
+        self.made[method] += 1
+        self.parents[method].add(lineage.get("parent_id"))
+        if doc.dropped:
+            self.rejected[(method, doc.drop_reason)] += 1
+        else:
+            self.kept[method] += 1
+            self.similarity_sum[method] += float(lineage.get("guard", {}).get("similarity", 0.0))
+
+    def add_all(self, docs: Iterable[Document]) -> "AugmentStats":
+        for doc in docs:
+            self.add(doc)
+        return self
+
+    def merge(self, other: "AugmentStats") -> "AugmentStats":
+        self.num_originals += other.num_originals
+        for name in ("made", "kept", "rejected", "similarity_sum"):
+            getattr(self, name).update(getattr(other, name))
+        self.parent_counts.update(other.parent_counts)
+        self.parent_counts.update({m: len(ids) for m, ids in other.parents.items()})
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        methods = sorted(self.made)
+        report = {}
+        for m in methods:
+            reasons = {r: n for (mm, r), n in sorted(self.rejected.items()) if mm == m}
+            report[m] = {"parents": len(self.parents.get(m, ())) + self.parent_counts[m], "made": self.made[m], "kept": self.kept[m],
+                         "rejected": sum(reasons.values()), "rejected_by_reason": reasons,
+                         "mean_kept_similarity": round(self.similarity_sum[m] / self.kept[m], 4) if self.kept[m] else None}
+        return {"augment": {"num_originals": self.num_originals, "by_method": report}}
+
+
+class StatsTap:
+    """Counts documents into an :class:`AugmentStats` as they stream past (local runner)."""
+
+    def __init__(self) -> None:
+        self.stats = AugmentStats()
+
+    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        for doc in docs:
+            self.stats.add(doc)
+            yield doc

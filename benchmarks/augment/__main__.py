@@ -1,0 +1,207 @@
+"""Augment benchmark: batched augmenters vs the per-sentence loop of popular libraries.
+
+    python -m benchmarks.augment [--docs 24 48] [--out benchmarks/results/augment.json]
+
+nlpaug's ``BackTranslationAug`` / ``ContextualWordEmbsAug`` and TextAttack run one sentence per
+``generate`` or fill-mask call.  Here that loop is written with the same models, the same
+sentences and the same words to mask, and timed against jinglian's augmenters (sentences of a
+whole batch of documents pooled, length-sorted, ``batch_sentences`` per call) in the same run.
+Models are random-weight but not trivial: Marian d_model 256, 3+3 layers; BERT hidden 256,
+4 layers; tokenizers trained on tests/data.  Random Marian weights rarely emit EOS, so every
+sentence decodes ``max_new_tokens`` tokens in both arms (a fair, worst-case length).
+The masked-LM baseline is nlpaug's: per sentence one call with one row per chosen word (only
+that word masked); a second baseline masks all chosen words of the sentence in one row.
+Reports samples (documents) per second per method and the speed-up, at two input sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
+
+
+def load_docs(n: int, max_chars: int):
+    from etl.document import Document
+
+    docs = []
+    for name in ("domain_medical.jsonl", "expert.jsonl"):
+        with open(DATA / name, encoding="utf-8") as handle:
+            docs += [Document.from_row(json.loads(line)) for line in handle]
+    docs = [d for d in docs if d.lang in ("zh", "en")]
+    zh = [d for d in docs if d.lang == "zh"]
+    en = [d for d in docs if d.lang == "en"]
+    picked = [d for pair in zip(zh, en) for d in pair][:n]  # alternate languages
+    for d in picked:
+        d.text = d.text[:max_chars]
+        d.domain = "medical"
+    return picked
+
+
+def config_for(marian: str, bert: str, max_new_tokens: int):
+    from augment.config import load_augment_config
+
+    route = {"forward": marian, "backward": marian}
+    return load_augment_config({"augment": {
+        "groups": {"domain": ["medical"]}, "rates": {"domain": {"back_translation": 1, "masked_lm": 1, "entity_swap": 1}},
+        "batch_docs": 64, "device": "cpu",
+        "back_translation": {"routes": {"zh": route, "en": route}, "num_beams": 1, "max_new_tokens": max_new_tokens, "batch_sentences": 32},
+        "masked_lm": {"models": {"zh": bert, "en": bert}, "batch_sentences": 32},
+        "entity_swap": {"knowledge_graph": [str(DATA / "augment_kg.csv")]}}})
+
+
+def per_sentence_back_translation(config, docs) -> int:
+    """Baseline: one generate call per sentence, forward then backward (nlpaug-style)."""
+    import torch
+
+    from augment.backtranslate import translatable
+    from augment.models import load_model
+    from augment.sentences import rebuild, split_sentences
+
+    cfg = config.back_translation
+    made = 0
+    for doc in docs:
+        route = cfg.routes[doc.lang]
+        (ft, fm), (bt, bm) = (load_model("seq2seq", p, "cpu", "float32") for p in (route.forward, route.backward))
+        spans = split_sentences(doc.text, cfg.max_sentence_chars)
+        out = []
+        for s, e in spans:
+            sentence = doc.text[s:e]
+            if not translatable(sentence, doc.lang):
+                out.append(sentence)
+                continue
+            for tok, model in ((ft, fm), (bt, bm)):
+                enc = tok([sentence], return_tensors="pt", truncation=True, max_length=cfg.max_input_tokens)
+                with torch.inference_mode():
+                    ids = model.generate(**enc, max_new_tokens=min(cfg.max_new_tokens, int(enc["input_ids"].shape[1] * 1.5) + 10), num_beams=1, do_sample=False)
+                sentence = tok.batch_decode(ids, skip_special_tokens=True)[0].strip()
+            out.append(sentence)
+        made += bool(rebuild(doc.text, spans, out))
+    return made
+
+
+def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
+    """Baseline: the same words chosen, one fill-mask call per sentence.
+
+    ``one_mask_per_row`` (nlpaug ``ContextualWordEmbsAug`` / TextAttack ``WordSwapMaskedLM``):
+    the call holds one copy of the sentence per chosen word, each with only that word masked.
+    Otherwise the call holds the sentence once with all its chosen words masked (the same
+    masking as jinglian, without cross-sentence batching or the masked-positions-only head)."""
+    import random
+
+    import torch
+
+    from augment.lineage import derive_seed
+    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_row, substitute
+
+    aug = MaskedLMAugmenter(config)
+    made = 0
+    for i, doc in enumerate(docs):
+        tokenizer, model = aug.model_for(doc.lang)
+        rows = aug.plan_rows(i, doc, 1)
+        for row in rows:
+            rng = random.Random(derive_seed(config.seed, doc.id, "masked_lm", 0, row.span[0]))
+            singles = [_Row(i, 0, row.span, row.sentence, [w]) for w in row.words] if one_mask_per_row else [row]
+            for single in singles:
+                encode_row(single, tokenizer, config.masked_lm.max_input_tokens)
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([r.input_ids for r in singles])).logits
+            top = torch.topk(logits, k=config.masked_lm.top_k * 4, dim=-1).indices
+            row.fills = []
+            for k, single in enumerate(singles):
+                row.fills += [choose_fill(w, [top[k, p].tolist() for p in g], tokenizer, aug.stop_words, config.masked_lm.top_k, rng) if g else None
+                              for w, g in zip(single.words, single.mask_groups)]
+        made += bool(rows and substitute(doc.text, rows)[0])
+    return made
+
+
+def timed(fn, *args) -> tuple[float, int]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
+
+
+def run_size(config, docs, repeats: int) -> dict:
+    from augment.backtranslate import BackTranslationAugmenter
+    from augment.entity_swap import EntitySwapAugmenter
+    from augment.mlm import MaskedLMAugmenter
+    from augment.sentences import split_sentences
+
+    fresh = lambda: [type(d)(d.id, d.text, d.source, d.domain, d.lang, dict(d.meta)) for d in docs]  # noqa: E731
+    num_sentences = sum(len(split_sentences(d.text, 300)) for d in docs)
+    result = {"docs": len(docs), "sentences": num_sentences, "chars": sum(len(d.text) for d in docs)}
+    arms = {
+        "back_translation": (lambda: BackTranslationAugmenter(config)(fresh()), lambda: per_sentence_back_translation(config, fresh())),
+        "masked_lm": (lambda: MaskedLMAugmenter(config)(fresh()), lambda: per_sentence_masked_lm(config, fresh())),
+        "masked_lm_vs_all_masks_per_sentence": (lambda: MaskedLMAugmenter(config)(fresh()), lambda: per_sentence_masked_lm(config, fresh(), False)),
+        "entity_swap": (lambda: EntitySwapAugmenter(config)(fresh()), None),
+    }
+    for method, (batched, baseline) in arms.items():
+        timed(batched), baseline and timed(baseline)  # warm-up: jieba, tokenizers, first-call kernels
+        # arms interleaved, best of `repeats`: a shared machine's load hits both alike
+        t_batched, t_base, out = float("inf"), float("inf"), []
+        for _ in range(repeats):
+            t, out = timed(batched)
+            t_batched = min(t_batched, t)
+            if baseline:
+                t_base = min(t_base, timed(baseline)[0])
+        row = {"batched_s": round(t_batched, 3), "batched_docs_per_s": round(len(docs) / t_batched, 2),
+               "variants": sum(1 for d in out if d.meta.get("augment"))}
+        if baseline:
+            row.update(per_sentence_s=round(t_base, 3), per_sentence_docs_per_s=round(len(docs) / t_base, 2), speedup=round(t_base / t_batched, 2))
+        result[method] = row
+        print(f"  {method:17s} {json.dumps(row)}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.augment", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--docs", type=int, nargs="+", default=[16, 32], help="input sizes (documents)")
+    parser.add_argument("--max-chars", type=int, default=240, help="characters kept per document")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="generated tokens per sentence (both arms)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both arms (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per arm (best kept)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "augment.json"), help="results JSON")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from augment.models import load_model
+    from augment.tiny import build_tiny_bert, build_tiny_marian, read_texts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="jinglian-bench-augment-"))
+    texts = read_texts([DATA / n for n in ("general_zh.jsonl", "general_en.jsonl", "domain_medical.jsonl", "expert.jsonl")], 3000)
+    marian = build_tiny_marian(tmp / "marian", texts, d_model=256, layers=3, vocab_size=8000, ffn_dim=1024, heads=4)
+    bert = build_tiny_bert(tmp / "bert", texts, hidden=256, layers=4, vocab_size=8000)
+    config = config_for(marian, bert, args.max_new_tokens)
+    load_model("seq2seq", marian, "cpu", "float32"), load_model("masked_lm", bert, "cpu", "float32")  # load outside the timings
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "torch": torch.__version__, "device": "cpu", "load_avg_1m": os.getloadavg()[0]},
+               "models": {"marian": "d_model 256, 3+3 layers, ffn 1024, vocab 8000 (random)", "bert": "hidden 256, 4 layers, vocab 8000 (random)"},
+               "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
+               "sizes": []}
+    for n in args.docs:
+        print(f"size {n} docs", flush=True)
+        results["sizes"].append(run_size(config, load_docs(n, args.max_chars), args.repeats))
+    results["load_avg_1m_end"] = os.getloadavg()[0]
+    results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
