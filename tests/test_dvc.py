@@ -57,6 +57,7 @@ def project(tmp_path_factory, data_dir):
     params["shards"].update(min_shards=4, max_doc_tokens=256)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
     _tiny_sample(data_dir, proj / "data" / "sample")
+    shutil.copytree(ROOT / "data" / "augment", proj / "data" / "augment")
     kafka = (ROOT / "data" / "kafka_sample" / "messages.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:16]
     (proj / "data" / "kafka_sample").mkdir(parents=True)
     (proj / "data" / "kafka_sample" / "messages.jsonl").write_text("".join(kafka), encoding="utf-8")
