@@ -39,8 +39,9 @@ SCHEMES = ("affine32", "legacy")
 HASH_FUNCTIONS = ("fast", "sha1")
 _MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 _MAX_HASH32 = np.uint64((1 << 32) - 1)
-#: Rows of the (shingles x permutations) matrix permuted at once: 32k x 128 x 4 B = 16 MiB.
-_CHUNK_ROWS = 1 << 15
+#: Shingles permuted at once: 4096 x 256 permutations x 4 B = 4 MiB, cache-sized (measured
+#: fastest among 2k-16k).
+_CHUNK_ROWS = 1 << 12
 #: Seeds that separate the two shingle kinds in the fast hash.
 CHAR_KIND_SEED = np.uint32(0x5BD1E995)
 WORD_KIND_SEED = np.uint32(0x27D4EB2F)
@@ -154,21 +155,26 @@ def empty_value(scheme: str) -> int:
 
 
 def _permute(hashes: np.ndarray, perms: Permutations) -> np.ndarray:
-    """``(len(hashes), num_perm)`` permuted values, with datasketch's arithmetic."""
+    """``(num_perm, len(hashes))`` permuted values, with datasketch's arithmetic.
+
+    Permutations along rows and shingles along columns: the per-document min is then a
+    contiguous ``reduceat`` along axis 1, about 5x faster than the transposed layout.
+    """
     with np.errstate(over="ignore"):
         if perms.scheme == "legacy":
-            hv = hashes.astype(np.uint64)[:, None]
-            return np.bitwise_and((hv * perms.a + perms.b) % _MERSENNE_PRIME, _MAX_HASH32).astype(np.uint32)
-        hv = fmix32(hashes.astype(np.uint32))[:, None]
-        return hv * perms.a + perms.b
+            hv = hashes.astype(np.uint64)[None, :]
+            return np.bitwise_and((hv * perms.a[:, None] + perms.b[:, None]) % _MERSENNE_PRIME, _MAX_HASH32).astype(np.uint32)
+        permuted = fmix32(hashes.astype(np.uint32))[None, :] * perms.a[:, None]
+        permuted += perms.b[:, None]
+        return permuted
 
 
 def signatures(hash_arrays: Sequence[np.ndarray], perms: Permutations) -> np.ndarray:
     """MinHash signatures ``(num_docs, num_perm)`` uint32 of many documents at once.
 
     ``hash_arrays[i]`` holds the shingle hashes of document ``i``; an empty one gives the
-    all-``2**32-1`` signature (datasketch's empty MinHash).  Work is chunked so the permuted
-    matrix never exceeds about ``_CHUNK_ROWS`` rows.
+    all-``2**32-1`` signature (datasketch's empty MinHash).  Documents are grouped into
+    chunks of about ``_CHUNK_ROWS`` shingles so the permuted block stays in cache.
     """
     num_docs = len(hash_arrays)
     out = np.full((num_docs, perms.num_perm), empty_value(perms.scheme), dtype=np.uint32)
@@ -191,12 +197,12 @@ def _fill_chunk(hash_arrays: Sequence[np.ndarray], start: int, stop: int, perms:
         hashes = hash_arrays[nonempty[0]]
         sig = out[nonempty[0]]
         for lo in range(0, len(hashes), _CHUNK_ROWS):
-            np.minimum(sig, _permute(hashes[lo:lo + _CHUNK_ROWS], perms).min(axis=0), out=sig)
+            np.minimum(sig, _permute(hashes[lo:lo + _CHUNK_ROWS], perms).min(axis=1), out=sig)
         return
     lengths = np.array([len(hash_arrays[i]) for i in nonempty])
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     permuted = _permute(np.concatenate([hash_arrays[i] for i in nonempty]), perms)
-    out[nonempty] = np.minimum.reduceat(permuted, offsets, axis=0)
+    out[nonempty] = np.minimum.reduceat(permuted, offsets, axis=1).T
 
 
 # ----------------------------------------------------------------------------- LSH

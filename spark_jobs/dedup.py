@@ -14,6 +14,7 @@ histogram and the few report rows is collected to the driver.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -32,16 +33,15 @@ from etl.config import build_config, config_to_dict, load_params
 from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, check_fingerprint,
                        compute_features, resolve_inputs)
 from etl.document import Document
-from etl.io import ReaderConfig
-from etl.step import Pipeline
-from spark_jobs.common import (RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, map_documents, print_summary,
+from etl.io import READ_STEP, ReaderConfig
+from spark_jobs.common import (RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary,
                                read_documents_df, write_stage_output)
 
 logger = logging.getLogger(__name__)
 
 FEATURE_SCHEMA = pa.schema([("id", pa.string()), ("exact_key", pa.string()), ("rank", pa.float64()), ("num_shingles", pa.int64()),
                             ("signature", pa.binary()), ("band_keys", pa.list_(pa.int64()))])
-MARK_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("_reason", pa.string()), ("_dup_of", pa.string()), ("_cluster", pa.string())])
+MARK_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string()), ("_reason", pa.string()), ("_dup_of", pa.string()), ("_cluster", pa.string())])
 
 
 # ----------------------------------------------------------------------------- partition functions
@@ -82,7 +82,8 @@ def verify_fn(threshold: float, num_perm: int):
 
 
 def mark_fn():
-    """mapInArrow: apply (reason, duplicate_of, cluster_id) marks to document rows."""
+    """mapInArrow: apply (reason, duplicate_of, cluster_id) marks to document rows; a row
+    with ``dup_first`` (a repeated id, see ``read_documents_df``) is dropped as ``duplicate_id``."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -91,7 +92,9 @@ def mark_fn():
             for row in rows:
                 doc = Document.from_row(row)
                 reason, dup_of, cluster = row["_reason"], row["_dup_of"], row["_cluster"]
-                if reason == "exact_duplicate":
+                if row["dup_first"] is not None:
+                    doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=row["dup_first"])
+                elif reason == "exact_duplicate":
                     doc.drop(reason, EXACT_STEP, duplicate_of=dup_of)
                 elif reason == "near_duplicate":
                     doc.drop(reason, NEAR_STEP, duplicate_of=dup_of, cluster_id=cluster)
@@ -189,14 +192,21 @@ def connected_components(edges, max_iterations: int):
 
 
 def extract(spark, inputs: Sequence[str], reader: ReaderConfig, partitions: int | None):
-    """All input records (RECORD_SCHEMA), repeated ids already marked ``duplicate_id``."""
+    """All input records: RECORD_SCHEMA plus ``dup_first`` (non-null on a repeated id).
+
+    Repartitioned to ``partitions`` (default: 4 x the default parallelism) with an explicit
+    number, which adaptive query execution keeps: otherwise it coalesces the reader's
+    small shuffle output into one partition and the Python work runs on one core.
+    """
     df = read_documents_df(spark, resolve_inputs(inputs), reader)
-    df = map_documents(df, "dedup-read", _empty_pipeline)
-    return df.repartition(partitions) if partitions else df
+    return df.repartition(partitions or 4 * spark.sparkContext.defaultParallelism)
 
 
-def _empty_pipeline() -> Pipeline:
-    return Pipeline([], name="read")
+def live_records(docs):
+    """Records neither rejected by the reader nor repeated ids."""
+    from pyspark.sql import functions as F
+
+    return docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNull())
 
 
 def read_index(spark, index_dir: str | None, config: DedupConfig):
@@ -212,13 +222,14 @@ def transform(spark, docs, config: DedupConfig, index=None) -> tuple[Any, dict[s
     from pyspark.sql import functions as F
 
     docs = docs.persist(StorageLevel.MEMORY_AND_DISK)
-    live = docs.filter(F.col("drop_reason").isNull())
+    live = live_records(docs)
     feats = live.select("id", "text", "meta").mapInArrow(features_fn(config), _spark_schema(FEATURE_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
+    report_counts = {"num_live": feats.count()}  # materialise once; later jobs read the cache
     marks = []
     exact = _exact_marks(feats, index) if config.exact else None
     if exact is not None:
         marks.append(exact)
-    report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands)}
+    report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), **report_counts}
     survivors = feats if exact is None else feats.join(exact.select("id"), "id", "left_anti")
     near, comp, keepers = None, None, None
     if config.near:
@@ -275,17 +286,22 @@ def _near_marks(survivors, config: DedupConfig, index):
 
 
 def apply_marks(docs, marks: list):
-    """Records with the marks applied; dropped input records pass through unchanged."""
+    """Records with the marks applied (and repeated ids dropped); rows the reader rejected
+    pass through unchanged.  Marks join on id only to live rows (ids are unique there)."""
     from pyspark.sql import functions as F
 
-    live = docs.filter(F.col("drop_reason").isNull()).select(*RECORD_SCHEMA.names)
+    unmarked = docs.filter(F.col("drop_reason").isNull())
     dropped = docs.filter(F.col("drop_reason").isNotNull()).select(*RECORD_SCHEMA.names)
-    if not marks:
-        return live.unionByName(dropped)
-    all_marks = marks[0]
+    all_marks = marks[0] if marks else None
     for m in marks[1:]:
         all_marks = all_marks.unionByName(m)
-    joined = live.join(all_marks, "id", "left").select(*MARK_SCHEMA.names)
+    if all_marks is None:
+        joined = unmarked.select(*RECORD_SCHEMA.names, "dup_first", *[F.lit(None).cast("string").alias(c) for c in ("_reason", "_dup_of", "_cluster")])
+    else:
+        live = unmarked.filter(F.col("dup_first").isNull()).join(all_marks, "id", "left")
+        repeated = unmarked.filter(F.col("dup_first").isNotNull()).select(
+            "*", *[F.lit(None).cast("string").alias(c) for c in ("_reason", "_dup_of", "_cluster")])
+        joined = live.select(*MARK_SCHEMA.names).unionByName(repeated.select(*MARK_SCHEMA.names))
     marked = joined.mapInArrow(mark_fn(), _spark_schema(RECORD_SCHEMA))
     return marked.unionByName(dropped)
 
@@ -346,6 +362,12 @@ def spark_count(df) -> int:
     return int(df.count())
 
 
+def resolve_bands(config: DedupConfig) -> DedupConfig:
+    """The config with (b, r) fixed, so executors skip the optimiser's grid search."""
+    b, r = config.bands
+    return dataclasses.replace(config, num_bands=b, rows_per_band=r)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """spark-submit entry point: extract, transform, load."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -355,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.update_index and not args.against:
         parser.error("--update-index needs --against INDEX")
     params = load_params(args.params)
-    config = build_config(DedupConfig, params.get("dedup") or {}, "dedup")
+    config = resolve_bands(build_config(DedupConfig, params.get("dedup") or {}, "dedup"))
     reader = build_config(ReaderConfig, params.get("read") or {}, "read")
     spark = get_spark("dedup")
     docs = extract(spark, args.input, reader, args.partitions)

@@ -24,11 +24,11 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from etl.config import build_config, config_to_dict, load_params
 from etl.document import Document
-from etl.io import ReaderConfig
+from etl.io import READ_STEP, ReaderConfig
 from etl.tfidf import STEP, TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
 from etl.tokenize import TokenizerConfig
 from spark_jobs.common import RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary, write_stage_output
-from spark_jobs.dedup import extract
+from spark_jobs.dedup import extract, live_records
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,19 @@ def score_fn(num_docs: int):
 
 
 def mark_fn(limit: float):
-    """mapInArrow: store each live document's score and drop those below ``limit``."""
+    """mapInArrow: store each live document's score and drop those below ``limit``; a row
+    with ``dup_first`` (a repeated id) is dropped as ``duplicate_id``."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             out = []
             for row in batch.to_pylist():
                 doc = Document.from_row(row)
-                out.append(mark(doc, row["_score"], limit).to_row())
+                if row["dup_first"] is not None:
+                    doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=row["dup_first"])
+                else:
+                    mark(doc, row["_score"], limit)
+                out.append(doc.to_row())
             yield pa.RecordBatch.from_pylist(out, schema=RECORD_SCHEMA)
 
     return run
@@ -92,7 +97,8 @@ def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[An
     from pyspark.sql import functions as F
 
     docs = docs.persist(StorageLevel.MEMORY_AND_DISK)
-    live = docs.filter(F.col("drop_reason").isNull())
+    live = live_records(docs)
+    repeated = docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNotNull())
     dropped = docs.filter(F.col("drop_reason").isNotNull()).select(*RECORD_SCHEMA.names)
     num_docs = live.count()
     tf = live.select("id", "text").mapInArrow(term_counts_fn(config, tokenizer), _spark_schema(TF_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
@@ -104,7 +110,8 @@ def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[An
     if config.min_percentile is not None and num_docs:
         cut = exact_order_statistic(scored.select("score"), cut_rank(num_docs, config.min_percentile))
     limit = threshold(config, cut)
-    joined = live.join(scored.select("id", F.col("score").alias("_score")), "id").select(*RECORD_SCHEMA.names, "_score")
+    joined = live.join(scored.select("id", F.col("score").alias("_score")), "id").select(*RECORD_SCHEMA.names, "dup_first", "_score")
+    joined = joined.unionByName(repeated.select(*RECORD_SCHEMA.names, "dup_first", F.lit(None).cast("double").alias("_score")))
     out = joined.mapInArrow(mark_fn(limit), _spark_schema(RECORD_SCHEMA)).unionByName(dropped)
     summary = {"num_scored": num_docs, "vocab_size": doc_freq.count(), "percentile_cut": cut,
                "threshold": limit if limit > -math.inf else None, "config": config_to_dict(config)}

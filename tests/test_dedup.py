@@ -9,7 +9,7 @@ from datasketch.lsh import _optimal_param
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, THRESHOLD, crafted_documents, write_jsonl, write_params
 from etl import minhash
 from etl.dedup import (DedupConfig, UnionFind, append_to_index, bucket_edges, dedup_against_index, dedup_documents, exact_key,
-                       keep_rank, load_index, main, shingle_hashes, shingle_strings)
+                       keep_rank, load_index, main, shingle_hashes, shingle_strings, shingle_units)
 from etl.document import Document
 from etl.io import read_parquet_dir
 
@@ -52,7 +52,9 @@ def test_fast_hash_matches_vectorised_shingle_hashes(sample_texts):
 @pytest.mark.parametrize("threshold,num_perm", [(0.5, 128), (0.8, 128), (0.9, 128), (0.8, 64), (0.7, 256)])
 def test_bands_chosen_like_datasketch(threshold, num_perm):
     assert minhash.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
-    assert DedupConfig(threshold=threshold, num_perm=num_perm).bands == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert DedupConfig(threshold=threshold, num_perm=num_perm).bands == _optimal_param(threshold, num_perm, 0.2, 0.8)
+    same_weights = DedupConfig(threshold=threshold, num_perm=num_perm, false_positive_weight=0.5, false_negative_weight=0.5)
+    assert same_weights.bands == _optimal_param(threshold, num_perm, 0.5, 0.5)
     assert DedupConfig(num_bands=16, rows_per_band=8).bands == (16, 8)
 
 
@@ -125,7 +127,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="dedup.scheme"):
         DedupConfig(scheme="affine64")
     with pytest.raises(ValueError, match="num_bands"):
-        DedupConfig(num_bands=20, rows_per_band=10)
+        DedupConfig(num_bands=30, rows_per_band=10)
     with pytest.raises(ValueError, match="dedup.keep"):
         DedupConfig(keep="newest")
 
@@ -158,3 +160,14 @@ def test_local_runner_cli(tmp_path, data_dir):
     assert report["drop_reasons"] == {"exact_duplicate": 2, "near_duplicate": 3}
     assert report["dedup"]["clusters"]["size_histogram"] == {"2": 1, "3": 1}
     assert report["dedup"]["clusters"]["largest_clusters"][0]["kept_id"] == "en-c"
+
+
+def test_word_fast_path_equals_shared_tokenizer(sample_texts):
+    from etl.dedup import _HAN_RUN, normalize_text
+    from etl.tokenize import TokenizerConfig, is_word, tokenize
+
+    config = DedupConfig(english="wordpunct")
+    for text in sample_texts:
+        rest = _HAN_RUN.sub(" ", normalize_text(text))
+        expected = [t for t in tokenize(rest, TokenizerConfig(english="wordpunct")) if is_word(t)]
+        assert shingle_units(text, config)[1] == expected

@@ -83,8 +83,10 @@ def test_spark_against_index_equals_local(spark, tmp_path, data_dir):
     params = str(write_params(tmp_path / "params.yaml", dedup=DEDUP_PARAMS))
     for runner, tag in ((dedup.main, "spark"), (local_main, "local")):
         index = str(tmp_path / f"index-{tag}")
-        runner(["--input", str(tmp_path / "history"), "--output", str(tmp_path / f"h-{tag}"), "--params", params, "--against", index, "--update-index"])
-        runner(["--input", str(tmp_path / "batch"), "--output", str(tmp_path / f"b-{tag}"), "--params", params, "--against", index, "--update-index"])
+        runner(["--input", str(tmp_path / "history"), "--output", str(tmp_path / f"h-{tag}"), "--params", params, "--against", index, "--update-index"]
+               + (["--partitions", "2"] if tag == "spark" else []))
+        runner(["--input", str(tmp_path / "batch"), "--output", str(tmp_path / f"b-{tag}"), "--params", params, "--against", index, "--update-index"]
+               + (["--partitions", "2"] if tag == "spark" else []))
     kept, rejected = _result(tmp_path / "b-spark")
     assert (kept, rejected) == _result(tmp_path / "b-local")
     assert kept == {"en-f", "zh-1", "p-1"}
