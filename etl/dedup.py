@@ -496,7 +496,8 @@ def _exact_duplicates(feats: Features, index: DedupIndex) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, members in groups.items():
         keeper = index_first.get(key) or min(members)[1]
-        out.update({doc_id: keeper for _, doc_id in members if doc_id != keeper})
+        # against an index every batch copy goes, even one re-sent under the indexed id
+        out.update({doc_id: keeper for _, doc_id in members if doc_id != keeper or key in index_first})
     return out
 
 

@@ -245,11 +245,13 @@ def transform(spark, docs, config: DedupConfig, index=None) -> tuple[Any, dict[s
 def _exact_marks(feats, index):
     from pyspark.sql import functions as F
 
-    keeper = feats.groupBy("exact_key").agg(F.min(F.struct("rank", "id")).getField("id").alias("keeper"))
+    keeper = feats.groupBy("exact_key").agg(F.min(F.struct("rank", "id")).getField("id").alias("keeper"), F.lit(False).alias("in_index"))
     if index is not None:
         first = index.groupBy("exact_key").agg(F.min("id").alias("index_keeper"))
-        keeper = keeper.join(first, "exact_key", "left").select("exact_key", F.coalesce("index_keeper", "keeper").alias("keeper"))
-    return (feats.join(keeper, "exact_key").filter(F.col("id") != F.col("keeper"))
+        keeper = keeper.join(first, "exact_key", "left").select(
+            "exact_key", F.coalesce("index_keeper", "keeper").alias("keeper"), F.col("index_keeper").isNotNull().alias("in_index"))
+    # against an index every batch copy goes, even one re-sent under the indexed id
+    return (feats.join(keeper, "exact_key").filter((F.col("id") != F.col("keeper")) | F.col("in_index"))
             .select("id", F.lit("exact_duplicate").alias("_reason"), F.col("keeper").alias("_dup_of"), F.lit(None).cast("string").alias("_cluster")))
 
 

@@ -146,8 +146,8 @@ def test_incremental_index(tmp_path, data_dir):
     assert append_to_index(out, index_dir, config) == 3
     index = load_index(index_dir, config)
     assert sorted(index.ids) == ["en-a", "en-d", "en-f", "p-1", "zh-1", "zh-3"]
-    again = list(dedup_against_index([Document("z", batch[2].text)], index, config))
-    assert again[0].drop_reason == "exact_duplicate" and again[0].meta["duplicate_of"] == "zh-1"
+    again = list(dedup_against_index([Document("z", batch[2].text), Document("zh-1", batch[2].text)], index, config))
+    assert [(d.drop_reason, d.meta["duplicate_of"]) for d in again] == [("exact_duplicate", "zh-1")] * 2  # re-sent id too
     with pytest.raises(ValueError, match="other dedup settings"):
         load_index(index_dir, DedupConfig(**{**DEDUP_PARAMS, "num_perm": 64, "num_bands": 8}))
 
