@@ -106,6 +106,18 @@ def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[s
             "num_candidate_edges": stats["dedup"]["num_candidate_edges"], "num_verified_edges": stats["dedup"]["num_verified_edges"]}
 
 
+def run_local(texts: dict[str, str], config: DedupConfig) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """jinglian's local runner core (exact + near dedup in one process, in memory)."""
+    from etl.dedup import dedup_documents
+    from etl.document import Document
+
+    started, cpu_started = time.time(), time.process_time()
+    out, _ = dedup_documents([Document(i, t) for i, t in texts.items()], config)
+    wall_s = time.time() - started
+    links = [(d.id, d.meta["duplicate_of"]) for d in out if d.dropped]
+    return {"wall_s": round(wall_s, 2), "cpu_s": round(time.process_time() - cpu_started, 2)}, links
+
+
 def spark_groups(out: Path) -> list[tuple[str, str]]:
     return [(d.id, d.meta["duplicate_of"]) for d in read_parquet_dir(out / "rejected") if d.meta.get("duplicate_of")]
 
@@ -215,12 +227,18 @@ def bench_size(num_docs: int, args, config: DedupConfig) -> dict[str, Any]:
         row["datasketch"]["docs_per_cpu_s"] = round(num_docs / row["datasketch"]["cpu_s"], 1)
         ds_pred = components(links)
         cross += cross_family_truth(ds_pred, texts, families, config)
+        print(f"[{num_docs}] local runner ...", flush=True)
+        row["local"], local_links = run_local(texts, config)
+        row["local"]["docs_per_cpu_s"] = round(num_docs / row["local"]["cpu_s"], 1)
+        local_pred = components(local_links)
+        row["local_speedup_per_cpu_s"] = round(row["local"]["docs_per_cpu_s"] / row["datasketch"]["docs_per_cpu_s"], 2)
         row["speedup_per_core_wall"] = round(row["spark"]["docs_per_s_per_core"] / row["datasketch"]["docs_per_s_per_core"], 2)
         row["speedup_per_cpu_s"] = round(row["spark"]["docs_per_cpu_s"] / row["datasketch"]["docs_per_cpu_s"], 2)
     truth = components(truth_base + cross)
     row["spark"]["quality"] = pair_scores(spark_pred, truth)
     if "datasketch" in row:
         row["datasketch"]["quality"] = pair_scores(ds_pred, truth)
+        row["local"]["quality"] = pair_scores(local_pred, truth)
     row["num_cross_family_true_links"] = len(cross)
     print(json.dumps(row, indent=1), flush=True)
     return row
