@@ -1,0 +1,1 @@
+"""Dedup benchmark: synthetic near duplicates with known edit rates (see generate.py)."""

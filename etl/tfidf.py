@@ -1,0 +1,177 @@
+"""TF-IDF information filter: the pure core and the local runner.
+
+Every live document is tokenised with the shared tokenizer (``etl.tokenize.words``: jieba
+words for Chinese, NLTK for Latin; word tokens only, Latin lower-cased when
+``tfidf.lowercase``).  Over the corpus of ``N`` live documents, with ``df(t)`` the number of
+documents containing token ``t`` and ``tf(t, d)`` its count in ``d``:
+
+    idf(t)   = ln((1 + N) / (1 + df(t))) + 1              (scikit-learn's smooth_idf)
+    score(d) = sum_t tf(t, d) * idf(t) / sum_t tf(t, d)   (mean TF-IDF weight per token)
+
+``score(d)`` is the mean idf of the document's running tokens: a document made of words that
+most documents use (boilerplate, navigation text, stop-word soup, repeated template lines)
+scores near 1, one with specific vocabulary scores higher.  It equals the row sum of
+scikit-learn's ``TfidfVectorizer(norm=None, smooth_idf=True, sublinear_tf=False)`` divided
+by the token count (tested).  Documents without a word token score 0.
+
+Drop rule (``drop_reason=low_tfidf``): score below ``min_score`` (absolute), or below the
+``min_percentile`` cut: the score at 0-based rank ``floor(p / 100 * N)`` of the ascending
+scores (so at most that many documents are dropped; ties at the cut are kept).  The score is
+kept in ``meta.tfidf_score`` for every scored document, kept or dropped.
+
+The local runner (``python -m etl.tfidf``) holds the corpus in memory; the scalable path is
+``spark-submit spark_jobs/tfidf_filter.py`` (document frequencies with a Spark ``groupBy``).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from etl.config import build_config, config_to_dict, load_params
+from etl.document import Document
+from etl.tokenize import TokenizerConfig, words
+
+logger = logging.getLogger(__name__)
+
+STEP = "tfidf_filter"
+REASON = "low_tfidf"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TfidfConfig:
+    """The TF-IDF information filter (the ``tfidf:`` section of params.yaml)."""
+
+    lowercase: bool = True
+    """Lower-case (casefold) tokens before counting, so ``The`` and ``the`` share a df."""
+    min_score: float | None = None
+    """Absolute cut: drop documents scoring below this (mean idf per token; >= 1 for any
+    document with a word). None: no absolute cut."""
+    min_percentile: float | None = 1.0
+    """Percentile cut in [0, 100): drop documents below the score at this percentile. No
+    published threshold exists for this filter; 1.0 (the lowest 1 %) is a conservative
+    default to be tuned on a corpus' score histogram. None: no percentile cut."""
+
+    def __post_init__(self) -> None:
+        if self.min_percentile is not None and not 0.0 <= self.min_percentile < 100.0:
+            raise ValueError(f"tfidf.min_percentile must be in [0, 100), got {self.min_percentile!r}")
+        if self.min_score is not None and self.min_score < 0:
+            raise ValueError(f"tfidf.min_score must be >= 0, got {self.min_score!r}")
+
+
+def load_tfidf_config(params_path: str | os.PathLike | None = None) -> tuple[TfidfConfig, TokenizerConfig]:
+    """The ``tfidf:`` and shared ``tokenizer:`` sections of a params file."""
+    params = load_params(params_path)
+    return (build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf"),
+            build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer"))
+
+
+def document_tokens(text: str, config: TfidfConfig, tokenizer: TokenizerConfig) -> list[str]:
+    """Word tokens of ``text`` from the shared tokenizer (casefolded when configured)."""
+    tokens = words(text, tokenizer)
+    return [t.casefold() for t in tokens] if config.lowercase else tokens
+
+
+def term_counts(text: str, config: TfidfConfig, tokenizer: TokenizerConfig) -> collections.Counter:
+    """``tf(t, d)`` for every token of the document."""
+    return collections.Counter(document_tokens(text, config, tokenizer))
+
+
+def idf(doc_freq: int, num_docs: int) -> float:
+    """Smoothed inverse document frequency, ``ln((1 + N) / (1 + df)) + 1``."""
+    return math.log((1.0 + num_docs) / (1.0 + doc_freq)) + 1.0
+
+
+def tfidf_score(tf_df_pairs: Iterable[tuple[int, int]], num_docs: int) -> float:
+    """Mean TF-IDF weight per token from ``(tf, df)`` pairs of a document's distinct tokens.
+
+    ``math.fsum`` makes the sum exact and independent of order, so Spark (pairs in shuffle
+    order) and the local runner give bit-identical scores.
+    """
+    pairs = list(tf_df_pairs)
+    total = sum(tf for tf, _ in pairs)
+    if total == 0:
+        return 0.0
+    return math.fsum(tf * idf(df, num_docs) for tf, df in pairs) / total
+
+
+def percentile_cut(sorted_scores: Sequence[float], percentile: float) -> float | None:
+    """Score at 0-based rank ``floor(p / 100 * N)`` of the ascending scores (None if empty)."""
+    if not sorted_scores:
+        return None
+    return sorted_scores[cut_rank(len(sorted_scores), percentile)]
+
+
+def cut_rank(num_docs: int, percentile: float) -> int:
+    """0-based rank of the percentile cut among ``num_docs`` ascending scores."""
+    return min(num_docs - 1, int(math.floor(percentile / 100.0 * num_docs)))
+
+
+def threshold(config: TfidfConfig, cut: float | None) -> float:
+    """Scores strictly below this are dropped (-inf: nothing is)."""
+    bounds = [-math.inf]
+    if config.min_score is not None:
+        bounds.append(config.min_score)
+    if config.min_percentile is not None and cut is not None:
+        bounds.append(cut)
+    return max(bounds)
+
+
+def score_documents(docs: Iterable[Document], config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[list[Document], dict[str, Any]]:
+    """Score live documents over the in-memory corpus and drop the low-information ones."""
+    docs = list(docs)
+    live = [d for d in docs if not d.dropped]
+    counts = [term_counts(d.text, config, tokenizer) for d in live]
+    doc_freq: collections.Counter = collections.Counter()
+    for c in counts:
+        doc_freq.update(c.keys())
+    num_docs = len(live)
+    scores = [tfidf_score(((tf, doc_freq[t]) for t, tf in c.items()), num_docs) for c in counts]
+    cut = percentile_cut(sorted(scores), config.min_percentile) if config.min_percentile is not None else None
+    limit = threshold(config, cut)
+    for doc, score in zip(live, scores):
+        mark(doc, score, limit)
+    return docs, {"num_scored": num_docs, "vocab_size": len(doc_freq), "percentile_cut": cut, "threshold": limit if limit > -math.inf else None}
+
+
+def mark(doc: Document, score: float, limit: float) -> Document:
+    """Store the score in meta and drop the document when it is below ``limit``."""
+    doc.meta["tfidf_score"] = score
+    if score < limit:
+        doc.drop(REASON, STEP, tfidf_threshold=limit)
+    return doc
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m etl.tfidf", description="TF-IDF low-information filter (local, in memory).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="input files, directories or globs; a stage output dir is read from its kept/")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output directory: kept/, rejected/, stats.json (atomic)")
+    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Local runner: read, score, write kept/ rejected/ stats.json."""
+    from etl.dedup import resolve_inputs
+    from etl.io import ReaderConfig, read_inputs
+    from etl.runner import write_stage_output
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_arg_parser().parse_args(argv)
+    params = load_params(args.params)
+    config = build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf")
+    tokenizer = build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer")
+    reader = build_config(ReaderConfig, params.get("read") or {}, "read")
+    docs, summary = score_documents(read_inputs(resolve_inputs(args.input), reader), config, tokenizer)
+    summary["config"] = config_to_dict(config)
+    return write_stage_output(docs, args.output, [STEP], extra_stats={"tfidf": summary}, total=len(docs), desc="tfidf")
+
+
+if __name__ == "__main__":
+    main()

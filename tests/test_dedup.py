@@ -1,0 +1,173 @@
+"""Dedup core: datasketch-identical signatures, LSH parameters, exact surviving ids, the index."""
+from __future__ import annotations
+
+import datasketch
+import numpy as np
+import pytest
+from datasketch.lsh import _optimal_param
+
+from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, THRESHOLD, crafted_documents, write_jsonl, write_params
+from etl import minhash
+from etl.dedup import (DedupConfig, UnionFind, append_to_index, bucket_edges, dedup_against_index, dedup_documents, exact_key,
+                       keep_rank, load_index, main, shingle_hashes, shingle_strings, shingle_units)
+from etl.document import Document
+from etl.io import read_parquet_dir
+
+
+def _jaccard(x: set, y: set) -> float:
+    return len(x & y) / len(x | y)
+
+
+@pytest.fixture(scope="module")
+def sample_texts(data_dir):
+    import json
+
+    texts = []
+    for name in ("general_zh.jsonl", "general_en.jsonl", "domain_medical.jsonl"):
+        with open(data_dir / name, encoding="utf-8") as handle:
+            texts += [json.loads(line)["text"] for _, line in zip(range(4), handle)]
+    return texts + ["短", "a b", "Mixed 中文和 English words 混合 text."]
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+@pytest.mark.parametrize("hash_function", ["fast", "sha1"])
+def test_signatures_equal_datasketch(sample_texts, scheme, hash_function):
+    config = DedupConfig(scheme=scheme, hash_function=hash_function, num_perm=96, seed=11)
+    perms = minhash.make_permutations(config.num_perm, config.seed, scheme)
+    ours = minhash.signatures([shingle_hashes(t, config) for t in sample_texts], perms)
+    hashfunc = minhash.fast_shingle_hash if hash_function == "fast" else (lambda s: datasketch.hashfunc.sha1_hash32(s.encode("utf-8")))
+    for text, sig in zip(sample_texts, ours):
+        ref = datasketch.MinHash(num_perm=96, seed=11, scheme=scheme, hashfunc=hashfunc)
+        ref.update_batch(list(shingle_strings(text, config)))
+        np.testing.assert_array_equal(ref.hashvalues.astype(np.uint64), sig.astype(np.uint64))
+
+
+def test_fast_hash_matches_vectorised_shingle_hashes(sample_texts):
+    config = DedupConfig()
+    for text in sample_texts:
+        scalar = sorted(minhash.fast_shingle_hash(s) for s in shingle_strings(text, config))
+        assert sorted(set(shingle_hashes(text, config).tolist())) == sorted(set(scalar))
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.5, 128), (0.8, 128), (0.9, 128), (0.8, 64), (0.7, 256)])
+def test_bands_chosen_like_datasketch(threshold, num_perm):
+    assert minhash.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert DedupConfig(threshold=threshold, num_perm=num_perm).bands == _optimal_param(threshold, num_perm, 0.2, 0.8)
+    same_weights = DedupConfig(threshold=threshold, num_perm=num_perm, false_positive_weight=0.5, false_negative_weight=0.5)
+    assert same_weights.bands == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert DedupConfig(num_bands=16, rows_per_band=8).bands == (16, 8)
+
+
+def test_band_keys_equal_iff_band_values_equal():
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 2**32, size=(3, 12), dtype=np.uint32)
+    sigs[1, :4] = sigs[0, :4]  # band 0 equal, bands 1-2 differ
+    keys = minhash.band_keys(sigs, 3, 4)
+    assert keys.dtype == np.int64 and keys.shape == (3, 3)
+    assert keys[0, 0] == keys[1, 0] and keys[0, 1] != keys[1, 1] and keys[0, 0] != keys[2, 0]
+
+
+def test_shingles_chinese_chars_and_english_words():
+    config = DedupConfig()
+    assert shingle_strings("我们在北京学习 Machine   LEARNING, very well.", config) == {
+        "我们在北京", "们在北京学", "在北京学习", "machine learning very", "learning very well"}
+    assert shingle_strings("短文", config) == {"短文"}
+    assert shingle_strings("!!! ???", config) == set()
+    assert exact_key("Ｈｅｌｌｏ  World") == exact_key("hello world")
+
+
+def test_crafted_fixture_relations(data_dir):
+    docs = {d.id: shingle_strings(d.text, DedupConfig()) for d in crafted_documents(data_dir)}
+    assert _jaccard(docs["en-a"], docs["en-b"]) >= 0.75 and _jaccard(docs["en-b"], docs["en-c"]) >= 0.75
+    assert _jaccard(docs["en-a"], docs["en-c"]) < THRESHOLD  # only the chain joins a and c
+    assert _jaccard(docs["en-a"], docs["en-f"]) < 0.4
+    assert _jaccard(docs["zh-1"], docs["zh-2"]) > 0.9
+
+
+def test_exact_surviving_ids_and_reasons(data_dir):
+    out, result = dedup_documents(crafted_documents(data_dir), DedupConfig(**DEDUP_PARAMS))
+    assert {d.id for d in out if not d.dropped} == EXPECTED_KEPT
+    rejected = {d.id: (d.drop_reason, d.meta["duplicate_of"], d.meta.get("cluster_id")) for d in out if d.dropped}
+    assert rejected == EXPECTED_REJECTED
+    kept = {d.id: d for d in out}
+    assert kept["en-c"].meta["cluster_id"] == "en-a" and "cluster_id" not in kept["en-d"].meta
+    assert result.clusters == {"en-a": ["en-a", "en-b", "en-c"], "zh-1": ["zh-1", "zh-2"]}
+
+
+def test_dissimilar_documents_never_merge(data_dir):
+    import json
+
+    with open(data_dir / "general_en.jsonl", encoding="utf-8") as handle:
+        docs = [Document(f"d{i}", json.loads(line)["text"]) for i, line in enumerate(handle)]
+    out, result = dedup_documents(docs, DedupConfig())
+    assert [d.id for d in out if d.dropped and d.drop_reason == "near_duplicate"] == []
+
+
+def test_keep_rules():
+    long = Document("b", "x" * 10, meta={"quality_score": 0.2, "timestamp": "2024-01-02"})
+    short = Document("a", "x" * 5, meta={"quality_score": 0.9, "timestamp": "2023-12-31T23:00:00Z"})
+    bare = Document("0", "x")
+    for rule, winner in (("longest", "b"), ("quality", "a"), ("earliest", "a")):
+        config = DedupConfig(keep=rule)
+        assert min((keep_rank(d, config), d.id) for d in (long, short, bare))[1] == winner
+    assert keep_rank(bare, DedupConfig(keep="quality")) == float("inf")
+
+
+def test_bucket_edges_rule_and_union_find():
+    assert list(bucket_edges(["a", "b", "c"], 3)) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert list(bucket_edges(["a", "b", "c"], 2)) == [("a", "b"), ("a", "c")]
+    uf = UnionFind()
+    for x, y in [("c", "d"), ("e", "d"), ("b", "a"), ("d", "b")]:
+        uf.union(x, y)
+    uf.union("x", "y")
+    assert uf.groups() == {"a": ["a", "b", "c", "d", "e"], "x": ["x", "y"]}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="dedup.scheme"):
+        DedupConfig(scheme="affine64")
+    with pytest.raises(ValueError, match="num_bands"):
+        DedupConfig(num_bands=30, rows_per_band=10)
+    with pytest.raises(ValueError, match="dedup.keep"):
+        DedupConfig(keep="newest")
+
+
+def test_incremental_index(tmp_path, data_dir):
+    config = DedupConfig(**DEDUP_PARAMS)
+    docs = crafted_documents(data_dir)
+    history = [d for d in docs if d.id in ("en-a", "zh-3", "en-d")]
+    batch = [Document(d.id, d.text) for d in docs if d.id in ("en-b", "en-f", "zh-1", "p-1")]
+    batch.append(Document("new-copy", history[0].text.upper()))
+    index_dir = tmp_path / "index"
+    assert append_to_index(history, index_dir, config) == 3
+    out = list(dedup_against_index(batch, index_dir, config))
+    rejected = {d.id: (d.drop_reason, d.meta["duplicate_of"]) for d in out if d.dropped}
+    assert rejected == {"en-b": ("near_duplicate", "en-a"), "new-copy": ("exact_duplicate", "en-a")}
+    assert append_to_index(out, index_dir, config) == 3
+    index = load_index(index_dir, config)
+    assert sorted(index.ids) == ["en-a", "en-d", "en-f", "p-1", "zh-1", "zh-3"]
+    again = list(dedup_against_index([Document("z", batch[2].text), Document("zh-1", batch[2].text)], index, config))
+    assert [(d.drop_reason, d.meta["duplicate_of"]) for d in again] == [("exact_duplicate", "zh-1")] * 2  # re-sent id too
+    with pytest.raises(ValueError, match="other dedup settings"):
+        load_index(index_dir, DedupConfig(**{**DEDUP_PARAMS, "num_perm": 64, "num_bands": 8}))
+
+
+def test_local_runner_cli(tmp_path, data_dir):
+    src = write_jsonl(crafted_documents(data_dir), tmp_path / "in" / "docs.jsonl")
+    params = write_params(tmp_path / "params.yaml")
+    report = main(["--input", str(src.parent), "--output", str(tmp_path / "out"), "--params", str(params)])
+    assert {d.id for d in read_parquet_dir(tmp_path / "out" / "kept")} == EXPECTED_KEPT
+    assert report["drop_reasons"] == {"exact_duplicate": 2, "near_duplicate": 3}
+    assert report["dedup"]["clusters"]["size_histogram"] == {"2": 1, "3": 1}
+    assert report["dedup"]["clusters"]["largest_clusters"][0]["kept_id"] == "en-c"
+
+
+def test_word_fast_path_equals_shared_tokenizer(sample_texts):
+    from etl.dedup import _HAN_RUN, normalize_text
+    from etl.tokenize import TokenizerConfig, is_word, tokenize
+
+    config = DedupConfig(english="wordpunct")
+    for text in sample_texts:
+        rest = _HAN_RUN.sub(" ", normalize_text(text))
+        expected = [t for t in tokenize(rest, TokenizerConfig(english="wordpunct")) if is_word(t)]
+        assert shingle_units(text, config)[1] == expected

@@ -1,0 +1,112 @@
+"""The Spark dedup job: same kept set as the local runner, for any partitioning, and with an index."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, crafted_documents, write_jsonl, write_params
+from etl.dedup import DedupConfig, UnionFind, main as local_main
+from etl.document import Document
+from etl.io import read_parquet_dir
+
+pytestmark = pytest.mark.spark
+
+
+def _corpus(data_dir) -> list[Document]:
+    """Crafted fixtures plus real documents and edited copies of some of them."""
+    rng = random.Random(1)
+    docs = crafted_documents(data_dir)
+    for name in ("general_zh.jsonl", "general_en.jsonl"):
+        with open(data_dir / name, encoding="utf-8") as handle:
+            real = [json.loads(line) for i, line in zip(range(80), handle) if i >= 60]
+        for i, rec in enumerate(real):
+            docs.append(Document(f"{name[:10]}-{i:02d}", rec["text"]))
+            if i % 4 == 0 and len(rec["text"]) > 200:
+                chars = list(rec["text"])
+                for p in rng.sample(range(len(chars)), 3):
+                    chars[p] = "某"
+                docs.append(Document(f"{name[:10]}-{i:02d}-copy", "".join(chars)))
+    return docs
+
+
+def _result(out_dir):
+    kept = {d.id for d in read_parquet_dir(out_dir / "kept")}
+    rejected = {d.id: (d.drop_reason, d.meta.get("duplicate_of"), d.meta.get("cluster_id")) for d in read_parquet_dir(out_dir / "rejected")}
+    return kept, rejected
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("dedup_spark")
+    write_jsonl(_corpus(data_dir), root / "in" / "docs.jsonl")
+    write_params(root / "params.yaml", dedup=DEDUP_PARAMS)
+    local_main(["--input", str(root / "in"), "--output", str(root / "local"), "--params", str(root / "params.yaml")])
+    return root
+
+
+def test_spark_equals_local_and_fixture_ids(spark, corpus_dir):
+    from spark_jobs import dedup
+
+    report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(corpus_dir / "spark3"), "--params", str(corpus_dir / "params.yaml"),
+                         "--partitions", "3"])
+    local_kept, local_rejected = _result(corpus_dir / "local")
+    spark_kept, spark_rejected = _result(corpus_dir / "spark3")
+    assert spark_kept == local_kept and spark_rejected == local_rejected
+    assert EXPECTED_KEPT <= spark_kept
+    assert {k: v for k, v in spark_rejected.items() if k in EXPECTED_REJECTED} == EXPECTED_REJECTED
+    assert any(k.endswith("-copy") for k in spark_rejected)  # edited real documents were found
+    local_report = json.loads((corpus_dir / "local" / "stats.json").read_text())
+    assert report["dedup"]["clusters"] == local_report["dedup"]["clusters"]
+    assert report["dedup"]["num_verified_edges"] == local_report["dedup"]["num_verified_edges"]
+    assert report["drop_reasons"] == local_report["drop_reasons"]
+
+
+@pytest.mark.parametrize("partitions", [1, 8])
+def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions):
+    from spark_jobs import dedup
+
+    out = corpus_dir / f"spark{partitions}"
+    dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"), "--partitions", str(partitions)])
+    assert _result(out) == _result(corpus_dir / "local")
+
+
+def test_spark_against_index_equals_local(spark, tmp_path, data_dir):
+    from spark_jobs import dedup
+
+    docs = crafted_documents(data_dir)
+    history = [d for d in docs if d.id in ("en-a", "zh-3", "en-d")]
+    batch = [d for d in docs if d.id in ("en-b", "en-f", "zh-1", "p-1")] + [Document("new-copy", history[0].text.upper())]
+    write_jsonl(history, tmp_path / "history" / "h.jsonl")
+    write_jsonl(batch, tmp_path / "batch" / "b.jsonl")
+    params = str(write_params(tmp_path / "params.yaml", dedup=DEDUP_PARAMS))
+    for runner, tag in ((dedup.main, "spark"), (local_main, "local")):
+        index = str(tmp_path / f"index-{tag}")
+        runner(["--input", str(tmp_path / "history"), "--output", str(tmp_path / f"h-{tag}"), "--params", params, "--against", index, "--update-index"]
+               + (["--partitions", "2"] if tag == "spark" else []))
+        runner(["--input", str(tmp_path / "batch"), "--output", str(tmp_path / f"b-{tag}"), "--params", params, "--against", index, "--update-index"]
+               + (["--partitions", "2"] if tag == "spark" else []))
+    kept, rejected = _result(tmp_path / "b-spark")
+    assert (kept, rejected) == _result(tmp_path / "b-local")
+    assert kept == {"en-f", "zh-1", "p-1"}
+    assert rejected == {"en-b": ("near_duplicate", "en-a", "en-a"), "new-copy": ("exact_duplicate", "en-a", None)}
+    from etl.dedup import load_index
+
+    assert sorted(load_index(tmp_path / "index-spark", DedupConfig(**DEDUP_PARAMS)).ids) == ["en-a", "en-d", "en-f", "p-1", "zh-1", "zh-3"]
+
+
+def test_connected_components_match_union_find(spark):
+    from spark_jobs.dedup import connected_components
+
+    rng = random.Random(3)
+    ids = [f"n{rng.randrange(10**6):06d}" for _ in range(300)]
+    edges = {tuple(sorted(rng.sample(ids, 2))) for _ in range(220)}
+    edges |= {(ids[i], ids[i + 1]) for i in range(100, 160)}  # a long chain
+    uf = UnionFind()
+    for a, b in edges:
+        uf.union(a, b)
+    expected = {m: root for root, members in uf.groups().items() for m in members}
+    df = spark.createDataFrame(sorted(edges), "a string, b string")
+    got = {r["id"]: r["cluster_id"] for r in connected_components(df, 60).collect()}
+    assert got == expected
