@@ -293,6 +293,16 @@ class Features:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def add_table(self, table: pa.Table, num_perm: int, num_bands: int) -> None:
+        """Append index rows (the :func:`index_table` layout) in memory."""
+        n = table.num_rows
+        self.ids += table.column("id").to_pylist()
+        self.exact_keys += table.column("exact_key").to_pylist()
+        sigs = np.frombuffer(b"".join(table.column("signature").to_pylist()), dtype=np.uint32).reshape(n, num_perm)
+        bands = np.array(table.column("band_keys").to_pylist(), dtype=np.int64).reshape(n, num_bands)
+        self.sigs = sigs if self.sigs is None or not len(self.sigs) else np.concatenate([self.sigs, sigs])
+        self.bands = bands if self.bands is None or not len(self.bands) else np.concatenate([self.bands, bands])
+
 
 def compute_features(docs: Sequence[Document], config: DedupConfig) -> Features:
     """Exact keys, keep ranks, signatures and band keys of ``docs`` (vectorised per batch)."""
@@ -375,6 +385,16 @@ class DedupIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def add_table(self, table: pa.Table, num_perm: int, num_bands: int) -> None:
+        """Append index rows (the :func:`index_table` layout) in memory."""
+        n = table.num_rows
+        self.ids += table.column("id").to_pylist()
+        self.exact_keys += table.column("exact_key").to_pylist()
+        sigs = np.frombuffer(b"".join(table.column("signature").to_pylist()), dtype=np.uint32).reshape(n, num_perm)
+        bands = np.array(table.column("band_keys").to_pylist(), dtype=np.int64).reshape(n, num_bands)
+        self.sigs = sigs if self.sigs is None or not len(self.sigs) else np.concatenate([self.sigs, sigs])
+        self.bands = bands if self.bands is None or not len(self.bands) else np.concatenate([self.bands, bands])
+
 
 def index_table(feats: Features, rows: Sequence[int]) -> pa.Table:
     """Arrow table of index rows: id, exact_key, signature (uint32 bytes), band_keys (int64)."""
@@ -411,11 +431,7 @@ def load_index(index_dir: str | os.PathLike, config: DedupConfig) -> DedupIndex:
         index.sigs = np.empty((0, config.num_perm), np.uint32)
         index.bands = np.empty((0, b), np.int64)
         return index
-    table = pa.concat_tables(tables)
-    index.ids = table.column("id").to_pylist()
-    index.exact_keys = table.column("exact_key").to_pylist()
-    index.sigs = np.frombuffer(b"".join(table.column("signature").to_pylist()), dtype=np.uint32).reshape(len(index.ids), config.num_perm)
-    index.bands = np.array(table.column("band_keys").to_pylist(), dtype=np.int64).reshape(len(index.ids), b)
+    index.add_table(pa.concat_tables(tables), config.num_perm, b)
     return index
 
 
@@ -434,13 +450,18 @@ def write_index_part(table: pa.Table, index_dir: str | os.PathLike, config: Dedu
     return path
 
 
-def append_to_index(docs: Iterable[Document], index_dir: str | os.PathLike, config: DedupConfig) -> int:
-    """Add the kept documents of ``docs`` to the index at ``index_dir``; returns how many."""
+def append_to_index(docs: Iterable[Document], index_dir: str | os.PathLike, config: DedupConfig,
+                    index: DedupIndex | None = None) -> int:
+    """Add the kept documents of ``docs`` to the index at ``index_dir`` (and to the loaded
+    ``index``, so a long-running consumer need not reload it); returns how many."""
     kept = [d for d in docs if not d.dropped]
     if not kept:
         return 0
     feats = compute_features(kept, config)
-    write_index_part(index_table(feats, range(len(kept))), index_dir, config)
+    table = index_table(feats, range(len(kept)))
+    write_index_part(table, index_dir, config)
+    if index is not None:
+        index.add_table(table, config.num_perm, config.bands[0])
     return len(kept)
 
 

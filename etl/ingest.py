@@ -127,6 +127,7 @@ class WindowWriter:
         stats = StageStats().add_all(out)
         write_json(self.output / "stats" / f"{stem}.json", stats.to_dict(["read", *self.pipeline.step_names]))
         write_parquet(kept, self.output / "kept" / f"{stem}.parquet")  # the part that matters, last
+        self.last_kept = kept
         return stats
 
     def _write_dead_letter(self, stem: str, window: Window, malformed: list[Document]) -> None:
@@ -171,6 +172,7 @@ class IngestConfig:
     session_timeout_ms: int = 10_000
     dead_letter_topic: str | None = None
     dedup_index: str | None = None
+    update_index: bool = False
     params: str | None = None
     max_poll_records: int = 500
 
@@ -181,6 +183,8 @@ class IngestConfig:
             raise ValueError(f"--window-records must be positive, got {self.window_records}")
         if self.window_seconds is not None and self.window_seconds <= 0:
             raise ValueError(f"--window-seconds must be positive, got {self.window_seconds}")
+        if self.update_index and not self.dedup_index:
+            raise ValueError("--update-index needs --dedup-index")
 
 
 class Ingestor:
@@ -299,6 +303,8 @@ class Ingestor:
         stats = self.writer.land(window)
         tp = TopicPartition(self.config.topic, window.partition)
         self.consumer.commit({tp: OffsetAndMetadata(window.last_offset + 1, "", -1)})
+        if isinstance(self.writer.dedup, IndexDedup):
+            self.writer.dedup.after_commit(self.writer.last_kept)
         self.totals.merge(stats)
         self.windows.pop(window.partition, None)
         self.last_landed_s = time.monotonic()
@@ -327,12 +333,32 @@ def _build_clean(params: str | None, on_error: str | None) -> Pipeline:
     return build_clean_pipeline(clean_config, tokenizer_config)
 
 
-def dedup_step(index: str, params: str | None) -> Callable[[Iterable[Document]], Iterable[Document]]:
-    """Incremental dedup of each window against a corpus index (see etl.dedup)."""
-    from etl.dedup import dedup_against_index, load_dedup_config
+class IndexDedup:
+    """Incremental dedup of each window against a corpus index (``etl.dedup``).
 
-    config = load_dedup_config(params)
-    return lambda docs: dedup_against_index(docs, index, config)
+    The index is loaded once.  With ``update``, each window's kept records are appended to it
+    (on disk and in memory) *after* the window's offsets are committed: a replayed window is
+    then never deduplicated against itself, and a crash between commit and append only means
+    those records are missing from the index, never lost."""
+
+    def __init__(self, index_dir: str, params: str | None, update: bool):
+        from etl.dedup import load_dedup_config, load_index
+
+        self.index_dir = index_dir
+        self.config = load_dedup_config(params)
+        self.index = load_index(index_dir, self.config)
+        self.update = update
+
+    def __call__(self, docs: Iterable[Document]) -> Iterable[Document]:
+        from etl.dedup import dedup_against_index
+
+        return dedup_against_index(docs, self.index, self.config)
+
+    def after_commit(self, kept: list[Document]) -> None:
+        if self.update:
+            from etl.dedup import append_to_index
+
+            append_to_index(kept, self.index_dir, self.config, self.index)
 
 
 def parse_args(argv: list[str] | None) -> IngestConfig:
@@ -348,7 +374,8 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     parser.add_argument("--idle-exit-s", type=float, default=10.0, help="with --once: seconds without records that mean drained")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer-group session timeout (joins take half of it on the embedded broker)")
     parser.add_argument("--dead-letter-topic", default=None, help="also send malformed messages, with the reason, to this topic")
-    parser.add_argument("--dedup-index", default=None, metavar="DIR", help="drop records that duplicate this corpus index (etl.dedup incremental dedup)")
+    parser.add_argument("--dedup-index", default=None, metavar="DIR", help="drop records that duplicate this corpus index (etl.dedup incremental dedup; a missing DIR is an empty index)")
+    parser.add_argument("--update-index", action="store_true", help="with --dedup-index: append each window's kept records to the index after its commit")
     parser.add_argument("--params", default=None, help="params.yaml (default: the repository's); the clean: section applies")
     args = parser.parse_args(argv)
     return IngestConfig(**{k: v for k, v in vars(args).items()})
@@ -357,7 +384,7 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
-    dedup = dedup_step(config.dedup_index, config.params) if config.dedup_index else None
+    dedup = IndexDedup(config.dedup_index, config.params, config.update_index) if config.dedup_index else None
     from etl.config import build_config, load_params
 
     reader_config = build_config(ReaderConfig, load_params(config.params).get("read"), "read")

@@ -190,7 +190,7 @@ def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manif
     if dedup_clusters:
         sizes = [int(k) for k in dedup_clusters.get("size_histogram", {})]
         lines.append(f"  dedup clusters: {dedup_clusters.get('num_clusters', 0)} clusters holding "
-                     f"{dedup_clusters.get('num_documents', '?')} documents, largest {max(sizes, default=0)}")
+                     f"{dedup_clusters.get('num_docs_in_clusters', 0)} documents, largest {max(sizes, default=0)}")
     if manifest:
         mix = ", ".join(f"{g} {share:.3f} (target {manifest['shares'][g]:.3f})" for g, share in achieved_shares(manifest).items())
         repeats = ", ".join(f"{g} x{r:.2f}" for g, r in (manifest.get("repeats") or {}).items())

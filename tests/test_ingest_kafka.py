@@ -38,12 +38,12 @@ def _records(data_dir: Path, n: int) -> list[dict]:
     return rows[:n]
 
 
-def _produce(broker: EmbeddedBroker, topic: str, values: list[bytes]) -> None:
+def _produce(broker: EmbeddedBroker, topic: str, values: list[bytes], partitions: int = 2) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
     for i, value in enumerate(values):
-        producer.send(topic, value, key=str(i).encode(), partition=i % 2)
+        producer.send(topic, value, key=str(i).encode(), partition=i % partitions)
     producer.flush()
     producer.close()
 
@@ -148,3 +148,28 @@ def test_part_names_are_keyed_by_partition_and_offsets(tmp_path):
     assert remove_uncommitted_parts(tmp_path, 3, committed=10) == 2
     left = sorted(p.stem for p in (tmp_path / "kept").iterdir())
     assert left == [part_name(3, 0, 9)] + [part_name(4, f, f + 9) for f in (0, 10, 20)]
+
+
+def test_windows_are_deduplicated_against_the_index_and_extend_it(broker, data_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    from etl.dedup import load_dedup_config, load_index
+
+    topic = "docs-dedup"
+    broker.create_topic(topic, partitions=1)
+    records = _records(data_dir, 40)
+    copies = [dict(r, id=f"{r['id']}-copy") for r in records[:5]]  # same texts, new ids, in later windows
+    _produce(broker, topic, [json.dumps(r, ensure_ascii=False).encode() for r in records + copies], partitions=1)
+    index_dir, out = tmp_path / "index", tmp_path / "landing"
+    proc = _ingest(broker, topic, out, "--window-records", "10", "--once", "--idle-exit-s", "4",
+                   "--dedup-index", str(index_dir), "--update-index", group="dedup")
+    proc.communicate(timeout=180)
+    assert proc.returncode == 0
+    rejected = {}
+    for part in (out / "rejected").glob("*.parquet"):
+        table = pq.read_table(part, columns=["id", "drop_reason"]).to_pylist()
+        rejected.update({row["id"]: row["drop_reason"] for row in table})
+    assert {k: v for k, v in rejected.items() if k.endswith("-copy")} == {c["id"]: "exact_duplicate" for c in copies}
+    index = load_index(index_dir, load_dedup_config(None))
+    kept_ids = set(_landed_ids(out)) - set(rejected)
+    assert set(index.ids) == kept_ids and not any(i.endswith("-copy") for i in index.ids)
