@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job on the bundled sample corpus (data/sample),
-# with Spark in local mode.  Outputs go to runs/demo/.
+# Set up (if needed) and run the whole pipeline on the bundled sample with DVC:
+# Kafka ingest on an embedded broker -> clean -> dedup -> tfidf -> augment -> tokenizer ->
+# shards -> train (tiny Megatron-core GPT, a few steps on CPU) -> report.
+# Spark runs in local mode; outputs go to data/pipeline/, the report to reports/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-OUT=runs/demo
-mkdir -p "$OUT"
-spark-submit --master "local[2]" spark_jobs/clean.py --input "data/sample/*/*.jsonl" --output "$OUT/clean"
+dvc repro "$@"
+echo
+echo "== jinglian demo summary (reports/summary.txt; full report: reports/report.md) =="
+cat reports/summary.txt

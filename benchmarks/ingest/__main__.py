@@ -18,15 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.ingest import workers
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPORA = ROOT.parent / "shared" / "corpora"
-WINDOW = 500
+from benchmarks.ingest.workers import WINDOW
 
 
 def load_messages(n: int, corpora: Path) -> list[bytes]:
@@ -43,57 +44,8 @@ def load_messages(n: int, corpora: Path) -> list[bytes]:
     return out
 
 
-def run_jinglian(bootstrap: str, topic: str, out: str, queue) -> None:
-    from etl.ingest import IngestConfig, Ingestor, default_factory
-
-    cfg = IngestConfig(bootstrap_servers=bootstrap, topic=topic, output=out, group_id=f"jl-{topic}",
-                       window_records=WINDOW, once=True, idle_exit_s=3.0, session_timeout_ms=6000)
-    ing = Ingestor(cfg, default_factory(None))
-    stats = ing.run()
-    queue.put({"records": stats.num_in, "seconds": ing.last_landed_s - ing.first_record_s,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-
-
-def run_baseline(bootstrap: str, topic: str, out: str, queue) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from kafka import KafkaConsumer, OffsetAndMetadata
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"base-{topic}", enable_auto_commit=False,
-                             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    buffers: dict = {}
-    count, first, last, idle_since = 0, None, None, time.monotonic()
-    while time.monotonic() - idle_since < 3.0:
-        batch = consumer.poll(timeout_ms=500)
-        if batch:
-            idle_since = time.monotonic()
-            first = first or idle_since
-        for tp, messages in batch.items():
-            buf = buffers.setdefault(tp, [])
-            for m in messages:
-                buf.append((m.offset, json.loads(m.value)))
-                if len(buf) >= WINDOW:
-                    count += _flush(consumer, tp, buf, out, pa, pq, OffsetAndMetadata)
-                    last = time.monotonic()
-    for tp, buf in buffers.items():
-        if buf:
-            count += _flush(consumer, tp, buf, out, pa, pq, OffsetAndMetadata)
-            last = time.monotonic()
-    consumer.close()
-    queue.put({"records": count, "seconds": last - first, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-
-
-def _flush(consumer, tp, buf, out, pa, pq, OffsetAndMetadata) -> int:
-    rows = [{"id": str(r.get("id")), "text": r.get("text") or "", "domain": r.get("domain") or ""} for _, r in buf]
-    pq.write_table(pa.Table.from_pylist(rows), f"{out}/p{tp.partition}-{buf[0][0]}-{buf[-1][0]}.parquet")
-    consumer.commit({tp: OffsetAndMetadata(buf[-1][0] + 1, "", -1)})
-    n = len(buf)
-    buf.clear()
-    return n
-
-
 def measure(target, bootstrap: str, topic: str, out: str) -> dict:
+    """Run ``target`` (a function of benchmarks.ingest.workers) in a fresh process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(bootstrap, topic, out, queue))
@@ -130,8 +82,8 @@ def main(argv=None) -> None:
             produce_s = time.perf_counter() - started
             producer.close()
             mb = sum(map(len, messages)) / 1e6
-            jl = measure(run_jinglian, broker.bootstrap_servers, topic, f"{tmp}/jl-{n}")
-            base = measure(run_baseline, broker.bootstrap_servers, topic, f"{tmp}/base-{n}")
+            jl = measure(workers.run_jinglian, broker.bootstrap_servers, topic, f"{tmp}/jl-{n}")
+            base = measure(workers.run_baseline, broker.bootstrap_servers, topic, f"{tmp}/base-{n}")
             row = {"records": n, "mb": round(mb, 2), "produce_s": round(produce_s, 3), "jinglian": jl, "baseline": base,
                    "ratio_jinglian_over_baseline": jl["records_per_s"] / base["records_per_s"]}
             rows.append(row)
