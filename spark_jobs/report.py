@@ -165,10 +165,9 @@ def plot_loss(metrics: list[dict], path: Path) -> None:
     steps = [m["step"] for m in metrics if "loss" in m]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, [m["loss"] for m in metrics if "loss" in m], label="loss")
-    domain_keys = sorted({k for m in metrics for k in m if k.startswith("loss/")})
-    for key in domain_keys:
-        pts = [(m["step"], m[key]) for m in metrics if key in m]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", label=key)
+    for domain in sorted({d for m in metrics for d in m.get("loss_by_domain") or {}}):
+        pts = [(m["step"], m["loss_by_domain"][domain]) for m in metrics if domain in (m.get("loss_by_domain") or {})]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", marker=".", alpha=0.7, label=f"loss: {domain}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training loss")
@@ -213,9 +212,10 @@ def achieved_shares(manifest: dict) -> dict[str, float]:
 def write_plot_data(out_dir: Path, manifest: dict | None, metrics: list[dict]) -> None:
     """CSV files for ``dvc plots`` (loss per step, cumulative domain shares per shard)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    loss_keys = ["loss"] + sorted({k for m in metrics for k in m if k.startswith("loss/")})
-    rows = ["step," + ",".join(k.replace("/", "_") for k in loss_keys)]
-    rows += [f"{m['step']}," + ",".join(str(m.get(k, "")) for k in loss_keys) for m in metrics if "loss" in m]
+    domains = sorted({d for m in metrics for d in m.get("loss_by_domain") or {}})
+    rows = ["step,loss," + ",".join(f"loss_{d}" for d in domains)]
+    rows += [f"{m['step']},{m['loss']}," + ",".join(str((m.get("loss_by_domain") or {}).get(d, "")) for d in domains)
+             for m in metrics if "loss" in m]
     (out_dir / "loss.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     groups, shares = domain_share_series(manifest or {})
     rows = ["shard," + ",".join(groups)]
