@@ -264,6 +264,7 @@ class Ingestor:
                 batch = self.consumer.poll(timeout_ms=500)
                 if self.pending_assigned is not None:
                     self._on_assigned(self.pending_assigned)
+                    last_record = time.monotonic()  # idle time counts from the (re)assignment
                 for tp, messages in batch.items():
                     window = self.windows.setdefault(tp.partition, Window(tp.partition, time.monotonic()))
                     for message in messages:

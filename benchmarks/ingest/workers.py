@@ -30,11 +30,15 @@ def run_baseline(bootstrap: str, topic: str, out: str, queue) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     buffers: dict = {}
     count, first, last, idle_since = 0, None, None, time.monotonic()
-    while time.monotonic() - idle_since < 3.0:
+    started = idle_since
+    while True:  # like --once: idle time counts from the last record, after the group join
         batch = consumer.poll(timeout_ms=500)
+        now = time.monotonic()
         if batch:
-            idle_since = time.monotonic()
-            first = first or idle_since
+            idle_since = now
+            first = first or now
+        elif (first is not None and now - idle_since > 3.0) or now - started > 120:
+            break
         for tp, messages in batch.items():
             buf = buffers.setdefault(tp, [])
             for m in messages:
