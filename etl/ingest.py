@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 from etl.atomic import atomic_file, write_json
 from etl.document import Document
 from etl.io import InputFile, ReaderConfig, bad_record, record_to_document, write_parquet
+from etl.runner import PipelinePool
 from etl.stats import StageStats
 from etl.step import Pipeline
 
@@ -101,10 +102,10 @@ class WindowWriter:
 
     def __init__(self, output: Path, topic: str, factory: Callable[[], Pipeline], reader_config: ReaderConfig,
                  dead_letter: Callable[[list[dict]], None] | None = None,
-                 dedup: Callable[[Iterable[Document]], Iterable[Document]] | None = None):
+                 dedup: Callable[[Iterable[Document]], Iterable[Document]] | None = None, workers: int = 1):
         self.output = output
         self.topic = topic
-        self.pipeline = factory()
+        self.pipeline = PipelinePool(factory, workers)
         self.reader_config = reader_config
         self.dead_letter = dead_letter
         self.dedup = dedup
@@ -175,6 +176,7 @@ class IngestConfig:
     update_index: bool = False
     params: str | None = None
     max_poll_records: int = 500
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.window_records is None and self.window_seconds is None:
@@ -195,9 +197,13 @@ class Ingestor:
         self.config = config
         self.output = Path(config.output)
         self.reader_config = reader_config or ReaderConfig()
-        self.consumer = self._consumer()
         self.producer = None
-        self.writer = WindowWriter(self.output, config.topic, factory, self.reader_config, self._dead_letter_sender(), dedup)
+        # The cleaning pool forks first: forking after kafka-python has started its IO thread
+        # could copy a lock held by that thread into the workers.
+        self.writer = WindowWriter(self.output, config.topic, factory, self.reader_config, None, dedup,
+                                   workers=config.workers)
+        self.writer.dead_letter = self._dead_letter_sender()
+        self.consumer = self._consumer()
         self.windows: dict[int, Window] = {}
         self.totals = StageStats()
         self.stopping = False
@@ -282,6 +288,7 @@ class Ingestor:
                 if window.messages:
                     self._land(window)
         finally:
+            self.writer.pipeline.close()
             self.consumer.close(autocommit=False)
             if self.producer is not None:
                 self.producer.close()
@@ -378,6 +385,7 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     parser.add_argument("--dedup-index", default=None, metavar="DIR", help="drop records that duplicate this corpus index (etl.dedup incremental dedup; a missing DIR is an empty index)")
     parser.add_argument("--update-index", action="store_true", help="with --dedup-index: append each window's kept records to the index after its commit")
     parser.add_argument("--params", default=None, help="params.yaml (default: the repository's); the clean: section applies")
+    parser.add_argument("--workers", type=int, default=1, help="processes cleaning each window (a persistent pool; 1 = in the consumer process)")
     args = parser.parse_args(argv)
     return IngestConfig(**{k: v for k, v in vars(args).items()})
 

@@ -63,6 +63,46 @@ def run_pipeline(docs: Iterable[Document], factory: PipelineFactory, workers: in
             yield from out
 
 
+class PipelinePool:
+    """A persistent pool of worker processes, each holding one pipeline built by ``factory``.
+
+    For long-running consumers (the Kafka ingest) that clean many small windows: the
+    pipeline (dictionaries, models) is built once per worker, not once per window.
+    ``workers <= 1`` runs in this process.
+    """
+
+    def __init__(self, factory: PipelineFactory, workers: int = 1, batch_size: int = 64):
+        self.factory = factory
+        self.batch_size = batch_size
+        self.pool = None
+        self.local: Pipeline | None = None
+        self._step_names: list[str] | None = None
+        if workers > 1:
+            ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+            self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(factory,))
+        else:
+            self.local = factory()
+
+    @property
+    def step_names(self) -> list[str]:
+        if self._step_names is None:
+            self._step_names = (self.local or self.factory()).step_names
+        return self._step_names
+
+    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        if self.pool is None:
+            yield from self.local(docs)
+            return
+        for out in self.pool.imap(_run_batch, _batched(docs, self.batch_size), chunksize=1):
+            yield from out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+
 class PartWriter:
     """Writes kept and rejected documents into numbered Parquet parts under a directory."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ def run_jinglian(bootstrap: str, topic: str, out: str, queue) -> None:
     from etl.ingest import IngestConfig, Ingestor, default_factory
 
     cfg = IngestConfig(bootstrap_servers=bootstrap, topic=topic, output=out, group_id=f"jl-{topic}",
-                       window_records=WINDOW, once=True, idle_exit_s=3.0, session_timeout_ms=6000)
+                       window_records=WINDOW, once=True, idle_exit_s=3.0, session_timeout_ms=6000,
+                       workers=os.cpu_count() or 1)
     ing = Ingestor(cfg, default_factory(None))
     stats = ing.run()
     queue.put({"records": stats.num_in, "seconds": ing.last_landed_s - ing.first_record_s,
