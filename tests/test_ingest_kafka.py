@@ -97,7 +97,7 @@ def test_sigkill_mid_stream_then_restart_lands_every_record_exactly_once(broker,
     assert landed_before >= 3, "the first consumer never landed a window"
     assert len(set(_landed_ids(out))) < len(records), "the kill came too late to test a restart"
 
-    second = _ingest(broker, topic, out, "--window-records", "10", "--once", "--idle-exit-s", "4")
+    second = _ingest(broker, topic, out, "--window-records", "10", "--once", "--idle-exit-s", "4", "--workers", "2")
     stdout, _ = second.communicate(timeout=180)
     assert second.returncode == 0
     done = [e for e in _events(stdout.splitlines()) if e.get("event") == "done"]
