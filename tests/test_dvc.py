@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -77,8 +78,10 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     proj, env, output = project
     assert _ran(output) == STAGES
     clean = json.loads((proj / "data/pipeline/clean/stats.json").read_text())
-    assert clean["num_in"] == 12 + 20 + 16 + 12 + 4 + 13  # the sample plus the Kafka window records landed
-    assert sorted(p.name for p in (proj / "data/stream/dead-letter").glob("*.jsonl"))
+    landed = sum(pq.read_metadata(p).num_rows for p in (proj / "data/stream/kept").glob("*.parquet"))
+    dead = [json.loads(line) for p in (proj / "data/stream/dead-letter").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(dead) == 1 and dead[0]["reason"] == "invalid_json"  # the one malformed line in the Kafka slice
+    assert landed == 15 and clean["num_in"] == 12 + 20 + 16 + 12 + 4 + landed  # the sample plus the landed windows
     metrics = json.loads((proj / "reports/pipeline.json").read_text())
     assert set(metrics) >= {"clean", "dedup", "tfidf", "augment", "shards", "train"}
     assert metrics["train"]["steps"] == 3
