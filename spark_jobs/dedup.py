@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from etl.config import build_config, config_to_dict, load_params
 from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, check_fingerprint,
-                       compute_features, resolve_inputs)
+                       compute_features)
 from etl.document import Document
 from etl.io import READ_STEP, ReaderConfig
 from spark_jobs.common import (RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary,
@@ -194,12 +194,10 @@ def connected_components(edges, max_iterations: int):
 def extract(spark, inputs: Sequence[str], reader: ReaderConfig, partitions: int | None):
     """All input records: RECORD_SCHEMA plus ``dup_first`` (non-null on a repeated id).
 
-    Repartitioned to ``partitions`` (default: 4 x the default parallelism) with an explicit
-    number, which adaptive query execution keeps: otherwise it coalesces the reader's
-    small shuffle output into one partition and the Python work runs on one core.
+    Hash-partitioned on id into ``partitions`` (default: ``common.default_partitions``) by
+    the shared reader, with an explicit count that adaptive query execution keeps.
     """
-    df = read_documents_df(spark, resolve_inputs(inputs), reader)
-    return df.repartition(partitions or 4 * spark.sparkContext.defaultParallelism)
+    return read_documents_df(spark, inputs, reader, partitions)
 
 
 def live_records(docs):
