@@ -71,8 +71,8 @@ class MemorySampler(threading.Thread):
                 try:
                     cmd = " ".join(p.cmdline())
                     parent = p.parent()
-                    if parent is not None and p.pid != self.root_pid and " ".join(parent.cmdline()) == cmd:
-                        continue  # a fork before exec (e.g. the driver's `java -version` check): same pages, counted once
+                    if "dedup.py" in cmd and parent is not None and " ".join(parent.cmdline()) == cmd:
+                        continue  # the driver's fork before exec (its `java -version` check): same pages, counted once
                     rss = p.memory_info().rss
                     times = p.cpu_times()
                     self.cpu_s[p.pid] = times.user + times.system
