@@ -600,15 +600,6 @@ def cluster_report(clusters: dict[str, list[str]], kept_of: dict[str, str], text
 # ----------------------------------------------------------------------------- CLI
 
 
-def resolve_inputs(paths: Sequence[str]) -> list[str]:
-    """A stage output directory (with ``stats.json`` and ``kept/``) is read from its ``kept/`` only."""
-    out = []
-    for p in paths:
-        path = Path(p)
-        out.append(str(path / "kept") if path.is_dir() and (path / "stats.json").is_file() and (path / "kept").is_dir() else p)
-    return out
-
-
 def build_arg_parser(prog: str = "python -m etl.dedup") -> argparse.ArgumentParser:
     """Flags shared by the local runner and ``spark_jobs/dedup.py``."""
     parser = argparse.ArgumentParser(prog=prog, description="Exact and MinHash-LSH near-duplicate removal (local, in memory).",
@@ -643,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = build_config(DedupConfig, params.get("dedup") or {}, "dedup")
     reader = build_config(ReaderConfig, params.get("read") or {}, "read")
     index = load_index(args.against, config) if args.against else None
-    docs, result = dedup_documents(read_inputs(resolve_inputs(args.input), reader), config, index)
+    docs, result = dedup_documents(read_inputs(args.input, reader), config, index)
     extra = {"dedup": {"config": config_to_dict(config), "bands": list(config.bands), "against": args.against,
                        "num_candidate_edges": result.num_candidate_edges, "num_verified_edges": result.num_verified_edges,
                        "clusters": cluster_report(result.clusters, result.kept_of_cluster, result.texts, config)}}

@@ -84,7 +84,9 @@ def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
     """Expand paths, directories (recursively) and globs into a sorted, de-duplicated file list.
 
     Files named explicitly must have a known suffix; inside directories unknown files and
-    hidden or ``_``-prefixed files (Spark's ``_SUCCESS``, ``.crc``) are skipped.
+    hidden or ``_``-prefixed files (Spark's ``_SUCCESS``, ``.crc``) are skipped.  A stage
+    output directory (it has ``stats.json`` and ``kept/``) is read from its ``kept/`` only,
+    so ``--input runs/clean`` feeds the next stage the kept documents, not the rejected ones.
     """
     found: dict[str, InputFile] = {}
     for raw in paths:
@@ -93,7 +95,7 @@ def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
         if not matches:
             raise FileNotFoundError(f"input {raw!r} matches no file")
         for match in matches:
-            p = Path(match)
+            p = stage_kept_dir(Path(match))
             if p.is_dir():
                 for child in sorted(p.rglob("*")):
                     rel = child.relative_to(p)
@@ -106,6 +108,17 @@ def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
             else:
                 raise FileNotFoundError(f"input {match!r} does not exist")
     return sorted(found.values(), key=lambda f: f.path)
+
+
+def is_stage_output(path: str | os.PathLike) -> bool:
+    """True for a stage's output directory: it holds ``stats.json`` and a ``kept/`` folder."""
+    p = Path(path)
+    return p.is_dir() and (p / "stats.json").is_file() and (p / "kept").is_dir()
+
+
+def stage_kept_dir(path: Path) -> Path:
+    """``path/kept`` when ``path`` is a stage output directory, else ``path``."""
+    return path / "kept" if is_stage_output(path) else path
 
 
 def _is_data_file(rel: Path) -> bool:
@@ -265,8 +278,14 @@ def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Documen
         yield record_to_document(obj, input_file, line_no, config, raw=line)
 
 
-def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: ReaderConfig, raw: str = "") -> Document:
-    """Validate one parsed record and turn it into a document (or a rejected one)."""
+def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: ReaderConfig, raw: str = "",
+                       keep_provenance: bool = False) -> Document:
+    """Validate one parsed record and turn it into a document (or a rejected one).
+
+    ``keep_provenance``: a record that already names its origin (``meta.src_file`` and
+    ``meta.src_line``, as every stage output does) keeps it, so documents read back from a
+    stage's Parquet still point at the raw file and line they came from.
+    """
     if not isinstance(obj, dict):
         return bad_record(input_file, line_no, "invalid_record", f"expected a JSON object, got {type(obj).__name__}", raw)
     text = obj.get("text")
@@ -286,8 +305,9 @@ def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: Re
     for key, value in obj.items():
         if key not in DOC_COLUMNS:
             meta.setdefault(key, value)
-    meta["src_file"] = input_file.path
-    meta["src_line"] = line_no
+    if not (keep_provenance and "src_file" in meta and "src_line" in meta):
+        meta["src_file"] = input_file.path
+        meta["src_line"] = line_no
     doc_id = obj.get("id")
     doc_id = f"{input_file.name}:{line_no}" if doc_id in (None, "") else str(doc_id)
     return Document(
@@ -313,7 +333,7 @@ def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Docum
             meta = row.get("meta")
             if isinstance(meta, list):  # a Parquet map arrives as key/value pairs
                 row["meta"] = dict(meta)
-            yield record_to_document(row, input_file, row_no, config)
+            yield record_to_document(row, input_file, row_no, config, keep_provenance=True)
 
 
 def _read_whole(input_file: InputFile, config: ReaderConfig) -> tuple[str | None, Document | None]:
@@ -436,7 +456,7 @@ def read_parquet_dir(path: str | os.PathLike) -> Iterator[Document]:
 
 
 __all__ = [
-    "ReaderConfig", "InputFile", "list_input_files", "file_format", "read_inputs", "read_file",
+    "ReaderConfig", "InputFile", "list_input_files", "is_stage_output", "stage_kept_dir", "file_format", "read_inputs", "read_file",
     "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl",
     "read_parquet_dir", "dumps_meta",
 ]

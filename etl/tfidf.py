@@ -158,7 +158,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Local runner: read, score, write kept/ rejected/ stats.json."""
-    from etl.dedup import resolve_inputs
     from etl.io import ReaderConfig, read_inputs
     from etl.runner import write_stage_output
 
@@ -168,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf")
     tokenizer = build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer")
     reader = build_config(ReaderConfig, params.get("read") or {}, "read")
-    docs, summary = score_documents(read_inputs(resolve_inputs(args.input), reader), config, tokenizer)
+    docs, summary = score_documents(read_inputs(args.input, reader), config, tokenizer)
     summary["config"] = config_to_dict(config)
     return write_stage_output(docs, args.output, [STEP], extra_stats={"tfidf": summary}, total=len(docs), desc="tfidf")
 

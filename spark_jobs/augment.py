@@ -40,8 +40,7 @@ def parse_args(argv: list[str] | None):
 def extract(spark, args, params: dict):
     """Input records as a DataFrame (a previous stage's kept/ or raw files)."""
     reader = build_config(ReaderConfig, params.get("read"), "read")
-    df = read_documents_df(spark, args.input, reader)
-    return df.repartition(args.partitions) if args.partitions else df
+    return read_documents_df(spark, args.input, reader, args.partitions)
 
 
 def _pipeline(config: AugmentConfig):

@@ -27,8 +27,7 @@ def parse_args(argv: Sequence[str] | None):
 
 def extract(spark, args, reader_config):
     """Raw records as a DataFrame (bad records already marked rejected)."""
-    df = read_documents_df(spark, args.input, reader_config)
-    return df.repartition(args.partitions) if args.partitions else df
+    return read_documents_df(spark, args.input, reader_config, args.partitions)
 
 
 def transform(df, factory: CleanPipelineFactory):

@@ -88,7 +88,8 @@ def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML")
+                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
+                             "a stage output directory is read from its kept/")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="output directory; receives kept/, rejected/ and stats.json, written atomically")
     parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
@@ -104,15 +105,16 @@ def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
 
 def _read_files_partition(reader_config: ReaderConfig):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from etl.io import InputFile
+
         for batch in batches:
             for file_index, path, name in zip(*(batch.column(c).to_pylist() for c in ("file_index", "path", "name"))):
-                from etl.io import InputFile
-
                 rows = []
-                for doc in read_file(InputFile(path, name), reader_config):
+                # position in the file's reading order: meta.src_line may be an earlier stage's line
+                for position, doc in enumerate(read_file(InputFile(path, name), reader_config)):
                     row = doc.to_row()
                     row["file_index"] = file_index
-                    row["line"] = int(doc.meta.get("src_line", 0))
+                    row["line"] = position
                     rows.append(row)
                     if len(rows) >= 1024:
                         yield pa.RecordBatch.from_pylist(rows, schema=_READ_SCHEMA)
@@ -124,26 +126,111 @@ def _read_files_partition(reader_config: ReaderConfig):
 
 
 _READ_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("file_index", pa.int64()), ("line", pa.int64())])
+#: Tasks per core for the per-document Python work: two, so one slow partition does not idle a core.
+PARTITIONS_PER_CORE = 2
 
 
-def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig):
+def default_partitions(spark) -> int:
+    """Partitions for per-document work when ``--partitions`` is not given."""
+    return PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism
+
+
+def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, partitions: int | None = None):
     """All input records as a DataFrame of :data:`RECORD_SCHEMA` plus ``dup_first`` (the
-    ``file:line`` of the first record with the same id, for later copies; else null)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    ``file:line`` of the first record with the same id, for later copies; else null).
 
+    The frame is hash-partitioned on ``id`` into ``partitions`` (default
+    :func:`default_partitions`).  An explicit count is kept by adaptive query execution,
+    which would otherwise merge a small input into one partition and leave the Python
+    work of the next steps on one core.
+
+    Two paths give the same records:
+
+    * stage outputs (every input is Parquet with exactly the document columns, each row
+      already carrying ``meta.src_file``/``src_line``, no repeated id): read natively by
+      Spark, no Python pass and no shuffle of the text beyond the repartition;
+    * anything else: one Python task per file with the local runner's readers, then a
+      window over ``id`` marks repeated ids in (file, line) order.
+    """
     files = list_input_files(paths)  # a listing, not data: fine on the driver
     if not files:
         raise SystemExit(f"no input files found in {list(paths)}")
+    num_partitions = partitions or default_partitions(spark)
+    native = read_stage_parquet(spark, files)
+    if native is not None:
+        return native.repartition(num_partitions, "id")
+    return _read_with_python(spark, files, reader_config, num_partitions)
+
+
+def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     listing = spark.createDataFrame([(i, f.path, f.name) for i, f in enumerate(files)], "file_index long, path string, name string")
     listing = listing.repartition(min(len(files), max(1, spark.sparkContext.defaultParallelism * 4)), "file_index")
     records = listing.mapInArrow(_read_files_partition(reader_config), _spark_schema(_READ_SCHEMA))
+    # the window reuses this hash partitioning on id: one shuffle, num_partitions tasks after it
+    records = records.repartition(num_partitions, "id")
     first = Window.partitionBy("id").orderBy("file_index", "line")
     src = F.get_json_object("meta", "$.src_file")
     where = F.concat_ws(":", src, F.get_json_object("meta", "$.src_line"))
     records = records.withColumn("_rank", F.row_number().over(first))
     records = records.withColumn("dup_first", F.when(F.col("_rank") > 1, F.first(where).over(first)))
-    return records.drop("_rank")
+    return records.drop("_rank", "file_index", "line")
+
+
+def _is_document_parquet(path: str) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        return False  # the Python reader turns it into an unreadable_file record
+    if sorted(schema.names) != sorted(DOC_COLUMNS):
+        return False
+    return all(pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type) for n in DOC_COLUMNS)
+
+
+def _irregular_row():
+    """True where the Python reader would change a Parquet row (so the native path would differ)."""
+    from pyspark.sql import functions as F
+
+    def blank(c):
+        return F.col(c).isNull() | (F.col(c) == "")
+
+    # Python's str.strip() removes only characters of Unicode category Z and a few controls (Cc):
+    # a text with any other character is not blank; an all-Z/Cc text goes to the Python reader.
+    no_text = F.col("text").isNull() | ~F.col("text").rlike("[^\\p{Z}\\p{Cc}]")
+    no_provenance = (F.get_json_object("meta", "$.src_file").isNull() | F.get_json_object("meta", "$.src_line").isNull())
+    marked_dropped = F.instr(F.col("meta"), '"drop_reason"') > 0
+    return blank("id") | blank("source") | blank("domain") | F.col("meta").isNull() | no_text | no_provenance | marked_dropped
+
+
+def read_stage_parquet(spark, files) -> Any:
+    """Records of previous stages' Parquet read natively, or None when the Python reader is needed.
+
+    Used only when every file is Parquet with the document columns (strings) and a check
+    (one job that shuffles ids only) finds every row regular (non-blank id, text, source,
+    domain; ``meta`` with ``src_file``/``src_line`` and no ``drop_reason``) and no id
+    repeated: exactly the rows the Python reader would pass through unchanged.  Concatenated
+    outputs with repeated ids, raw Parquet, or odd rows fall back to the Python reader, which
+    marks them the way the local runner does.
+    """
+    from pyspark.sql import functions as F
+
+    if not all(f.path.endswith(".parquet") for f in files) or not all(_is_document_parquet(f.path) for f in files):
+        return None
+    df = spark.read.parquet(*[f.path for f in files]).select(*DOC_COLUMNS)
+    check = (df.select("id", _irregular_row().cast("int").alias("irregular"))
+             .groupBy("id").agg(F.count("*").alias("n"), F.max("irregular").alias("irregular"))
+             .agg(F.sum((F.col("n") > 1).cast("long")).alias("repeated"), F.max("irregular").alias("irregular"))
+             .collect()[0])
+    if check["repeated"] or check["irregular"]:
+        logger.info("Parquet inputs need the Python reader (%s repeated ids, irregular rows: %s)", check["repeated"], bool(check["irregular"]))
+        return None
+    null = F.lit(None).cast("string")
+    return df.select("id", "text", "source", "domain", F.coalesce("lang", F.lit("")).alias("lang"), "meta",
+                     null.alias("drop_reason"), null.alias("drop_step"), null.alias("dup_first"))
 
 
 def _spark_schema(schema: pa.Schema):
@@ -198,17 +285,54 @@ def map_documents(df, key: str, factory: Callable[[], Pipeline], batch_rows: int
 # ----------------------------------------------------------------------------- writing
 
 
-def _stats_partition(rows: Iterator) -> Iterator[StageStats]:
-    stats = StageStats()
-    for row in rows:
-        stats.add(Document.from_row(row.asDict()))
-    yield stats
-
-
 def compute_stats(df) -> StageStats:
-    """StageStats over an all-records DataFrame: one per partition, merged by ``reduce``."""
-    parts = df.select(*RECORD_SCHEMA.names).rdd.mapPartitions(_stats_partition)
-    return parts.fold(StageStats(), lambda a, b: StageStats().merge(a).merge(b))
+    """StageStats over an all-records DataFrame with Spark SQL aggregations (no Python pass).
+
+    Same definitions as :meth:`StageStats.add` on ``Document.from_row(row)``: ``length``
+    counts code points like ``len``; ``chars_in`` is ``meta.chars_in`` (truncated to an
+    integer) or the text length; a null/empty ``domain`` is ``general``, an empty ``lang``
+    ``und``; a drop without ``drop_step`` counts under ``?``.  One job; only one row per
+    (domain), (language) and (step, reason) reaches the driver.
+    """
+    from pyspark.sql import functions as F
+
+    text = F.coalesce(F.col("text"), F.lit(""))
+    num_chars = F.length(text)
+    chars_in = F.coalesce(F.expr("try_cast(try_cast(get_json_object(meta, '$.chars_in') AS double) AS long)"), num_chars)
+    kept = F.col("drop_reason").isNull()
+    domain = F.when(F.coalesce(F.col("domain"), F.lit("")) == "", F.lit("general")).otherwise(F.col("domain"))
+    lang = F.when(F.coalesce(F.col("lang"), F.lit("")) == "", F.lit("und")).otherwise(F.col("lang"))
+
+    def key(dim: str, k1, k2):
+        return F.struct(F.lit(dim).alias("dim"), k1.cast("string").alias("k1"), k2.cast("string").alias("k2"))
+
+    keys = F.array(key("domain", domain, F.lit(None)),
+                   F.when(kept, key("lang", lang, F.lit(None))).otherwise(key("drop", F.coalesce(F.col("drop_step"), F.lit("?")), F.col("drop_reason"))))
+    rows = (df.select(F.explode(keys).alias("k"), chars_in.alias("chars_in"), num_chars.alias("chars"), kept.alias("kept"))
+            .groupBy("k.dim", "k.k1", "k.k2")
+            .agg(F.count("*").alias("n"), F.sum("chars_in").alias("chars_in"),
+                 F.sum(F.when(F.col("kept"), 1).otherwise(0)).alias("kept_n"),
+                 F.sum(F.when(F.col("kept"), F.col("chars")).otherwise(0)).alias("kept_chars"))
+            .collect())
+    stats = StageStats()
+    for r in rows:
+        n, kept_n, kept_chars = int(r["n"]), int(r["kept_n"] or 0), int(r["kept_chars"] or 0)
+        if r["dim"] == "domain":
+            stats.num_in += n
+            stats.num_kept += kept_n
+            stats.chars_in += int(r["chars_in"] or 0)
+            stats.chars_out += kept_chars
+            stats.in_by_domain[r["k1"]] += n
+            if kept_n:
+                stats.kept_by_domain[r["k1"]] += kept_n
+                stats.kept_chars_by_domain[r["k1"]] += kept_chars
+        elif r["dim"] == "lang":
+            stats.kept_by_lang[r["k1"]] += n
+            stats.kept_chars_by_lang[r["k1"]] += kept_chars
+        else:
+            stats.dropped[(r["k1"], r["k2"])] += n
+    stats.num_rejected = stats.num_in - stats.num_kept
+    return stats
 
 
 def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -239,5 +363,5 @@ def print_summary(stage: str, report: dict[str, Any]) -> None:
           f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", flush=True)
 
 
-__all__ = ["get_spark", "check_java", "base_arg_parser", "read_documents_df", "map_documents", "write_stage_output",
+__all__ = ["get_spark", "check_java", "base_arg_parser", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output",
            "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch", "json"]

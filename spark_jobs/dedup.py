@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from etl.config import build_config, config_to_dict, load_params
 from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, check_fingerprint,
-                       compute_features, resolve_inputs)
+                       compute_features)
 from etl.document import Document
 from etl.io import READ_STEP, ReaderConfig
 from spark_jobs.common import (RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary,
@@ -115,13 +115,16 @@ def candidate_edges(bands, max_pairs_bucket_size: int):
     ``bands``: ``id, band, key, is_index``.  Buckets without a batch document, and edges
     between two index documents, are skipped (history is already deduplicated).
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    sizes = (bands.groupBy("band", "key")
-             .agg(F.count("*").alias("n"), F.min(F.struct("id", "is_index")).alias("root"),
-                  F.max(F.when(~F.col("is_index"), F.lit(1)).otherwise(F.lit(0))).alias("has_batch"))
-             .filter((F.col("n") > 1) & (F.col("has_batch") == 1)))
-    members = bands.join(sizes, ["band", "key"])
+    # one shuffle of the (band, key, id) rows: bucket size, root and "has a batch document"
+    # as window aggregates, instead of a groupBy joined back to all rows (a second shuffle)
+    bucket = Window.partitionBy("band", "key")
+    members = (bands.select("band", "key", "id", "is_index",
+                            F.count(F.lit(1)).over(bucket).alias("n"), F.min(F.struct("id", "is_index")).over(bucket).alias("root"),
+                            F.max(F.when(~F.col("is_index"), F.lit(1)).otherwise(F.lit(0))).over(bucket).alias("has_batch"))
+               .filter((F.col("n") > 1) & (F.col("has_batch") == 1)))
     small = members.filter(F.col("n") <= max_pairs_bucket_size).select("band", "key", "id", "is_index")
     left, right = small.alias("l"), small.alias("r")
     pairs = (left.join(right, (F.col("l.band") == F.col("r.band")) & (F.col("l.key") == F.col("r.key")) & (F.col("l.id") < F.col("r.id")))
@@ -194,12 +197,10 @@ def connected_components(edges, max_iterations: int):
 def extract(spark, inputs: Sequence[str], reader: ReaderConfig, partitions: int | None):
     """All input records: RECORD_SCHEMA plus ``dup_first`` (non-null on a repeated id).
 
-    Repartitioned to ``partitions`` (default: 4 x the default parallelism) with an explicit
-    number, which adaptive query execution keeps: otherwise it coalesces the reader's
-    small shuffle output into one partition and the Python work runs on one core.
+    Hash-partitioned on id into ``partitions`` (default: ``common.default_partitions``) by
+    the shared reader, with an explicit count that adaptive query execution keeps.
     """
-    df = read_documents_df(spark, resolve_inputs(inputs), reader)
-    return df.repartition(partitions or 4 * spark.sparkContext.defaultParallelism)
+    return read_documents_df(spark, inputs, reader, partitions)
 
 
 def live_records(docs):
@@ -304,8 +305,12 @@ def apply_marks(docs, marks: list):
         repeated = unmarked.filter(F.col("dup_first").isNotNull()).select(
             "*", *[F.lit(None).cast("string").alias(c) for c in ("_reason", "_dup_of", "_cluster")])
         joined = live.select(*MARK_SCHEMA.names).unionByName(repeated.select(*MARK_SCHEMA.names))
-    marked = joined.mapInArrow(mark_fn(), _spark_schema(RECORD_SCHEMA))
-    return marked.unionByName(dropped)
+    # Only rows that change go through Python (their meta gains keys); the rest, most of a
+    # corpus, pass through as they are: their meta was written by dumps_meta already.
+    changes = F.col("dup_first").isNotNull() | F.col("_reason").isNotNull() | F.col("_cluster").isNotNull()
+    marked = joined.filter(changes).mapInArrow(mark_fn(), _spark_schema(RECORD_SCHEMA))
+    unchanged = joined.filter(~changes).select(*RECORD_SCHEMA.names)
+    return marked.unionByName(unchanged).unionByName(dropped)
 
 
 def cluster_report_df(comp, keepers, live, config: DedupConfig) -> dict[str, Any]:

@@ -129,6 +129,21 @@ def test_gzip_jsonl_round_trip_and_parquet_round_trip(tmp_path):
     # a stage output read back through the generic reader keeps ids and provenance of the first read
     third = list(read_inputs([tmp_path / "pq"]))
     assert [d.id for d in third] == [d.id for d in docs] and not any(d.dropped for d in third)
+    assert [(d.meta["src_file"], d.meta["src_line"]) for d in third] == [(str(tmp_path / "out.jsonl.gz"), i + 1) for i in range(5)]
+
+
+def test_stage_output_directory_is_read_from_kept_only(tmp_path):
+    stage = tmp_path / "clean"
+    (stage / "kept").mkdir(parents=True)
+    (stage / "rejected").mkdir()
+    write_parquet([Document(id="k", text="kept")], stage / "kept" / "part-0.parquet")
+    write_parquet([Document(id="r", text="rejected").drop("too_short", "quality")], stage / "rejected" / "part-0.parquet", rejected=True)
+    (stage / "stats.json").write_text("{}")
+    assert [f.name for f in list_input_files([stage])] == ["kept/part-0.parquet"]
+    assert [d.id for d in read_inputs([stage])] == ["k"]
+    # without stats.json it is a plain directory: both folders are read
+    (stage / "stats.json").unlink()
+    assert sorted(d.id for d in read_inputs([stage])) == ["k", "r"]
 
 
 def test_text_files_per_file_and_per_paragraph(tmp_path):

@@ -70,6 +70,9 @@ class MemorySampler(threading.Thread):
             for p in procs:
                 try:
                     cmd = " ".join(p.cmdline())
+                    parent = p.parent()
+                    if "dedup.py" in cmd and parent is not None and " ".join(parent.cmdline()) == cmd:
+                        continue  # the driver's fork before exec (its `java -version` check): same pages, counted once
                     rss = p.memory_info().rss
                     times = p.cpu_times()
                     self.cpu_s[p.pid] = times.user + times.system
