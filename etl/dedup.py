@@ -293,16 +293,6 @@ class Features:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add_table(self, table: pa.Table, num_perm: int, num_bands: int) -> None:
-        """Append index rows (the :func:`index_table` layout) in memory."""
-        n = table.num_rows
-        self.ids += table.column("id").to_pylist()
-        self.exact_keys += table.column("exact_key").to_pylist()
-        sigs = np.frombuffer(b"".join(table.column("signature").to_pylist()), dtype=np.uint32).reshape(n, num_perm)
-        bands = np.array(table.column("band_keys").to_pylist(), dtype=np.int64).reshape(n, num_bands)
-        self.sigs = sigs if self.sigs is None or not len(self.sigs) else np.concatenate([self.sigs, sigs])
-        self.bands = bands if self.bands is None or not len(self.bands) else np.concatenate([self.bands, bands])
-
 
 def compute_features(docs: Sequence[Document], config: DedupConfig) -> Features:
     """Exact keys, keep ranks, signatures and band keys of ``docs`` (vectorised per batch)."""

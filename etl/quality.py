@@ -86,6 +86,15 @@ class GopherQualityConfig:
     """Gopher's eight English stop words."""
 
 
+def _check_ngram_fractions(config: object, names: tuple[str, ...]) -> None:
+    """Validate ``{n: fraction}`` fields and store them as plain dicts (they pickle for workers)."""
+    for name in names:
+        value = {int(n): float(f) for n, f in dict(getattr(config, name)).items()}
+        if any(n < 1 or not 0.0 <= f <= 1.0 for n, f in value.items()):
+            raise ValueError(f"{name}: n must be >= 1 and fractions within [0, 1], got {value}")
+        object.__setattr__(config, name, value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RepetitionConfig:
     """``clean.quality.repetition``: Gopher repetition rules, Rae et al. 2021, Table A1."""
@@ -106,12 +115,7 @@ class RepetitionConfig:
     """n -> max characters in repeated word n-grams / characters; Gopher."""
 
     def __post_init__(self) -> None:
-        # params arrive as read-only mappings; plain dicts pickle (worker pools, Spark executors)
-        for name in ("top_ngram_char_frac", "dup_ngram_char_frac"):
-            value = {int(n): float(f) for n, f in dict(getattr(self, name)).items()}
-            if any(n < 1 or not 0.0 <= f <= 1.0 for n, f in value.items()):
-                raise ValueError(f"{name}: n must be >= 1 and fractions within [0, 1], got {value}")
-            object.__setattr__(self, name, value)
+        _check_ngram_fractions(self, ("top_ngram_char_frac", "dup_ngram_char_frac"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,12 +182,7 @@ class CjkQualityConfig:
     """n -> max characters in repeated unit n-grams / characters; Gopher's 5..10-word values with n doubled."""
 
     def __post_init__(self) -> None:
-        # params arrive as read-only mappings; plain dicts pickle (worker pools, Spark executors)
-        for name in ("top_ngram_char_frac", "dup_ngram_char_frac"):
-            value = {int(n): float(f) for n, f in dict(getattr(self, name)).items()}
-            if any(n < 1 or not 0.0 <= f <= 1.0 for n, f in value.items()):
-                raise ValueError(f"{name}: n must be >= 1 and fractions within [0, 1], got {value}")
-            object.__setattr__(self, name, value)
+        _check_ngram_fractions(self, ("top_ngram_char_frac", "dup_ngram_char_frac"))
 
 
 @dataclass(frozen=True, kw_only=True)
