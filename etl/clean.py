@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from etl.charfilter import CharFilterConfig, filter_chars
+from etl.cli import add_io_args
 from etl.config import build_config, config_to_dict, load_params, params_hash
 from etl.dialogue import DialogueConfig, flatten_document
 from etl.document import Document
@@ -210,14 +211,9 @@ class CleanPipelineFactory:
 def arg_parser() -> argparse.ArgumentParser:
     """The local CLI: the Spark job's flags plus --workers and --no-progress."""
     parser = argparse.ArgumentParser(prog="python -m etl.clean", description="Clean raw text locally (the same steps as spark_jobs/clean.py).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory; receives kept/, rejected/ and stats.json, written atomically")
-    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
-    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=None,
-                        help="per-record failures: 'skip' rejects the record with reason error_<Type>; 'raise' stops (default: clean.on_error)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (output is identical for any N)")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_io_args(parser)
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1; output is identical for any N)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

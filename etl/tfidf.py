@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from etl.cli import add_io_args
 from etl.config import build_config, config_to_dict, load_params
 from etl.document import Document
 from etl.tokenize import TokenizerConfig, words
@@ -148,11 +149,8 @@ def mark(doc: Document, score: float, limit: float) -> Document:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl.tfidf", description="TF-IDF low-information filter (local, in memory).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files, directories or globs; a stage output dir is read from its kept/")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory: kept/, rejected/, stats.json (atomic)")
-    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_io_args(parser, on_error=False)
     return parser
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 
 from etl.atomic import atomic_dir, write_json
+from etl.cli import add_io_args
 from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, dumps_meta
 from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
 from etl.stats import StageStats
@@ -87,14 +88,7 @@ def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
     """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
     parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
-                             "a stage output directory is read from its kept/")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="output directory; receives kept/, rejected/ and stats.json, written atomically")
-    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
-    parser.add_argument("--on-error", choices=("skip", "raise"), default=None,
-                        help="per-record failures: 'skip' rejects the record with reason error_<Type>; 'raise' stops the job (default: params)")
+    add_io_args(parser)
     parser.add_argument("--partitions", type=int, default=None, metavar="N",
                         help="number of Spark partitions for the per-document work (default: Spark's default parallelism)")
     return parser
