@@ -185,6 +185,12 @@ def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manif
     lines = []
     for stage, st in all_stats.items():
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(st.get("drop_reasons", {}).items(), key=lambda kv: -kv[1])) or "none"
+        aug = st.get("augment") or {}
+        if "num_originals" in aug:  # the stage adds records: report originals in, variants made
+            made = sum(m.get("made", 0) for m in aug.get("by_method", {}).values())
+            lines.append(f"{stage:>8}: {aug['num_originals']:>6} in -> {st['num_kept']:>6} kept ({made} variants made), "
+                         f"{st['num_rejected']:>5} variants rejected ({reasons})")
+            continue
         lines.append(f"{stage:>8}: {st['num_in']:>6} in -> {st['num_kept']:>6} kept, {st['num_rejected']:>5} rejected ({reasons})")
     if dedup_clusters:
         sizes = [int(k) for k in dedup_clusters.get("size_histogram", {})]
