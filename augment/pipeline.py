@@ -12,28 +12,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from augment.config import AugmentConfig
 from etl.document import Document
-from etl.step import FunctionStep, Pipeline
-
-
-def _batched_step(name: str, fn: Callable[[list[Document]], list[Document]], batch_size: int) -> FunctionStep:
-    """Like :func:`etl.step.batch_step`, but a failure never rejects the originals: the
-    augmenters record failures as rejected ``error_<Type>`` variants themselves."""
-
-    def run(docs: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                yield from fn(batch)
-                batch = []
-        if batch:
-            yield from fn(batch)
-
-    return FunctionStep(name, run)
+from etl.step import Pipeline, batch_step
 
 
 def build_augmenters(config: AugmentConfig) -> list[Any]:
@@ -50,8 +33,11 @@ def build_augmenters(config: AugmentConfig) -> list[Any]:
 
 
 def build_pipeline(config: AugmentConfig) -> Pipeline:
-    """The augment pipeline (models load lazily, on the first batch that needs them)."""
-    return Pipeline([_batched_step(a.name, a, config.batch_docs) for a in build_augmenters(config)], name="augment")
+    """The augment pipeline (models load lazily, on the first batch that needs them).
+
+    The augmenters record their own failures as rejected ``error_<Type>`` variants, so a
+    failure never rejects the originals (``on_error=None``)."""
+    return Pipeline([batch_step(a.name, a, config.batch_docs, on_error=None) for a in build_augmenters(config)], name="augment")
 
 
 def _counter() -> collections.Counter:

@@ -11,7 +11,6 @@ never leaves a half-written output; a rerun starts again from scratch.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -25,7 +24,7 @@ from etl.atomic import atomic_dir, write_json
 from etl.document import Document
 from etl.io import write_parquet
 from etl.stats import StageStats
-from etl.step import Pipeline
+from etl.step import Pipeline, batched
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +42,16 @@ def _run_batch(batch: list[Document]) -> list[Document]:
     return list(_WORKER_PIPELINE(batch))
 
 
-def _batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while batch := list(itertools.islice(it, size)):
-        yield batch
-
-
 def run_pipeline(docs: Iterable[Document], factory: PipelineFactory, workers: int = 1, batch_size: int = 256) -> Iterator[Document]:
     """Run the pipeline built by ``factory`` over ``docs``, in ``workers`` processes.
 
     Output order equals input order batch by batch, so results do not depend on ``workers``.
     """
-    if workers <= 1:
-        yield from factory()(docs)
-        return
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(factory,)) as pool:
-        for out in pool.imap(_run_batch, _batched(docs, batch_size), chunksize=1):
-            yield from out
+    pool = PipelinePool(factory, workers, batch_size)
+    try:
+        yield from pool(docs)
+    finally:
+        pool.close()
 
 
 class PipelinePool:
@@ -93,7 +84,7 @@ class PipelinePool:
         if self.pool is None:
             yield from self.local(docs)
             return
-        for out in self.pool.imap(_run_batch, _batched(docs, self.batch_size), chunksize=1):
+        for out in self.pool.imap(_run_batch, batched(docs, self.batch_size), chunksize=1):
             yield from out
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ reason ``error_<ExceptionType>`` and carries on, ``"raise"`` stops the job.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
@@ -83,18 +84,25 @@ def map_step(name: str, fn: Callable[[Document], Document], on_error: str = "ski
     return FunctionStep(name, run)
 
 
-def batch_step(name: str, fn: Callable[[list[Document]], list[Document]], batch_size: int = 64, on_error: str = "skip") -> FunctionStep:
-    """A step that calls ``fn`` on batches (for model inference); ``fn`` may add new documents."""
+def batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    """Consecutive lists of at most ``size`` documents."""
+    it = iter(docs)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def batch_step(name: str, fn: Callable[[list[Document]], list[Document]], batch_size: int = 64,
+               on_error: str | None = "skip") -> FunctionStep:
+    """A step that calls ``fn`` on batches (for model inference); ``fn`` may add new documents.
+
+    With ``on_error`` ``"skip"`` or ``"raise"`` a failing batch follows that policy for every
+    document in it; ``None`` means ``fn`` records its own failures (exceptions propagate), for
+    steps such as the augmenters that must never reject the originals they were given.
+    """
 
     def run(docs: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                yield from _run_batch(batch)
-                batch = []
-        if batch:
-            yield from _run_batch(batch)
+        for batch in batched(docs, batch_size):
+            yield from (fn(batch) if on_error is None else _run_batch(batch))
 
     def _run_batch(batch: list[Document]) -> list[Document]:
         try:
