@@ -371,12 +371,9 @@ def _read_text(input_file: InputFile, config: ReaderConfig) -> Iterator[Document
         else:
             yield _plain_doc(input_file, config, text, 1, input_file.name)
         return
-    line = 1
-    for block in _paragraph_blocks(text):
-        start_line, para = block
+    for start_line, para in _paragraph_blocks(text):
         if para.strip():
             yield _plain_doc(input_file, config, para, start_line, f"{input_file.name}:{start_line}")
-        line = start_line
 
 
 def _paragraph_blocks(text: str) -> Iterator[tuple[int, str]]:

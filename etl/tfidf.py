@@ -30,7 +30,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from etl.cli import add_io_args
 from etl.config import build_config, config_to_dict, load_params

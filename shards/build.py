@@ -13,7 +13,6 @@ Layout of ``<output>``::
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import io
 import json
 import logging
 import os

@@ -11,21 +11,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
 from etl.atomic import atomic_dir, write_json
 from etl.cli import add_io_args
-from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, dumps_meta
+from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document
 from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
 from etl.stats import StageStats
 from etl.step import Pipeline
@@ -358,4 +356,4 @@ def print_summary(stage: str, report: dict[str, Any]) -> None:
 
 
 __all__ = ["get_spark", "check_java", "base_arg_parser", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output",
-           "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch", "json"]
+           "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch"]

@@ -3,7 +3,6 @@ letters, and two consumers of one group splitting the partitions."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from etl.document import Document
-from etl.io import (InputFile, ReaderConfig, list_input_files, read_file, read_inputs, read_parquet_dir,
+from etl.io import (ReaderConfig, list_input_files, read_inputs, read_parquet_dir,
                     sniff_encoding, write_jsonl, write_parquet)
 
 

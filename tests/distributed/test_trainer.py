@@ -9,7 +9,6 @@ round-off (tolerance LAYOUT_ATOL on the loss, fp32).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
