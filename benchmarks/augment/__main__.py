@@ -92,34 +92,37 @@ def per_sentence_back_translation(config, docs) -> int:
 def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
     """Baseline: the same words chosen, one fill-mask call per sentence.
 
-    ``one_mask_per_row`` (nlpaug ``ContextualWordEmbsAug`` / TextAttack ``WordSwapMaskedLM``):
-    the call holds one copy of the sentence per chosen word, each with only that word masked.
+    ``one_mask_per_row`` (TextAttack ``WordSwapMaskedLM`` / nlpaug ``ContextualWordEmbsAug``):
+    the call holds one copy of the sentence per chosen word, each with only that word masked,
+    tokenised in one call; top-k is taken at the masked positions of the model's full logits.
     Otherwise the call holds the sentence once with all its chosen words masked (the same
-    masking as jinglian, without cross-sentence batching or the masked-positions-only head)."""
+    masking as jinglian, without cross-sentence batching or the masked-positions-only head).
+    Word choice (jieba, entities) and candidate filtering are jinglian's own, shared by both arms."""
     import random
 
     import torch
 
     from augment.lineage import derive_seed
-    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_row, substitute
+    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_rows, substitute, vocab_table
 
     aug = MaskedLMAugmenter(config)
+    cfg = config.masked_lm
     made = 0
     for i, doc in enumerate(docs):
         tokenizer, model = aug.model_for(doc.lang)
+        table = vocab_table(tokenizer)
         rows = aug.plan_rows(i, doc, 1)
         for row in rows:
             rng = random.Random(derive_seed(config.seed, doc.id, "masked_lm", 0, row.span[0]))
             singles = [_Row(i, 0, row.span, row.sentence, [w]) for w in row.words] if one_mask_per_row else [row]
-            for single in singles:
-                encode_row(single, tokenizer, config.masked_lm.max_input_tokens)
+            encode_rows(singles, tokenizer, cfg.max_input_tokens)  # same length: no padding
             with torch.inference_mode():
                 logits = model(input_ids=torch.tensor([r.input_ids for r in singles])).logits
-            top = torch.topk(logits, k=config.masked_lm.top_k * 4, dim=-1).indices
             row.fills = []
             for k, single in enumerate(singles):
-                row.fills += [choose_fill(w, [top[k, p].tolist() for p in g], tokenizer, aug.stop_words, config.masked_lm.top_k, rng) if g else None
-                              for w, g in zip(single.words, single.mask_groups)]
+                for w, g in zip(single.words, single.mask_groups):
+                    top = torch.topk(logits[k, g], k=cfg.top_k * 4, dim=-1).indices.tolist() if g else None
+                    row.fills.append(choose_fill(w, top, table, aug.stop_words, cfg.top_k, rng) if g else None)
         made += bool(rows and substitute(doc.text, rows)[0])
     return made
 
