@@ -374,7 +374,6 @@ def _layer_at(layer, hidden, attention_mask, rows, cols, slots, num_slots: int):
 
     Each batch row's selected positions become its queries (padded to ``num_slots``); keys and
     values are every token of the row, padding masked out as in the full forward."""
-    import torch
     import torch.nn.functional as F
 
     attention = layer.attention.self
