@@ -116,7 +116,8 @@ class MaskedLMConfig:
     top_k: int = 10
     """Replacements are drawn among the k best predictions that differ from the original word."""
     batch_sentences: int = 32
-    """Sentences per forward pass (sorted by length)."""
+    """Most sentences per forward pass; sentences are sorted by length and cut into batches that
+    minimise padding plus a per-call cost (``augment.mlm.plan_batches``)."""
     max_sentence_chars: int = 250
     """Longer sentences are cut at clause punctuation (keeps a sentence within 512 BERT tokens)."""
     max_input_tokens: int = 512

@@ -45,15 +45,22 @@ def _marian_tokenizer(texts: Iterable[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
 
 
-def build_tiny_bert(output: str | os.PathLike, texts: list[str], hidden: int = 32, layers: int = 2, vocab_size: int = 2000, seed: int = 0) -> str:
-    """A random-weight ``BertForMaskedLM`` and its trained WordPiece tokenizer, saved to ``output``."""
+def build_tiny_bert(output: str | os.PathLike, texts: list[str], hidden: int = 32, layers: int = 2, vocab_size: int = 2000, seed: int = 0,
+                    heads: int | None = None, intermediate: int | None = None, model_vocab_size: int | None = None) -> str:
+    """A random-weight ``BertForMaskedLM`` and its trained WordPiece tokenizer, saved to ``output``.
+
+    ``hidden=768, layers=12, heads=12, intermediate=3072, model_vocab_size=21128`` is the shape
+    of bert-base-chinese.  ``model_vocab_size`` pads the embedding matrix and prediction head past
+    the tokenizer (small corpora cannot train 21128 WordPieces); ids past the tokenizer never
+    occur in inputs and are never chosen as fills."""
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
     tokenizer = _bert_tokenizer(texts, vocab_size)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 16),
-                        intermediate_size=hidden * 4, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(vocab_size=max(len(tokenizer), model_vocab_size or 0), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads or max(1, hidden // 16), intermediate_size=intermediate or hidden * 4,
+                        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
     BertForMaskedLM(config).save_pretrained(output)
     tokenizer.save_pretrained(output)
     return str(output)

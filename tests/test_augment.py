@@ -192,6 +192,81 @@ def test_whole_word_masking_token_groups(tiny):
     assert row.mask_groups[0] and row.mask_groups[1] == []
 
 
+def test_batched_encoding_matches_per_row(tiny, data_dir):
+    from transformers import AutoTokenizer
+
+    from augment.mlm import encode_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["bert"])
+    aug = MaskedLMAugmenter(_params(tiny, data_dir))
+    docs = _docs(data_dir, "domain_medical.jsonl", 6)
+    rows = [r for i, d in enumerate(docs) for r in aug.plan_rows(i, d, 1)]
+    singles = [_Row(r.doc_index, r.variant, r.span, r.sentence, r.words) for r in rows]
+    for r in singles:
+        encode_row(r, tokenizer, 40)
+    encode_rows(rows, tokenizer, 40)
+    assert len(rows) > 5 and [(r.input_ids, r.mask_groups) for r in rows] == [(r.input_ids, r.mask_groups) for r in singles]
+
+
+def test_plan_batches_cuts_padding():
+    from augment.mlm import plan_batches
+
+    lengths = [5] * 4 + [50] * 4
+    assert plan_batches(lengths, 8, 0) == [(0, 4), (4, 8)]  # 220 padded tokens instead of 400
+    assert plan_batches(lengths, 8, 1000) == [(0, 8)]  # a call dearer than the padding: one batch
+    capped = plan_batches(lengths, 3, 1)  # at most 3 rows: 4 calls, still no row padded
+    assert len(capped) == 4 and sum((e - s) * lengths[e - 1] for s, e in capped) == 220
+    spans = plan_batches(sorted([3, 9, 9, 10, 30, 31, 31, 80]), 3, 4)
+    assert spans[0][0] == 0 and spans[-1][1] == 8 and all(a[1] == b[0] and b[1] - b[0] <= 3 for a, b in zip(spans, spans[1:]))
+    assert plan_batches([], 8, 4) == []
+
+
+def test_masked_logits_equal_full_forward(tiny, data_dir):
+    """The last layer and head run on masked positions only, yet give the full forward's logits."""
+    import torch
+
+    from augment.mlm import _prunable_last_layer, encode_rows, masked_logits
+    from augment.models import load_model
+
+    tokenizer, model = load_model("masked_lm", tiny["bert"], "cpu", "float32")
+    assert _prunable_last_layer(model.bert) is model.bert.encoder.layer[-1]
+    aug = MaskedLMAugmenter(_params(tiny, data_dir))
+    rows = [r for i, d in enumerate(_docs(data_dir, "domain_medical.jsonl", 6)) for r in aug.plan_rows(i, d, 1)]
+    encode_rows(rows, tokenizer, 512)
+    width = max(len(r.input_ids) for r in rows)
+    assert min(len(r.input_ids) for r in rows) < width  # padding present
+    ids = torch.tensor([r.input_ids + [0] * (width - len(r.input_ids)) for r in rows])
+    mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows])
+    where = [(b, p) for b, r in enumerate(rows) for g in r.mask_groups for p in g]
+    with torch.inference_mode():
+        got = masked_logits(model, ids, mask, where)
+        full = model(input_ids=ids, attention_mask=mask).logits[[b for b, _ in where], [p for _, p in where]]
+    assert got.shape == full.shape and torch.allclose(got, full, atol=1e-5, rtol=1e-5)
+
+
+def test_choose_fill_uses_vocab_table(tiny):
+    import random
+
+    from transformers import AutoTokenizer
+
+    from augment.mlm import choose_fill, vocab_table
+    from augment.words import Word
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["bert"])
+    table = vocab_table(tokenizer)
+    assert vocab_table(tokenizer) is table and len(table) == len(tokenizer)
+    assert table[tokenizer.mask_token_id] is None and table[tokenizer.cls_token_id] is None
+    han = [i for i, t in enumerate(table) if t and len(t) == 1 and "\u4e00" <= t <= "\u9fff"][:6]
+    word = Word(0, 2, table[han[0]] + table[han[1]], "n")
+    # candidate j joins the j-th id of each position; the original word, a special token and an
+    # id past the tokenizer (a padded embedding matrix) are skipped
+    ranked = [[han[0], tokenizer.mask_token_id, len(table) + 5, han[2], han[4]],
+              [han[1], han[3], han[3], han[3], han[5]]]
+    got = {choose_fill(word, ranked, table, frozenset(), 10, random.Random(s)) for s in range(30)}
+    assert got == {table[han[2]] + table[han[3]], table[han[4]] + table[han[5]]}
+    assert choose_fill(word, [[han[0]], [han[1]]], table, frozenset(), 10, random.Random(0)) is None
+
+
 def test_masked_lm_changes_only_chosen_words(tiny, data_dir):
     config = _params(tiny, data_dir)
     docs = _docs(data_dir, "domain_medical.jsonl", 6) + _docs(data_dir, "expert.jsonl", 3)

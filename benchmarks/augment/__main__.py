@@ -1,17 +1,22 @@
 """Augment benchmark: batched augmenters vs the per-sentence loop of popular libraries.
 
-    python -m benchmarks.augment [--docs 24 48] [--out benchmarks/results/augment.json]
+    python -m benchmarks.augment [--docs 16 32] [--bert-sizes small base] [--base-docs 8 16] [--out benchmarks/results/augment.json]
 
 nlpaug's ``BackTranslationAug`` / ``ContextualWordEmbsAug`` and TextAttack run one sentence per
 ``generate`` or fill-mask call.  Here that loop is written with the same models, the same
 sentences and the same words to mask, and timed against jinglian's augmenters (sentences of a
 whole batch of documents pooled, length-sorted, ``batch_sentences`` per call) in the same run.
-Models are random-weight but not trivial: Marian d_model 256, 3+3 layers; BERT hidden 256,
-4 layers; tokenizers trained on tests/data.  Random Marian weights rarely emit EOS, so every
+Models are random-weight but not trivial: Marian d_model 256, 3+3 layers; BERT "small" hidden
+256, 4 layers, vocab 8000; tokenizers trained on tests/data.  ``--bert-sizes base`` adds a
+masked-LM run with a bert-base-chinese-shaped BERT (hidden 768, 12 layers, 12 heads, FFN 3072,
+vocabulary 21128: WordPiece trained to ~18k tokens here, embeddings and head padded to 21128)
+on ``--base-docs`` documents; it measures speed only.  Random Marian weights rarely emit EOS, so every
 sentence decodes ``max_new_tokens`` tokens in both arms (a fair, worst-case length).
 The masked-LM baseline is nlpaug's: per sentence one call with one row per chosen word (only
 that word masked); a second baseline masks all chosen words of the sentence in one row.
-Reports samples (documents) per second per method and the speed-up, at two input sizes.
+Both baselines share jinglian's word choice (one jieba pass per document), so the same words
+are masked in every arm.  Reports samples (documents) per second per method and the
+speed-up, at two input sizes.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -92,34 +98,37 @@ def per_sentence_back_translation(config, docs) -> int:
 def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
     """Baseline: the same words chosen, one fill-mask call per sentence.
 
-    ``one_mask_per_row`` (nlpaug ``ContextualWordEmbsAug`` / TextAttack ``WordSwapMaskedLM``):
-    the call holds one copy of the sentence per chosen word, each with only that word masked.
+    ``one_mask_per_row`` (TextAttack ``WordSwapMaskedLM`` / nlpaug ``ContextualWordEmbsAug``):
+    the call holds one copy of the sentence per chosen word, each with only that word masked,
+    tokenised in one call; top-k is taken at the masked positions of the model's full logits.
     Otherwise the call holds the sentence once with all its chosen words masked (the same
-    masking as jinglian, without cross-sentence batching or the masked-positions-only head)."""
+    masking as jinglian, without cross-sentence batching or the masked-positions-only head).
+    Word choice (jieba, entities) and candidate filtering are jinglian's own, shared by both arms."""
     import random
 
     import torch
 
     from augment.lineage import derive_seed
-    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_row, substitute
+    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_rows, substitute, vocab_table
 
     aug = MaskedLMAugmenter(config)
+    cfg = config.masked_lm
     made = 0
     for i, doc in enumerate(docs):
         tokenizer, model = aug.model_for(doc.lang)
+        table = vocab_table(tokenizer)
         rows = aug.plan_rows(i, doc, 1)
         for row in rows:
             rng = random.Random(derive_seed(config.seed, doc.id, "masked_lm", 0, row.span[0]))
             singles = [_Row(i, 0, row.span, row.sentence, [w]) for w in row.words] if one_mask_per_row else [row]
-            for single in singles:
-                encode_row(single, tokenizer, config.masked_lm.max_input_tokens)
+            encode_rows(singles, tokenizer, cfg.max_input_tokens)  # same length: no padding
             with torch.inference_mode():
                 logits = model(input_ids=torch.tensor([r.input_ids for r in singles])).logits
-            top = torch.topk(logits, k=config.masked_lm.top_k * 4, dim=-1).indices
             row.fills = []
             for k, single in enumerate(singles):
-                row.fills += [choose_fill(w, [top[k, p].tolist() for p in g], tokenizer, aug.stop_words, config.masked_lm.top_k, rng) if g else None
-                              for w, g in zip(single.words, single.mask_groups)]
+                for w, g in zip(single.words, single.mask_groups):
+                    top = torch.topk(logits[k, g], k=cfg.top_k * 4, dim=-1).indices.tolist() if g else None
+                    row.fills.append(choose_fill(w, top, table, aug.stop_words, cfg.top_k, rng) if g else None)
         made += bool(rows and substitute(doc.text, rows)[0])
     return made
 
@@ -130,37 +139,85 @@ def timed(fn, *args) -> tuple[float, int]:
     return time.perf_counter() - started, result
 
 
+BERT_SIZES = {
+    "small": {"hidden": 256, "layers": 4, "heads": 4, "intermediate": 1024, "vocab_size": 8000, "model_vocab_size": None,
+              "note": "hidden 256, 4 layers, 4 heads, FFN 1024, vocab 8000 (random)"},
+    "base": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072, "vocab_size": 21128, "model_vocab_size": 21128,
+             "note": "bert-base-chinese shape: hidden 768, 12 layers, 12 heads, FFN 3072, vocab 21128 "
+                     "(WordPiece trained to ~18k tokens on tests/data, embeddings and head padded to 21128; random)"},
+}
+
+
+def fresh_copies(docs):
+    return [type(d)(d.id, d.text, d.source, d.domain, d.lang, dict(d.meta)) for d in docs]
+
+
+def measure(batched, baselines: dict, repeats: int) -> tuple[float, list, dict[str, float]]:
+    """Best-of-``repeats`` seconds of ``batched`` and each baseline, runs interleaved (a shared
+    machine's load hits every arm alike) after one warm-up run of each (jieba, tokenizers, kernels)."""
+    out = batched()
+    for fn in baselines.values():
+        fn()
+    t_batched, t_base = float("inf"), {name: float("inf") for name in baselines}
+    for _ in range(repeats):
+        t, out = timed(batched)
+        t_batched = min(t_batched, t)
+        for name, fn in baselines.items():
+            t_base[name] = min(t_base[name], timed(fn)[0])
+    return t_batched, out, t_base
+
+
+def report_row(num_docs: int, t_batched: float, out, t_base: float | None) -> dict:
+    row = {"batched_s": round(t_batched, 3), "batched_docs_per_s": round(num_docs / t_batched, 2),
+           "variants": sum(1 for d in out if d.meta.get("augment"))}
+    if t_base is not None:
+        row.update(per_sentence_s=round(t_base, 3), per_sentence_docs_per_s=round(num_docs / t_base, 2), speedup=round(t_base / t_batched, 2))
+    return row
+
+
+def size_header(docs) -> dict:
+    from augment.sentences import split_sentences
+
+    return {"docs": len(docs), "sentences": sum(len(split_sentences(d.text, 300)) for d in docs), "chars": sum(len(d.text) for d in docs)}
+
+
+def run_masked_lm(config, docs, repeats: int) -> dict:
+    """jinglian's masked-LM augmenter against both per-sentence baselines, interleaved."""
+    from augment.mlm import MaskedLMAugmenter
+
+    t_batched, out, t_base = measure(lambda: MaskedLMAugmenter(config)(fresh_copies(docs)),
+                                     {"one_row_per_word": lambda: per_sentence_masked_lm(config, fresh_copies(docs)),
+                                      "all_masks_per_sentence": lambda: per_sentence_masked_lm(config, fresh_copies(docs), False)},
+                                     repeats)
+    result = {"masked_lm": report_row(len(docs), t_batched, out, t_base["one_row_per_word"]),
+              "masked_lm_vs_all_masks_per_sentence": report_row(len(docs), t_batched, out, t_base["all_masks_per_sentence"])}
+    for name, row in result.items():
+        print(f"  {name:17s} {json.dumps(row)}", flush=True)
+    return result
+
+
 def run_size(config, docs, repeats: int) -> dict:
     from augment.backtranslate import BackTranslationAugmenter
     from augment.entity_swap import EntitySwapAugmenter
-    from augment.mlm import MaskedLMAugmenter
-    from augment.sentences import split_sentences
 
-    fresh = lambda: [type(d)(d.id, d.text, d.source, d.domain, d.lang, dict(d.meta)) for d in docs]  # noqa: E731
-    num_sentences = sum(len(split_sentences(d.text, 300)) for d in docs)
-    result = {"docs": len(docs), "sentences": num_sentences, "chars": sum(len(d.text) for d in docs)}
-    arms = {
-        "back_translation": (lambda: BackTranslationAugmenter(config)(fresh()), lambda: per_sentence_back_translation(config, fresh())),
-        "masked_lm": (lambda: MaskedLMAugmenter(config)(fresh()), lambda: per_sentence_masked_lm(config, fresh())),
-        "masked_lm_vs_all_masks_per_sentence": (lambda: MaskedLMAugmenter(config)(fresh()), lambda: per_sentence_masked_lm(config, fresh(), False)),
-        "entity_swap": (lambda: EntitySwapAugmenter(config)(fresh()), None),
-    }
-    for method, (batched, baseline) in arms.items():
-        timed(batched), baseline and timed(baseline)  # warm-up: jieba, tokenizers, first-call kernels
-        # arms interleaved, best of `repeats`: a shared machine's load hits both alike
-        t_batched, t_base, out = float("inf"), float("inf"), []
-        for _ in range(repeats):
-            t, out = timed(batched)
-            t_batched = min(t_batched, t)
-            if baseline:
-                t_base = min(t_base, timed(baseline)[0])
-        row = {"batched_s": round(t_batched, 3), "batched_docs_per_s": round(len(docs) / t_batched, 2),
-               "variants": sum(1 for d in out if d.meta.get("augment"))}
-        if baseline:
-            row.update(per_sentence_s=round(t_base, 3), per_sentence_docs_per_s=round(len(docs) / t_base, 2), speedup=round(t_base / t_batched, 2))
-        result[method] = row
-        print(f"  {method:17s} {json.dumps(row)}", flush=True)
+    result = size_header(docs)
+    t_batched, out, t_base = measure(lambda: BackTranslationAugmenter(config)(fresh_copies(docs)),
+                                     {"bt": lambda: per_sentence_back_translation(config, fresh_copies(docs))}, repeats)
+    result["back_translation"] = report_row(len(docs), t_batched, out, t_base["bt"])
+    print(f"  {'back_translation':17s} {json.dumps(result['back_translation'])}", flush=True)
+    result.update(run_masked_lm(config, docs, repeats))
+    t_batched, out, _ = measure(lambda: EntitySwapAugmenter(config)(fresh_copies(docs)), {}, repeats)
+    result["entity_swap"] = report_row(len(docs), t_batched, out, None)
+    print(f"  {'entity_swap':17s} {json.dumps(result['entity_swap'])}", flush=True)
     return result
+
+
+def build_bert(tmp: Path, texts: list[str], size: str) -> str:
+    from augment.tiny import build_tiny_bert
+
+    spec = BERT_SIZES[size]
+    return build_tiny_bert(tmp / f"bert-{size}", texts, hidden=spec["hidden"], layers=spec["layers"], vocab_size=spec["vocab_size"],
+                           heads=spec["heads"], intermediate=spec["intermediate"], model_vocab_size=spec["model_vocab_size"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -171,32 +228,49 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="generated tokens per sentence (both arms)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both arms (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per arm (best kept)")
+    parser.add_argument("--bert-sizes", nargs="+", choices=sorted(BERT_SIZES), default=["small", "base"],
+                        help="masked-LM model sizes: small runs with every method at --docs; base (bert-base-chinese shape) "
+                             "runs the masked-LM arms only, at --base-docs")
+    parser.add_argument("--base-docs", type=int, nargs="+", default=[8, 16], help="input sizes (documents) for the base-size BERT")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "augment.json"), help="results JSON")
     args = parser.parse_args(argv)
 
     import torch
 
     from augment.models import load_model
-    from augment.tiny import build_tiny_bert, build_tiny_marian, read_texts
+    from augment.tiny import build_tiny_marian, read_texts
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="jinglian-bench-augment-"))
-    texts = read_texts([DATA / n for n in ("general_zh.jsonl", "general_en.jsonl", "domain_medical.jsonl", "expert.jsonl")], 3000)
-    marian = build_tiny_marian(tmp / "marian", texts, d_model=256, layers=3, vocab_size=8000, ffn_dim=1024, heads=4)
-    bert = build_tiny_bert(tmp / "bert", texts, hidden=256, layers=4, vocab_size=8000)
-    config = config_for(marian, bert, args.max_new_tokens)
-    load_model("seq2seq", marian, "cpu", "float32"), load_model("masked_lm", bert, "cpu", "float32")  # load outside the timings
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "device": "cpu", "load_avg_1m": os.getloadavg()[0]},
-               "models": {"marian": "d_model 256, 3+3 layers, ffn 1024, vocab 8000 (random)", "bert": "hidden 256, 4 layers, vocab 8000 (random)"},
-               "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
-               "sizes": []}
-    for n in args.docs:
-        print(f"size {n} docs", flush=True)
-        results["sizes"].append(run_size(config, load_docs(n, args.max_chars), args.repeats))
-    results["load_avg_1m_end"] = os.getloadavg()[0]
-    results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    try:
+        texts = read_texts([DATA / n for n in ("general_zh.jsonl", "general_en.jsonl", "domain_medical.jsonl", "expert.jsonl")], 3000)
+        marian = build_tiny_marian(tmp / "marian", texts, d_model=256, layers=3, vocab_size=8000, ffn_dim=1024, heads=4)
+        berts = {size: build_bert(tmp, texts, size) for size in args.bert_sizes}
+        for path in [marian, *berts.values()]:  # load outside the timings
+            load_model("masked_lm" if "bert" in Path(path).name else "seq2seq", path, "cpu", "float32")
+        results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "device": "cpu", "load_avg_1m": os.getloadavg()[0]},
+                   "models": {"marian": "d_model 256, 3+3 layers, ffn 1024, vocab 8000 (random)",
+                              **{f"bert_{size}": BERT_SIZES[size]["note"] for size in berts}},
+                   "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
+                   "sizes": []}
+        if "small" in berts:
+            config = config_for(marian, berts["small"], args.max_new_tokens)
+            for n in args.docs:
+                print(f"size {n} docs (BERT small)", flush=True)
+                results["sizes"].append(run_size(config, load_docs(n, args.max_chars), args.repeats))
+        if "base" in berts:
+            config = config_for(marian, berts["base"], args.max_new_tokens)
+            results["masked_lm_bert_base"] = []
+            for n in args.base_docs:
+                print(f"size {n} docs (BERT base, masked-LM only)", flush=True)
+                docs = load_docs(n, args.max_chars)
+                results["masked_lm_bert_base"].append({**size_header(docs), **run_masked_lm(config, docs, args.repeats)})
+        results["load_avg_1m_end"] = os.getloadavg()[0]
+        results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the base-size BERT is ~400 MB
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {args.out}")
