@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,110 +285,19 @@ def fill_rows(rows: list[_Row], tokenizer, model, cfg, stop_words: frozenset[str
 def masked_logits(model, input_ids, attention_mask, where: list[tuple[int, int]]):
     """Vocabulary logits at the masked positions only, shape (len(where), vocab).
 
-    Only the masked positions' outputs are needed (about 15% of tokens), so:
-
-    * the prediction head (hidden x vocabulary; a sixth of bert-base-chinese's per-token compute)
-      runs on them alone when the model exposes it (BERT ``cls``, RoBERTa-style ``lm_head``);
-    * for BERT-style encoders (:func:`_prunable_last_layer`) the last layer computes queries,
-      attention output and feed-forward for them alone (keys and values still come from every
-      token): about 80% of that layer (a fifth of the small benchmark BERT's 4 layers, 7% of
-      bert-base's 12).  The result is the same computation on fewer rows.
-
-    Other models run the full forward and are gathered."""
+    The prediction head (hidden x vocabulary, about a fifth of bert-base's compute) runs on the
+    masked positions alone (about 15% of tokens) when the model exposes it (BERT ``cls``,
+    RoBERTa-style ``lm_head``); otherwise the full forward is gathered."""
     import torch
 
     rows = torch.tensor([b for b, _ in where], device=input_ids.device)
     cols = torch.tensor([p for _, p in where], device=input_ids.device)
     head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if head is None or base is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, cols]
-    last = _prunable_last_layer(base)
-    if last is None:
+    if head is not None and base is not None:
         hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return head(hidden[rows, cols])
-    hidden = _hidden_before(base, last, input_ids, attention_mask)
-    slots, count = [], {}
-    for b, _ in where:  # the k-th masked position of a row becomes that row's k-th query
-        slots.append(count.get(b, 0))
-        count[b] = slots[-1] + 1
-    return head(_layer_at(last, hidden, attention_mask, rows, cols, torch.tensor(slots, device=input_ids.device), max(count.values())))
-
-
-#: Encoder layers whose forward is BERT's post-LayerNorm block (self-attention with absolute
-#: positions, ``attention.output``, ``intermediate``, ``output``): :func:`_layer_at` runs it on
-#: selected queries.  Other architectures take the full forward.
-_PRUNABLE_LAYERS = {"BertLayer": "BertSelfAttention", "RobertaLayer": "RobertaSelfAttention",
-                    "XLMRobertaLayer": "XLMRobertaSelfAttention"}
-
-
-def _prunable_last_layer(base):
-    """The encoder's last layer when :func:`_layer_at` can run it, else None."""
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    config = getattr(base, "config", None)
-    if not layers or config is None or getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
-        return None
-    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
-        return None  # relative positions live inside the attention
-    layer = layers[-1]
-    attention = getattr(getattr(layer, "attention", None), "self", None)
-    if _PRUNABLE_LAYERS.get(type(layer).__name__) != type(attention).__name__:
-        return None
-    if not all(hasattr(attention, a) for a in ("query", "key", "value", "scaling", "attention_head_size", "all_head_size")):
-        return None
-    return layer
-
-
-class _StopBefore(Exception):
-    """Raised by a pre-hook to stop the encoder in front of a layer, carrying that layer's input."""
-
-    def __init__(self, hidden):
-        super().__init__("stopped before the last layer")
-        self.hidden = hidden
-
-
-_HOOK_LOCK = threading.Lock()
-
-
-def _hidden_before(base, layer, input_ids, attention_mask):
-    """Hidden states entering ``layer``: the model's own forward (embeddings, mask, earlier
-    layers, numerically unchanged) stopped by a pre-hook.  The lock keeps another thread of this
-    process from meeting the hook on the shared, cached model."""
-    def stop(module, args, kwargs):
-        raise _StopBefore(args[0] if args else kwargs["hidden_states"])
-
-    with _HOOK_LOCK:
-        handle = layer.register_forward_pre_hook(stop, with_kwargs=True)
-        try:
-            base(input_ids=input_ids, attention_mask=attention_mask)
-        except _StopBefore as stopped:
-            return stopped.hidden
-        finally:
-            handle.remove()
-    raise RuntimeError("the encoder never reached its last layer")
-
-
-def _layer_at(layer, hidden, attention_mask, rows, cols, slots, num_slots: int):
-    """BERT layer output at positions ``(rows, cols)`` only, shape (len(rows), hidden).
-
-    Each batch row's selected positions become its queries (padded to ``num_slots``); keys and
-    values are every token of the row, padding masked out as in the full forward."""
-    import torch.nn.functional as F
-
-    attention = layer.attention.self
-    batch, width, size = hidden.shape
-    picked = hidden[rows, cols]
-    queries = hidden.new_zeros(batch, num_slots, size)
-    queries[rows, slots] = picked
-    heads, head_size = attention.all_head_size // attention.attention_head_size, attention.attention_head_size
-    q = attention.query(queries).view(batch, num_slots, heads, head_size).transpose(1, 2)
-    k = attention.key(hidden).view(batch, width, heads, head_size).transpose(1, 2)
-    v = attention.value(hidden).view(batch, width, heads, head_size).transpose(1, 2)
-    keep = None if bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=attention.scaling)
-    context = context.transpose(1, 2).reshape(batch, num_slots, heads * head_size)[rows, slots]
-    attended = layer.attention.output(context, picked)
-    return layer.output(layer.intermediate(attended), attended)
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, cols]
 
 
 _VOCAB_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
