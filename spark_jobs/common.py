@@ -88,7 +88,7 @@ def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_io_args(parser)
     parser.add_argument("--partitions", type=int, default=None, metavar="N",
-                        help="number of Spark partitions for the per-document work (default: Spark's default parallelism)")
+                        help="number of Spark partitions for the per-document work (default: two per core, or one per 64 MB of input if that is more)")
     return parser
 
 
@@ -122,9 +122,16 @@ _READ_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("file_index", pa.int64()), ("li
 PARTITIONS_PER_CORE = 2
 
 
-def default_partitions(spark) -> int:
-    """Partitions for per-document work when ``--partitions`` is not given."""
-    return PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism
+#: Input bytes per partition of documents.  Partitions are also the cache blocks: at 1M
+#: documents (950 MB of JSON Lines) the former fixed 2 per core made 240 MB blocks, and the
+#: final write ran out of a 6 GB heap reading them back from disk.
+PARTITION_INPUT_BYTES = 64 << 20
+
+
+def default_partitions(spark, input_bytes: int = 0) -> int:
+    """Partitions for per-document work when ``--partitions`` is not given: two per core, or
+    one per ``PARTITION_INPUT_BYTES`` of input if that is more."""
+    return max(PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism, -(-input_bytes // PARTITION_INPUT_BYTES))
 
 
 def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, partitions: int | None = None):
@@ -147,7 +154,7 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
     files = list_input_files(paths)  # a listing, not data: fine on the driver
     if not files:
         raise SystemExit(f"no input files found in {list(paths)}")
-    num_partitions = partitions or default_partitions(spark)
+    num_partitions = partitions or default_partitions(spark, sum(os.path.getsize(f.path) for f in files))
     native = read_stage_parquet(spark, files)
     if native is not None:
         return native.repartition(num_partitions, "id")
