@@ -72,6 +72,8 @@ def features_fn(config: DedupConfig):
 def matrix_rows_as_binary(matrix: np.ndarray) -> pa.Array:
     """Each row of a 2-D array as one binary value (its bytes), without a Python loop."""
     num_rows, row_bytes = matrix.shape[0], matrix.shape[1] * matrix.itemsize
+    if num_rows * row_bytes >= 2**31:  # int32 offsets; Arrow batches here hold ~10k rows
+        raise ValueError(f"{num_rows} rows of {row_bytes} bytes exceed one Arrow binary array")
     offsets = np.arange(num_rows + 1, dtype=np.int32) * row_bytes
     return pa.Array.from_buffers(pa.binary(), num_rows, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(matrix))])
 
