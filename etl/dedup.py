@@ -178,7 +178,8 @@ def normalize_text(text: str) -> str:
 
 
 def normalize_texts(texts: Sequence[str]) -> list[str]:
-    """:func:`normalize_text` of many texts, equal result, about 5x faster on Chinese.
+    """:func:`normalize_text` of many texts, equal result, about 3x faster (117 -> 40 us per
+    document on the dedup benchmark's mixed Chinese and English corpus).
 
     Chinese text fails NFKC's quick check because of its full-width punctuation (，！（）),
     which sends ``unicodedata.normalize`` down its slow full decomposition (about 60 us per
