@@ -161,16 +161,21 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
     return _read_with_python(spark, files, reader_config, num_partitions)
 
 
+def file_listing(spark, files):
+    """``file_index, path, name`` of the input files, one partition (one read task) per file.
+
+    Tasks are handed out as cores free up.  A hash repartition of a few file indices left
+    some tasks with three files and others with none (measured: one core read 41 MB while the
+    other idled)."""
+    rows = [(i, f.path, f.name) for i, f in enumerate(files)]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)), "file_index long, path string, name string")
+
+
 def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    # one partition per file (tasks are handed out as cores free up); a hash repartition of a
-    # few file indices left some tasks with three files and others with none (measured: one
-    # core read 41 MB while the other idled)
-    rows = [(i, f.path, f.name) for i, f in enumerate(files)]
-    listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)), "file_index long, path string, name string")
-    records = listing.mapInArrow(_read_files_partition(reader_config), _spark_schema(_READ_SCHEMA))
+    records = file_listing(spark, files).mapInArrow(_read_files_partition(reader_config), _spark_schema(_READ_SCHEMA))
     # the window reuses this hash partitioning on id: one shuffle, num_partitions tasks after it
     records = records.repartition(num_partitions, "id")
     first = Window.partitionBy("id").orderBy("file_index", "line")

@@ -76,3 +76,26 @@ def test_sql_stats_equal_stage_stats(spark):
     df = spark.createDataFrame([tuple(r[n] for n in RECORD_SCHEMA.names) for r in rows], ", ".join(f"{n} string" for n in RECORD_SCHEMA.names))
     assert compute_stats(df).to_dict(["read", "quality"]) == expected
     assert expected["kept_by_lang"]["und"] == {"docs": 2, "chars": 9} and expected["chars_in"] == 20 + 2 + 9 + 7 + 3 + 7
+
+
+def test_partitions_follow_input_size_and_each_file_is_its_own_read_task(spark, tmp_path):
+    """Large inputs get one partition per 64 MB (cache blocks stay small); raw files are read
+    one task per file, so no core gets several files while another idles."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    from spark_jobs.common import PARTITION_INPUT_BYTES, _read_with_python, default_partitions, file_listing
+
+    cores = spark.sparkContext.defaultParallelism
+    assert default_partitions(spark) == 2 * cores
+    assert default_partitions(spark, 10 * PARTITION_INPUT_BYTES + 1) == max(2 * cores, 11)
+    for f in range(5):
+        with open(tmp_path / f"part-{f}.jsonl", "w", encoding="utf-8") as handle:
+            for i in range(3):
+                handle.write(json.dumps({"id": f"{f}-{i}", "text": f"text {f} {i}"}) + "\n")
+    files = list_input_files([tmp_path])
+    per_task = file_listing(spark, files).groupBy(F.spark_partition_id().alias("task")).agg(F.collect_list("name").alias("names")).collect()
+    assert sorted(len(r["names"]) for r in per_task) == [1] * 5
+    records = _read_with_python(spark, files, ReaderConfig(), 3)
+    assert records.rdd.getNumPartitions() == 3 and records.count() == 15
