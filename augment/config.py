@@ -182,7 +182,9 @@ class AugmentConfig:
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: str = "auto"
-    """``auto`` (bf16 on GPUs that support it, else fp16; fp32 on CPU), ``float32``, ``bfloat16``, ``float16``."""
+    """``auto`` (bf16 on GPUs that support it, else fp16; on CPU bf16 where it has native bf16
+    (AVX512-BF16, AMX), else fp32), ``float32``, ``bfloat16``, ``float16``.  Variants depend on
+    the dtype: pin one (``float32``) for identical variants across mixed hardware."""
     back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
     masked_lm: MaskedLMConfig = field(default_factory=MaskedLMConfig)
     entity_swap: EntitySwapConfig = field(default_factory=EntitySwapConfig)

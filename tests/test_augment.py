@@ -325,6 +325,27 @@ def test_back_translation_independent_of_batch(tiny, data_dir, sample):
         assert other != together
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_masked_lm_independent_of_batch(tiny, data_dir, dtype):
+    """The same variants whether a document is batched with others (other widths, other
+    padding) or alone, in fp32 and in bf16 (``dtype: auto`` on CPUs with native bf16)."""
+    config = _params(tiny, data_dir, dtype=dtype, rates={"domain": {"masked_lm": 2}})
+    docs = _docs(data_dir, "domain_medical.jsonl", 12)
+    aug = MaskedLMAugmenter(config)
+    together = [d.text for d in aug(docs) if d.meta.get("augment")]
+    alone = [d.text for doc in reversed(docs) for d in aug([doc]) if d.meta.get("augment")]
+    assert len(together) >= 10 and sorted(together) == sorted(alone)
+
+
+def test_auto_dtype_on_cpu():
+    import torch
+
+    from augment.models import cpu_has_native_bf16, resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_dtype("float32", "cpu") == torch.float32 and resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
 def test_model_failure_keeps_original(tiny, data_dir, tmp_path):
     from augment.backtranslate import BackTranslationAugmenter
 

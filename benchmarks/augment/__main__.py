@@ -15,8 +15,10 @@ sentence decodes ``max_new_tokens`` tokens in both arms (a fair, worst-case leng
 The masked-LM baseline is nlpaug's: per sentence one call with one row per chosen word (only
 that word masked); a second baseline masks all chosen words of the sentence in one row.
 Both baselines share jinglian's word choice (one jieba pass per document), so the same words
-are masked in every arm.  Reports samples (documents) per second per method and the
-speed-up, at two input sizes.
+are masked in every arm.  jinglian runs in its ``augment.dtype`` (``--dtype``, default ``auto``:
+bf16 on CPUs with native bf16, else fp32); the baselines run fp32, as the libraries do on CPU;
+when the two differ, jinglian in fp32 is timed too (``masked_lm_fp32_vs_one_row_per_word``).
+Reports samples (documents) per second per method and the speed-up, at two input sizes.
 """
 from __future__ import annotations
 
@@ -53,13 +55,13 @@ def load_docs(n: int, max_chars: int):
     return picked
 
 
-def config_for(marian: str, bert: str, max_new_tokens: int):
+def config_for(marian: str, bert: str, max_new_tokens: int, dtype: str = "auto"):
     from augment.config import load_augment_config
 
     route = {"forward": marian, "backward": marian}
     return load_augment_config({"augment": {
         "groups": {"domain": ["medical"]}, "rates": {"domain": {"back_translation": 1, "masked_lm": 1, "entity_swap": 1}},
-        "batch_docs": 64, "device": "cpu",
+        "batch_docs": 64, "device": "cpu", "dtype": dtype,
         "back_translation": {"routes": {"zh": route, "en": route}, "num_beams": 1, "max_new_tokens": max_new_tokens, "batch_sentences": 32},
         "masked_lm": {"models": {"zh": bert, "en": bert}, "batch_sentences": 32},
         "entity_swap": {"knowledge_graph": [str(DATA / "augment_kg.csv")]}}})
@@ -133,6 +135,13 @@ def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
     return made
 
 
+def resolve(config) -> str:
+    """The torch dtype a config's models run in on CPU, as text."""
+    from augment.models import resolve_dtype
+
+    return str(resolve_dtype(config.dtype, "cpu")).replace("torch.", "")
+
+
 def timed(fn, *args) -> tuple[float, int]:
     started = time.perf_counter()
     result = fn(*args)
@@ -181,31 +190,40 @@ def size_header(docs) -> dict:
     return {"docs": len(docs), "sentences": sum(len(split_sentences(d.text, 300)) for d in docs), "chars": sum(len(d.text) for d in docs)}
 
 
-def run_masked_lm(config, docs, repeats: int) -> dict:
-    """jinglian's masked-LM augmenter against both per-sentence baselines, interleaved."""
+def run_masked_lm(config, base_config, docs, repeats: int) -> dict:
+    """jinglian's masked-LM augmenter (its ``dtype``) against both per-sentence baselines (fp32,
+    as the libraries run on CPU), interleaved; plus jinglian in fp32 against the first baseline
+    when its dtype is another, so the batching gain is also shown at equal precision."""
+    import dataclasses
+
     from augment.mlm import MaskedLMAugmenter
 
-    t_batched, out, t_base = measure(lambda: MaskedLMAugmenter(config)(fresh_copies(docs)),
-                                     {"one_row_per_word": lambda: per_sentence_masked_lm(config, fresh_copies(docs)),
-                                      "all_masks_per_sentence": lambda: per_sentence_masked_lm(config, fresh_copies(docs), False)},
-                                     repeats)
+    baselines = {"one_row_per_word": lambda: per_sentence_masked_lm(base_config, fresh_copies(docs)),
+                 "all_masks_per_sentence": lambda: per_sentence_masked_lm(base_config, fresh_copies(docs), False)}
+    same_dtype = resolve(config) == resolve(base_config)
+    if not same_dtype:
+        fp32 = dataclasses.replace(config, dtype=base_config.dtype)
+        baselines["jinglian_fp32"] = lambda: MaskedLMAugmenter(fp32)(fresh_copies(docs))
+    t_batched, out, t_base = measure(lambda: MaskedLMAugmenter(config)(fresh_copies(docs)), baselines, repeats)
     result = {"masked_lm": report_row(len(docs), t_batched, out, t_base["one_row_per_word"]),
               "masked_lm_vs_all_masks_per_sentence": report_row(len(docs), t_batched, out, t_base["all_masks_per_sentence"])}
+    if not same_dtype:
+        result["masked_lm_fp32_vs_one_row_per_word"] = report_row(len(docs), t_base["jinglian_fp32"], out, t_base["one_row_per_word"])
     for name, row in result.items():
         print(f"  {name:17s} {json.dumps(row)}", flush=True)
     return result
 
 
-def run_size(config, docs, repeats: int) -> dict:
+def run_size(config, base_config, docs, repeats: int) -> dict:
     from augment.backtranslate import BackTranslationAugmenter
     from augment.entity_swap import EntitySwapAugmenter
 
     result = size_header(docs)
     t_batched, out, t_base = measure(lambda: BackTranslationAugmenter(config)(fresh_copies(docs)),
-                                     {"bt": lambda: per_sentence_back_translation(config, fresh_copies(docs))}, repeats)
+                                     {"bt": lambda: per_sentence_back_translation(base_config, fresh_copies(docs))}, repeats)
     result["back_translation"] = report_row(len(docs), t_batched, out, t_base["bt"])
     print(f"  {'back_translation':17s} {json.dumps(result['back_translation'])}", flush=True)
-    result.update(run_masked_lm(config, docs, repeats))
+    result.update(run_masked_lm(config, base_config, docs, repeats))
     t_batched, out, _ = measure(lambda: EntitySwapAugmenter(config)(fresh_copies(docs)), {}, repeats)
     result["entity_swap"] = report_row(len(docs), t_batched, out, None)
     print(f"  {'entity_swap':17s} {json.dumps(result['entity_swap'])}", flush=True)
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="masked-LM model sizes: small runs with every method at --docs; base (bert-base-chinese shape) "
                              "runs the masked-LM arms only, at --base-docs")
     parser.add_argument("--base-docs", type=int, nargs="+", default=[8, 16], help="input sizes (documents) for the base-size BERT")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="jinglian's augment.dtype (auto: bf16 on CPUs with native bf16, else fp32); baselines always run "
+                             "fp32, as nlpaug and TextAttack do on CPU")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "augment.json"), help="results JSON")
     args = parser.parse_args(argv)
 
@@ -248,25 +269,29 @@ def main(argv: list[str] | None = None) -> dict:
         marian = build_tiny_marian(tmp / "marian", texts, d_model=256, layers=3, vocab_size=8000, ffn_dim=1024, heads=4)
         berts = {size: build_bert(tmp, texts, size) for size in args.bert_sizes}
         for path in [marian, *berts.values()]:  # load outside the timings
-            load_model("masked_lm" if "bert" in Path(path).name else "seq2seq", path, "cpu", "float32")
+            for dtype in {args.dtype, "float32"}:
+                load_model("masked_lm" if "bert" in Path(path).name else "seq2seq", path, "cpu", dtype)
         results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                "torch": torch.__version__, "device": "cpu", "load_avg_1m": os.getloadavg()[0]},
                    "models": {"marian": "d_model 256, 3+3 layers, ffn 1024, vocab 8000 (random)",
                               **{f"bert_{size}": BERT_SIZES[size]["note"] for size in berts}},
-                   "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
+                   "settings": {"jinglian_dtype": resolve(config_for(marian, marian, 1, args.dtype)), "baseline_dtype": "float32",
+                                "repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
                    "sizes": []}
         if "small" in berts:
-            config = config_for(marian, berts["small"], args.max_new_tokens)
+            config = config_for(marian, berts["small"], args.max_new_tokens, args.dtype)
+            base_config = config_for(marian, berts["small"], args.max_new_tokens, "float32")
             for n in args.docs:
                 print(f"size {n} docs (BERT small)", flush=True)
-                results["sizes"].append(run_size(config, load_docs(n, args.max_chars), args.repeats))
+                results["sizes"].append(run_size(config, base_config, load_docs(n, args.max_chars), args.repeats))
         if "base" in berts:
-            config = config_for(marian, berts["base"], args.max_new_tokens)
+            config = config_for(marian, berts["base"], args.max_new_tokens, args.dtype)
+            base_config = config_for(marian, berts["base"], args.max_new_tokens, "float32")
             results["masked_lm_bert_base"] = []
             for n in args.base_docs:
                 print(f"size {n} docs (BERT base, masked-LM only)", flush=True)
                 docs = load_docs(n, args.max_chars)
-                results["masked_lm_bert_base"].append({**size_header(docs), **run_masked_lm(config, docs, args.repeats)})
+                results["masked_lm_bert_base"].append({**size_header(docs), **run_masked_lm(config, base_config, docs, args.repeats)})
         results["load_avg_1m_end"] = os.getloadavg()[0]
         results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     finally:
