@@ -33,7 +33,7 @@ def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles), where bf16
     matrix products run about twice as fast as fp32 (measured here on an AVX512-BF16 EPYC:
     a bert-base forward of 16 x 48 tokens, one thread, 1.56 s in fp32, 0.73 s in bf16).
-    Without it torch emulates bf16 and it is slower than fp32."""
+    Without it bf16 is converted in software, which is usually slower than fp32."""
     import torch
 
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
