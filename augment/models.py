@@ -8,6 +8,7 @@ torch and transformers are imported here lazily: ``import augment`` never import
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -29,6 +30,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles), where bf16
     matrix products run about twice as fast as fp32 (measured here on an AVX512-BF16 EPYC:

@@ -278,9 +278,17 @@ def _hashes_of_normalized(norm: str, config: DedupConfig) -> np.ndarray:
 
 def keep_rank(doc: Document, config: DedupConfig) -> float:
     """Sort key of the keep rule: the smallest ``(keep_rank, id)`` of a cluster is kept."""
+    return rank_of(doc.text, doc.meta, config)
+
+
+def rank_of(text: str, meta: dict[str, Any] | str | None, config: DedupConfig) -> float:
+    """:func:`keep_rank` from a text and its meta (a dict or the JSON string of a Parquet
+    row); the meta is read, and a string parsed, only by the rules that need it."""
     if config.keep == "longest":
-        return -float(len(doc.text))
-    value = doc.meta.get(config.quality_field if config.keep == "quality" else config.time_field)
+        return -float(len(text))
+    if isinstance(meta, str):
+        meta = json.loads(meta) if meta else {}
+    value = (meta or {}).get(config.quality_field if config.keep == "quality" else config.time_field)
     number = _as_number(value)
     if number is None:
         return math.inf
@@ -341,18 +349,14 @@ def features_of(ids: list[str], texts: Sequence[str], ranks: list[float], config
 
     normalized = normalize_texts(texts)
     b, r = config.bands
-    if not config.near:
-        hash_arrays = [np.empty(0, np.uint32)] * len(ids)
-    elif config.hash_function == "fast" and config.english == "wordpunct":
+    if config.near and config.hash_function == "fast" and config.english == "wordpunct":
         hashes, offsets = minhash_jit.shingle_hashes(normalized, config.char_ngram, config.word_ngram,
                                                      int(minhash.CHAR_KIND_SEED), int(minhash.WORD_KIND_SEED))
-        hash_arrays = None
     else:
-        hash_arrays = [_hashes_of_normalized(n, config) for n in normalized]
-    if hash_arrays is not None:
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(h) for h in hash_arrays], out=offsets[1:])
-        hashes = np.concatenate(hash_arrays) if hash_arrays else np.empty(0, np.uint32)
+        arrays = [_hashes_of_normalized(n, config) if config.near else np.empty(0, np.uint32) for n in normalized]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(h) for h in arrays], out=offsets[1:])
+        hashes = np.concatenate(arrays) if arrays else np.empty(0, np.uint32)
     perms = minhash.make_permutations(config.num_perm, config.seed, config.scheme)
     if config.scheme == "affine32":
         sigs = minhash_jit.signatures_affine32(hashes, offsets, perms.a, perms.b)
@@ -437,10 +441,30 @@ class DedupIndex:
         n = table.num_rows
         self.ids += table.column("id").to_pylist()
         self.exact_keys += table.column("exact_key").to_pylist()
-        sigs = np.frombuffer(b"".join(table.column("signature").to_pylist()), dtype=np.uint32).reshape(n, num_perm)
+        sigs = binary_rows_as_matrix(table.column("signature"), np.uint32, num_perm)
         bands = np.array(table.column("band_keys").to_pylist(), dtype=np.int64).reshape(n, num_bands)
         self.sigs = sigs if self.sigs is None or not len(self.sigs) else np.concatenate([self.sigs, sigs])
         self.bands = bands if self.bands is None or not len(self.bands) else np.concatenate([self.bands, bands])
+
+
+def matrix_rows_as_binary(matrix: np.ndarray) -> pa.Array:
+    """Each row of a 2-D array as one binary value (its bytes), without a Python loop."""
+    num_rows, row_bytes = matrix.shape[0], matrix.shape[1] * matrix.itemsize
+    if num_rows * row_bytes >= 2**31:  # int32 offsets; callers pass batches of ~10k rows
+        raise ValueError(f"{num_rows} rows of {row_bytes} bytes exceed one Arrow binary array")
+    offsets = np.arange(num_rows + 1, dtype=np.int32) * row_bytes
+    return pa.Array.from_buffers(pa.binary(), num_rows, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(matrix))])
+
+
+def matrix_rows_as_list(matrix: np.ndarray) -> pa.Array:
+    """Each row of a 2-D int64 array as one ``list<int64>`` value, without a Python loop."""
+    offsets = np.arange(matrix.shape[0] + 1, dtype=np.int32) * matrix.shape[1]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(matrix).ravel()))
+
+
+def binary_rows_as_matrix(column: pa.Array | pa.ChunkedArray, dtype, width: int) -> np.ndarray:
+    """Inverse of :func:`matrix_rows_as_binary`: ``(len(column), width)`` values of ``dtype``."""
+    return np.frombuffer(b"".join(column.to_pylist()), dtype=dtype).reshape(-1, width)
 
 
 def index_table(feats: Features, rows: Sequence[int]) -> pa.Table:
@@ -449,8 +473,8 @@ def index_table(feats: Features, rows: Sequence[int]) -> pa.Table:
     return pa.table({
         "id": pa.array([feats.ids[i] for i in rows], pa.string()),
         "exact_key": pa.array([feats.exact_keys[i] for i in rows], pa.string()),
-        "signature": pa.array([feats.sigs[i].tobytes() for i in rows], pa.binary()),
-        "band_keys": pa.array([feats.bands[i].tolist() for i in rows], pa.list_(pa.int64())),
+        "signature": matrix_rows_as_binary(feats.sigs[rows]),
+        "band_keys": matrix_rows_as_list(feats.bands[rows]),
     })
 
 

@@ -72,34 +72,34 @@ def _rotl32(x, r):
     return ((x << np.uint64(r)) | (x >> np.uint64(32 - r))) & _M32
 
 
+@numba.njit(cache=True, inline="always")
+def _read_u32(buf, i):
+    """Little-endian uint32 at ``buf[i:i + 4]``."""
+    return np.uint64(buf[i]) | (np.uint64(buf[i + 1]) << np.uint64(8)) | (np.uint64(buf[i + 2]) << np.uint64(16)) | (np.uint64(buf[i + 3]) << np.uint64(24))
+
+
+@numba.njit(cache=True, inline="always")
+def _xxh32_round(acc, lane):
+    return (_rotl32((acc + lane * _P2) & _M32, 13) * _P1) & _M32
+
+
 @numba.njit(cache=True)
 def _xxh32(buf, n):
     """xxh32 (seed 0) of ``buf[:n]``."""
     i = 0
     if n >= 16:
-        v1 = (_P1 + _P2) & _M32
-        v2 = _P2
-        v3 = np.uint64(0)
-        v4 = (np.uint64(0x100000000) - _P1) & _M32
+        acc = np.empty(4, dtype=np.uint64)
+        acc[0], acc[1], acc[2], acc[3] = (_P1 + _P2) & _M32, _P2, np.uint64(0), (np.uint64(0x100000000) - _P1) & _M32
         while i + 16 <= n:
             for lane in range(4):
-                word = np.uint64(buf[i]) | (np.uint64(buf[i + 1]) << np.uint64(8)) | (np.uint64(buf[i + 2]) << np.uint64(16)) | (np.uint64(buf[i + 3]) << np.uint64(24))
-                if lane == 0:
-                    v1 = (_rotl32((v1 + word * _P2) & _M32, 13) * _P1) & _M32
-                elif lane == 1:
-                    v2 = (_rotl32((v2 + word * _P2) & _M32, 13) * _P1) & _M32
-                elif lane == 2:
-                    v3 = (_rotl32((v3 + word * _P2) & _M32, 13) * _P1) & _M32
-                else:
-                    v4 = (_rotl32((v4 + word * _P2) & _M32, 13) * _P1) & _M32
-                i += 4
-        h = (_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18)) & _M32
+                acc[lane] = _xxh32_round(acc[lane], _read_u32(buf, i + 4 * lane))
+            i += 16
+        h = (_rotl32(acc[0], 1) + _rotl32(acc[1], 7) + _rotl32(acc[2], 12) + _rotl32(acc[3], 18)) & _M32
     else:
         h = _P5
     h = (h + np.uint64(n)) & _M32
     while i + 4 <= n:
-        word = np.uint64(buf[i]) | (np.uint64(buf[i + 1]) << np.uint64(8)) | (np.uint64(buf[i + 2]) << np.uint64(16)) | (np.uint64(buf[i + 3]) << np.uint64(24))
-        h = (_rotl32((h + word * _P3) & _M32, 17) * _P4) & _M32
+        h = (_rotl32((h + _read_u32(buf, i) * _P3) & _M32, 17) * _P4) & _M32
         i += 4
     while i < n:
         h = (_rotl32((h + np.uint64(buf[i]) * _P5) & _M32, 11) * _P1) & _M32

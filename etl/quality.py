@@ -54,10 +54,6 @@ GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 CJK_STOP_WORDS = ("的", "了", "是", "在", "和", "有", "不", "这")
 
 
-def _ngram_map(value: dict) -> dict:
-    return dict(value)
-
-
 @dataclass(frozen=True, kw_only=True)
 class GopherQualityConfig:
     """``clean.quality.gopher``: Rae et al. 2021, Table A1 / Section A.1.1."""

@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl.config import build_config, config_to_dict, load_params
-from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, check_fingerprint, features_of,
-                       keep_rank)
+from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, binary_rows_as_matrix, check_fingerprint,
+                       features_of, matrix_rows_as_binary, matrix_rows_as_list, rank_of)
 from etl.document import Document
 from etl.io import READ_STEP, ReaderConfig
 from spark_jobs.common import (RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary,
@@ -55,33 +55,14 @@ def features_fn(config: DedupConfig):
             if batch.num_rows == 0:
                 continue
             ids, texts = batch.column("id").to_pylist(), [t or "" for t in batch.column("text").to_pylist()]
-            if config.keep == "longest":  # the rank needs no meta: skip parsing every document's JSON
-                ranks = [-float(len(t)) for t in texts]
-            else:
-                ranks = [keep_rank(Document.from_row({"id": i, "text": t, "meta": m}), config)
-                         for i, t, m in zip(ids, texts, batch.column("meta").to_pylist())]
-            f = features_of(ids, texts, ranks, config)
+            metas = batch.column("meta").to_pylist() if config.keep != "longest" else [None] * len(texts)  # JSON parsed only if read
+            f = features_of(ids, texts, [rank_of(t, m, config) for t, m in zip(texts, metas)], config)
             yield pa.RecordBatch.from_arrays([
                 pa.array(f.ids, pa.string()), pa.array(f.exact_keys, pa.string()), pa.array(f.ranks, pa.float64()),
                 pa.array(f.num_shingles, pa.int64()), matrix_rows_as_binary(f.sigs), matrix_rows_as_list(f.bands),
             ], schema=FEATURE_SCHEMA)
 
     return run
-
-
-def matrix_rows_as_binary(matrix: np.ndarray) -> pa.Array:
-    """Each row of a 2-D array as one binary value (its bytes), without a Python loop."""
-    num_rows, row_bytes = matrix.shape[0], matrix.shape[1] * matrix.itemsize
-    if num_rows * row_bytes >= 2**31:  # int32 offsets; Arrow batches here hold ~10k rows
-        raise ValueError(f"{num_rows} rows of {row_bytes} bytes exceed one Arrow binary array")
-    offsets = np.arange(num_rows + 1, dtype=np.int32) * row_bytes
-    return pa.Array.from_buffers(pa.binary(), num_rows, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(matrix))])
-
-
-def matrix_rows_as_list(matrix: np.ndarray) -> pa.Array:
-    """Each row of a 2-D int64 array as one ``list<int64>`` value, without a Python loop."""
-    offsets = np.arange(matrix.shape[0] + 1, dtype=np.int32) * matrix.shape[1]
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(matrix).ravel()))
 
 
 def verify_fn(threshold: float, num_perm: int):
@@ -91,8 +72,8 @@ def verify_fn(threshold: float, num_perm: int):
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            sig_a = np.frombuffer(b"".join(batch.column("sig_a").to_pylist()), dtype=np.uint32).reshape(-1, num_perm)
-            sig_b = np.frombuffer(b"".join(batch.column("sig_b").to_pylist()), dtype=np.uint32).reshape(-1, num_perm)
+            sig_a = binary_rows_as_matrix(batch.column("sig_a"), np.uint32, num_perm)
+            sig_b = binary_rows_as_matrix(batch.column("sig_b"), np.uint32, num_perm)
             keep = (sig_a == sig_b).mean(axis=1) >= threshold
             yield pa.RecordBatch.from_arrays([batch.column("a").filter(pa.array(keep)), batch.column("b").filter(pa.array(keep))], names=["a", "b"])
 

@@ -89,6 +89,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    """Lay out, write (110 dpi PNG) and free a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -98,9 +105,7 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path) -> None:
     ax.set_ylabel("documents")
     ax.set_title("Kept document lengths by language")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_languages(stats: dict, path: Path) -> None:
@@ -111,9 +116,7 @@ def plot_languages(stats: dict, path: Path) -> None:
     ax.bar(names, [langs[n]["docs"] for n in names], color="#4C72B0")
     ax.set_ylabel("kept documents")
     ax.set_title("Languages after cleaning")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_drop_reasons(all_stats: dict[str, dict], path: Path) -> None:
@@ -124,9 +127,7 @@ def plot_drop_reasons(all_stats: dict[str, dict], path: Path) -> None:
     ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#C44E52")
     ax.set_xlabel("documents dropped")
     ax.set_title("Drop reasons per stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_cluster_sizes(histogram: dict[str, int], path: Path) -> None:
@@ -138,9 +139,7 @@ def plot_cluster_sizes(histogram: dict[str, int], path: Path) -> None:
     ax.set_xlabel("near-duplicate cluster size (documents)")
     ax.set_ylabel("clusters")
     ax.set_title("Dedup cluster sizes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_domain_shares(groups: list[str], shares: np.ndarray, weights: dict[str, float], path: Path) -> None:
@@ -155,9 +154,7 @@ def plot_domain_shares(groups: list[str], shares: np.ndarray, weights: dict[str,
     ax.set_ylabel("cumulative token share")
     ax.set_title("Domain shares along the shard stream (dotted: target)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_loss(metrics: list[dict], path: Path) -> None:
@@ -172,9 +169,7 @@ def plot_loss(metrics: list[dict], path: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_title("Training loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ------------------------------------------------------------------------------- report
