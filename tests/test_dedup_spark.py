@@ -41,6 +41,12 @@ def _result(out_dir):
 def corpus_dir(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("dedup_spark")
     write_jsonl(_corpus(data_dir), root / "in" / "docs.jsonl")
+    # a second file: a repeated id (the later copy goes as duplicate_id), a broken line, a blank text
+    with open(root / "in" / "more.jsonl", "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id": "zz-rep", "text": "第一份记录的正文，与其他文档无关。"}, ensure_ascii=False) + "\n")
+        handle.write("{not json\n")
+        handle.write(json.dumps({"id": "zz-rep", "text": "a later record re-using the id"}) + "\n")
+        handle.write(json.dumps({"id": "zz-blank", "text": "  "}) + "\n")
     write_params(root / "params.yaml", dedup=DEDUP_PARAMS)
     local_main(["--input", str(root / "in"), "--output", str(root / "local"), "--params", str(root / "params.yaml")])
     return root
@@ -57,18 +63,26 @@ def test_spark_equals_local_and_fixture_ids(spark, corpus_dir):
     assert EXPECTED_KEPT <= spark_kept
     assert {k: v for k, v in spark_rejected.items() if k in EXPECTED_REJECTED} == EXPECTED_REJECTED
     assert any(k.endswith("-copy") for k in spark_rejected)  # edited real documents were found
+    assert spark_rejected["zz-rep"] == ("duplicate_id", "zz-rep", None) and "zz-rep" in spark_kept
+    assert {v[0] for v in spark_rejected.values()} >= {"no_text", "invalid_json"}
     local_report = json.loads((corpus_dir / "local" / "stats.json").read_text())
     assert report["dedup"]["clusters"] == local_report["dedup"]["clusters"]
     assert report["dedup"]["num_verified_edges"] == local_report["dedup"]["num_verified_edges"]
     assert report["drop_reasons"] == local_report["drop_reasons"]
 
 
-@pytest.mark.parametrize("partitions", [1, 8])
-def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions):
+@pytest.mark.parametrize("partitions, broadcast_max_rows", [(1, None), (8, None), (3, 0)])
+def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions, broadcast_max_rows):
+    """1, 3 or 8 partitions; 0 broadcast rows: every join that is broadcast by default shuffles."""
     from spark_jobs import dedup
 
-    out = corpus_dir / f"spark{partitions}"
-    dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"), "--partitions", str(partitions)])
+    out = corpus_dir / f"spark{partitions}-{broadcast_max_rows}"
+    if broadcast_max_rows is not None:
+        spark.conf.set("spark.jinglian.broadcastMaxRows", str(broadcast_max_rows))
+    try:
+        dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"), "--partitions", str(partitions)])
+    finally:
+        spark.conf.unset("spark.jinglian.broadcastMaxRows")
     assert _result(out) == _result(corpus_dir / "local")
 
 
@@ -110,3 +124,18 @@ def test_connected_components_match_union_find(spark):
     df = spark.createDataFrame(sorted(edges), "a string, b string")
     got = {r["id"]: r["cluster_id"] for r in connected_components(df, 60).collect()}
     assert got == expected
+
+
+def test_stage_output_input_is_read_natively_and_already_deduplicated(spark, corpus_dir):
+    """A previous stage's output (Parquet, read without the Python reader; the features are
+    then derived in their own pass): deduplicating the local runner's output keeps all of it."""
+    from etl.io import list_input_files
+    from spark_jobs import dedup
+    from spark_jobs.common import read_stage_parquet
+
+    assert read_stage_parquet(spark, list_input_files([corpus_dir / "local"])) is not None
+    out = corpus_dir / "again"
+    report = dedup.main(["--input", str(corpus_dir / "local"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"), "--partitions", "2"])
+    kept, rejected = _result(out)
+    assert kept == _result(corpus_dir / "local")[0] and rejected == {}
+    assert report["num_rejected"] == 0 and report["dedup"]["num_live"] == len(kept)

@@ -189,3 +189,14 @@ def test_real_slices_read_without_loss(data_dir):
     assert not [d for d in docs if d.dropped]
     assert sum(1 for d in docs if "turns" in d.meta) == 30
     assert sum(1 for d in docs if d.meta.get("format") == "html") == 7
+
+
+def test_rows_to_batch_equals_arrow_from_pylist():
+    import pyarrow as pa
+
+    from etl.document import REJECTED_SCHEMA, rows_to_batch
+
+    rows = [Document("a", "文本", meta={"k": 1}).to_row(), Document("b", "", domain="expert").drop("no_text", "read").to_row(),
+            {"id": "c", "text": "missing keys are null"}]
+    assert rows_to_batch(rows, REJECTED_SCHEMA).equals(pa.RecordBatch.from_pylist(rows, schema=REJECTED_SCHEMA))
+    assert rows_to_batch([], REJECTED_SCHEMA).num_rows == 0
