@@ -77,7 +77,7 @@ def verify_fn(threshold: float, num_perm: int):
     return run
 
 
-#: Columns :func:`marks_udf` reads: the record's own, then the marks joined on id.
+#: Columns :func:`apply_marks_to_arrays` reads (as an Arrow UDF): the record's own, then the marks joined on id.
 MARK_INPUTS = ("id", "meta", "drop_reason", "drop_step", "dup_first", "_reason", "_dup_of", "_cluster")
 MARKED_TYPE = "meta string, drop_reason string, drop_step string"
 
