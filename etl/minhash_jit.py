@@ -66,7 +66,7 @@ def char_classes() -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(start, length, pool, slow)`` for :func:`nfkc_map`, from Python's ``unicodedata``.
+    """``(start, length, pool, slow)`` for :func:`normalize_code_points`, from Python's ``unicodedata``.
 
     Code point ``c``'s NFKC image (``unicodedata.normalize("NFKC", chr(c))``) is
     ``pool[start[c]:start[c] + length[c]]``; ``slow[c]`` marks what the map alone cannot
@@ -213,7 +213,8 @@ def normalize_code_points(cps: np.ndarray, offsets: np.ndarray) -> tuple[np.ndar
     out = np.empty(len(cps) + len(cps) // 8 + 64, dtype=np.uint32)  # room for a few expanding images
     if not _normalize(cps, offsets, *tables, out, out_offsets, flagged):
         out = np.empty(2 * _image_length(cps, length) + 2, dtype=np.uint32)  # the checks' bound: always enough
-        assert _normalize(cps, offsets, *tables, out, out_offsets, flagged)
+        if not _normalize(cps, offsets, *tables, out, out_offsets, flagged):
+            raise RuntimeError("normalize_code_points: output bound too small")  # unreachable: 2 slots per image code point
     return out[:out_offsets[-1]], out_offsets, flagged
 
 
