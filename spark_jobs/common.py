@@ -97,7 +97,11 @@ def stage_session(app_name: str):
 
 def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
     """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
-    parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description,
+    epilog = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
+              f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
+              "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
+              "                                   instead of shuffling the documents")
+    parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_io_args(parser)
     parser.add_argument("--partitions", type=int, default=None, metavar="N",
