@@ -54,9 +54,15 @@ OTHER, HAN_CHAR, WORD_CHAR, ALNUM_CHAR = 0, 1, 2, 3
 
 
 @functools.lru_cache(maxsize=1)
+def _every_code_point() -> str:
+    """All code points U+0000..U+10FFFF (lone surrogates included) as one string, for ``re`` scans."""
+    return "".join(map(chr, range(0x110000)))
+
+
+@functools.lru_cache(maxsize=1)
 def char_classes() -> np.ndarray:
     """uint8 class of every code point, from Python's ``re`` (so ``\\w`` matches the reference)."""
-    everything = "".join(map(chr, range(0x110000)))
+    everything = _every_code_point()
     classes = np.zeros(0x110000, dtype=np.uint8)
     for pattern, value in ((r"\w+", WORD_CHAR), (r"[^\W_]+", ALNUM_CHAR), (f"[{HAN}]+", HAN_CHAR)):
         for m in re.finditer(pattern, everything):
@@ -111,7 +117,7 @@ def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def whitespace_table() -> np.ndarray:
     """bool per code point: regex ``\\s`` (the same set as ``str.isspace`` and ``str.split``)."""
     table = np.zeros(0x110000, dtype=np.bool_)
-    for m in re.finditer(r"\s", "".join(map(chr, range(0x110000)))):
+    for m in re.finditer(r"\s", _every_code_point()):
         table[m.start()] = True
     return table
 

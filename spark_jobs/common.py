@@ -119,10 +119,11 @@ Derive = tuple[Callable[[pa.RecordBatch], pa.RecordBatch], pa.Schema]
 
 
 def _with_derived(batch: pa.RecordBatch, derive: Derive | None) -> pa.RecordBatch:
+    """``batch`` with the derived columns appended (their types come from ``derive``'s arrays)."""
     if derive is None:
         return batch
     extra = derive[0](batch)
-    return pa.RecordBatch.from_arrays(list(batch.columns) + list(extra.columns), schema=pa.unify_schemas([batch.schema, derive[1]]))
+    return pa.RecordBatch.from_arrays(batch.columns + extra.columns, names=batch.schema.names + extra.schema.names)
 
 
 def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = None, batch_rows: int = 4096):
@@ -416,7 +417,7 @@ def compute_stats(df) -> StageStats:
     return stats
 
 
-def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | None = None,
                        split: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), atomically.
 
@@ -424,8 +425,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     on ``drop_reason``) and counted.  A stage that can tell kept from rejected rows before
     its expensive columns are computed passes ``split=(kept, rejected)`` instead (``df``
     None): each frame is computed once, as it is written, nothing is cached, and the
-    statistics are read back from the written files.  ``extra_stats`` (merged into
-    ``stats.json``) may be a function, called after the data files are written.
+    statistics are read back from the written files.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -447,7 +447,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
                 cached = written.unionByName(spark.read.parquet(str(tmp / "rejected")).select(*RECORD_SCHEMA.names))
             report = compute_stats(cached).to_dict(list(step_names))
             report["elapsed_s"] = round(time.time() - started, 3)
-            report.update((extra_stats() if callable(extra_stats) else extra_stats) or {})
+            report.update(extra_stats or {})
             write_json(tmp / "stats.json", report)
     finally:
         if cached is not None:

@@ -14,7 +14,6 @@ histogram and the few report rows is collected to the driver.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -247,9 +246,6 @@ def read_index(spark, index_dir: str | None, config: DedupConfig):
 def transform(spark, docs, config: DedupConfig, index=None) -> tuple[tuple[Any, Any], dict[str, Any], Any]:
     """Mark duplicates; returns ((kept, rejected) records, dedup report, kept features for the index).
 
-    The report's ``clusters`` entry is a future (its jobs run beside the writes); ``load``
-    resolves it.
-
     ``docs`` (from ``extract``, with the features) is read once and cached.  The sets of marked ids -- exact copies,
     cluster members -- are cached and counted; up to ``spark.jinglian.broadcastMaxRows``
     rows they join by broadcast, so neither the documents nor their signatures are shuffled
@@ -275,10 +271,7 @@ def transform(spark, docs, config: DedupConfig, index=None) -> tuple[tuple[Any, 
         num_near = near.count()
         marks.append((near, num_near))
         report.update(counts)
-        # a few small jobs: run beside the writes, which keep the cores busy (load() waits for it)
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cluster-report")
-        report["clusters"] = pool.submit(cluster_report_df, comp, keepers, live, config)
-        pool.shutdown(wait=False)
+        report["clusters"] = cluster_report_df(comp, keepers, live, config)
     out = apply_marks(spark, docs, marks)
     kept_feats = survivors
     if near is not None:
@@ -394,11 +387,7 @@ def cluster_report_df(comp, keepers, live, config: DedupConfig) -> dict[str, Any
 def load(out: tuple[Any, Any], output: str, report: dict[str, Any], kept_feats=None, index_dir: str | None = None,
          config: DedupConfig | None = None) -> dict[str, Any]:
     """Write kept/ rejected/ stats.json atomically; optionally append kept features to the index."""
-    def finished_report() -> dict[str, Any]:
-        clusters = report.get("clusters")
-        return {"dedup": dict(report, clusters=clusters.result()) if isinstance(clusters, concurrent.futures.Future) else report}
-
-    result = write_stage_output(None, output, STEP_NAMES, extra_stats=finished_report, split=out)
+    result = write_stage_output(None, output, STEP_NAMES, extra_stats={"dedup": report}, split=out)
     if index_dir and kept_feats is not None:
         result["dedup"]["num_indexed"] = append_index_df(kept_feats, index_dir, config)
     return result
