@@ -14,14 +14,16 @@ from typing import Iterable, Iterator, Mapping
 
 from augment.config import AugmentConfig, load_augment_config
 from augment.pipeline import StatsTap, build_pipeline
-from etl.config import build_config, config_to_dict, load_params, params_hash
+from etl.cli import ArgumentParser
+from etl.config import config_to_dict, load_params, load_section, params_hash
+from etl.errors import run_main
 from etl.document import Document
-from etl.io import ReaderConfig, read_inputs
+from etl.io import read_inputs
 from etl.runner import run_pipeline, write_stage_output
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m augment", description="Augment documents (back-translation, masked-LM substitution, entity swap) locally.",
+    parser = ArgumentParser(prog="python -m augment", description="Augment documents (back-translation, masked-LM substitution, entity swap) locally.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH", help="input files, directories or globs (a previous stage's kept/ or JSON Lines)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory: kept/, rejected/, stats.json (atomic)")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = load_params(args.params)
     config = make_config(params, args.on_error)
-    reader = build_config(ReaderConfig, params.get("read"), "read")
+    reader = load_section(params, "read")
     tap = StatsTap()
     pipeline = build_pipeline(config)
     docs = tap(augment_documents(read_inputs(args.input, reader), config, args.workers))
@@ -83,4 +85,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,11 +9,12 @@ are the real ones, and the directories load with ``from_pretrained`` like any ch
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 from typing import Iterable
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 
 
 def _bert_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -95,7 +96,7 @@ def read_texts(paths: Iterable[str | os.PathLike], max_chars: int = 4000) -> lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m augment.tiny", description="Build tiny random-weight Marian and BERT models for offline runs.")
+    parser = ArgumentParser(prog="python -m augment.tiny", description="Build tiny random-weight Marian and BERT models for offline runs.")
     parser.add_argument("--texts", nargs="+", required=True, help="JSON Lines files whose text trains the tokenizers")
     parser.add_argument("--output", required=True, help="directory; receives marian/ and bert/")
     args = parser.parse_args(argv)
@@ -105,4 +106,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

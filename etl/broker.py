@@ -19,9 +19,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 
 HOST = "127.0.0.1"
 
@@ -123,7 +124,7 @@ def stop_pid(pid: int, grace_s: float = 5.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m etl.broker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m etl.broker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pid-file", required=True, help="file holding the broker's pid and address (written on start, read by --stop)")
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--topic", action="append", default=[], metavar="NAME:PARTITIONS", help="topic to create after start; repeatable")
@@ -146,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -26,9 +26,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from etl.charfilter import CharFilterConfig, filter_chars
 from etl.cli import add_io_args
-from etl.config import build_config, config_to_dict, load_params, params_hash
+from etl.config import config_to_dict, load_sections, params_hash
 from etl.dialogue import DialogueConfig, flatten_document
 from etl.document import Document
 from etl.html import HtmlConfig, strip_html
@@ -68,10 +70,7 @@ class CleanConfig:
 
 def load_clean_config(params_path: str | None = None) -> tuple[CleanConfig, TokenizerConfig, ReaderConfig]:
     """``(clean, tokenizer, read)`` configs from params.yaml (the repository's when None)."""
-    params = load_params(params_path)
-    return (build_config(CleanConfig, params.get("clean"), "clean"),
-            build_config(TokenizerConfig, params.get("tokenizer"), "tokenizer"),
-            build_config(ReaderConfig, params.get("read"), "read"))
+    return load_sections(params_path, "clean", "tokenizer", "read")
 
 
 # ------------------------------------------------------------------------------ steps
@@ -210,7 +209,7 @@ class CleanPipelineFactory:
 
 def arg_parser() -> argparse.ArgumentParser:
     """The local CLI: the Spark job's flags plus --workers and --no-progress."""
-    parser = argparse.ArgumentParser(prog="python -m etl.clean", description="Clean raw text locally (the same steps as spark_jobs/clean.py).",
+    parser = ArgumentParser(prog="python -m etl.clean", description="Clean raw text locally (the same steps as spark_jobs/clean.py).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_io_args(parser)
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1; output is identical for any N)")
@@ -251,4 +250,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

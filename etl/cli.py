@@ -1,9 +1,38 @@
-"""Command-line flags every stage shares, for the Spark jobs and the local runners alike."""
+"""Command-line flags every stage shares, for the Spark jobs and the local runners alike.
+
+:class:`ArgumentParser` is the parser of every jinglian command: it lists ``--debug`` in
+``--help`` (the flag itself is handled by :func:`etl.errors.run_main`) and, for commands with
+``--input``/``--output``, refuses an output that would destroy or re-read data
+(:func:`etl.atomic.check_output`) right after parsing, before any work.
+"""
 from __future__ import annotations
 
 import argparse
+from typing import Any, Sequence
 
+from etl.atomic import check_output
+from etl.errors import DEBUG_ENV, DEBUG_FLAG
 from etl.step import ON_ERROR_CHOICES
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with ``--debug`` and the output-path check."""
+
+    #: File names (besides the stage marker) that make an existing --output replaceable.
+    output_markers: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.add_argument(DEBUG_FLAG, action="store_true", default=argparse.SUPPRESS,
+                          help=f"on an error, show the whole traceback instead of one line (or set {DEBUG_ENV}=1)")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        output = getattr(parsed, "output", None)
+        if isinstance(output, str) and getattr(parsed, "check_output", True):
+            inputs = getattr(parsed, "input", None) or []
+            check_output(output, inputs if isinstance(inputs, (list, tuple)) else [inputs], extra_markers=self.output_markers)
+        return parsed
 
 
 def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True) -> argparse.ArgumentParser:
@@ -12,7 +41,8 @@ def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True) -> argpa
                         help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
                              "a stage output directory is read from its kept/")
     parser.add_argument("--output", required=True, metavar="DIR",
-                        help="output directory; receives kept/, rejected/ and stats.json, written atomically")
+                        help="output directory; receives kept/, rejected/ and stats.json, written atomically. It must not exist, "
+                             "be empty, or be a previous jinglian output (which is replaced); it may not overlap an input")
     parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
     if on_error:
         parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=None,

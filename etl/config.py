@@ -1,23 +1,31 @@
-"""params.yaml loading into frozen, validated dataclasses.
+"""params.yaml loading into frozen, validated dataclasses: the one loader of every entry point.
 
-``params.yaml`` has one section per stage.  :func:`build_config` turns a section (a dict)
-into a frozen, keyword-only dataclass: unknown keys, wrong types and values rejected by the
-class's ``__post_init__`` raise ``ValueError`` naming the dotted field (``clean.quality.min_words``)
-and the value.  Nested dataclass fields are built recursively.
+``params.yaml`` has one section per stage (:data:`SECTIONS`).  :func:`load_params` reads the
+file and validates all of it: an unknown section or key is an error naming it and the closest
+known name (``claen`` -> did you mean ``clean``?), so a typo never runs silently with the
+defaults.  :func:`load_section` / :func:`load_sections` give a stage its configs.
+:func:`build_config` turns a section (a dict) into a frozen, keyword-only dataclass: unknown
+keys, wrong types and values rejected by the class's ``__post_init__`` raise ``ValueError``
+naming the dotted field (``clean.quality.min_words``) and the value.  Nested dataclass fields
+are built recursively.
 """
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import difflib
 import hashlib
+import importlib
 import json
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import yaml
+
+from etl.errors import JinglianError
 
 T = TypeVar("T")
 DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
@@ -40,16 +48,119 @@ class FrozenDict(dict):
         return (FrozenDict, (dict(self),))
 
 
-def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read params.yaml (the repository's own when ``path`` is None) as a dict."""
+class ParamsError(JinglianError, ValueError):
+    """A params file that cannot be read, or a section, key or value it may not have."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineParams:
+    """What ``dvc.yaml`` runs (the ``pipeline:`` section; read by DVC's templating, not by Python)."""
+
+    spark_submit: str = "spark-submit --master local[2]"
+    """The launcher of the Spark stages (a cluster: its master, archives and conf)."""
+    inputs: str = "data/sample/*/*.jsonl"
+    """Raw inputs of the clean stage (files, directories or globs)."""
+    tokenizer_vocab_size: int = 8192
+    """BPE vocabulary size of the tokenizer the demo trains on the augmented corpus."""
+    train_launcher: str = "torchrun --standalone --nproc_per_node 1"
+    """The launcher of the training stage."""
+    train_recipe: str = "tiny"
+    """The trainer recipe (trainer/recipes.py) the pipeline trains."""
+    train_steps: int = 30
+    """Optimizer steps of the pipeline's training run."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainParams:
+    """The ``train:`` section: a recipe and dotted overrides (validated by ``trainer.config``)."""
+
+    recipe: str = ""
+    """Recipe used when --recipe is not given ("" = tiny)."""
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Dotted config fields over the recipe, e.g. {optim.lr: 1.0e-4}."""
+
+
+#: Every section params.yaml may have, and the dataclass (``module:name``) it is loaded into.
+#: Imported lazily: validating the file does not need Spark, torch or megatron.
+SECTIONS: dict[str, str] = {
+    "pipeline": "etl.config:PipelineParams",
+    "read": "etl.io:ReaderConfig",
+    "tokenizer": "etl.tokenize:TokenizerConfig",
+    "clean": "etl.clean:CleanConfig",
+    "dedup": "etl.dedup:DedupConfig",
+    "tfidf": "etl.tfidf:TfidfConfig",
+    "augment": "augment.config:AugmentConfig",
+    "shards": "shards.config:ShardsConfig",
+    "train": "etl.config:TrainParams",
+}
+
+
+def closest(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or ``""``."""
+    match = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def unknown_keys_message(where: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    """``where: unknown key 'x' (did you mean 'y'?); known keys: [...]``."""
+    unknown, known = sorted(map(str, unknown)), sorted(map(str, known))
+    names = "; ".join(f"{u!r}{closest(u, known)}" for u in unknown)
+    return f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {names}; known keys: {known}"
+
+
+def section_class(name: str) -> type:
+    """The dataclass of params section ``name`` (:data:`SECTIONS`)."""
+    if name not in SECTIONS:
+        raise ParamsError(f"params: unknown section {name!r}{closest(name, SECTIONS)}; known sections: {sorted(SECTIONS)}")
+    module, _, attr = SECTIONS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def validate_params(params: dict[str, Any], where: str = "params") -> None:
+    """Build every section of ``params``: unknown sections/keys and bad values raise
+    :class:`ParamsError` naming them (with the closest known name)."""
+    unknown = sorted(set(params) - set(SECTIONS), key=str)
+    if unknown:
+        names = "; ".join(f"{u!r}{closest(u, SECTIONS)}" for u in unknown)
+        raise ParamsError(f"{where}: unknown section{'s' if len(unknown) > 1 else ''} {names}; known sections: {sorted(SECTIONS)}")
+    for name, section in params.items():
+        build_config(section_class(name), section, name)
+
+
+def load_params(path: str | os.PathLike | None = None, validate: bool = True) -> dict[str, Any]:
+    """Read params.yaml (the repository's own when ``path`` is None) as a dict, validated
+    (:func:`validate_params`) unless ``validate`` is false."""
     path = Path(path) if path else DEFAULT_PARAMS
     if not path.is_file():
-        raise FileNotFoundError(f"params file {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+        raise FileNotFoundError(f"params file {str(path)!r} does not exist (pass --params PATH)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ParamsError(f"params file {path} is not valid YAML: {detail}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level")
+        raise ParamsError(f"params file {path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    if validate:
+        try:
+            validate_params(data)
+        except ValueError as exc:
+            raise ParamsError(f"{path}: {exc}") from None
     return data
+
+
+def load_section(params: dict[str, Any] | str | os.PathLike | None, name: str) -> Any:
+    """The config of section ``name`` from a params dict or file (missing = defaults)."""
+    if not isinstance(params, dict):
+        params = load_params(params)
+    return build_config(section_class(name), params.get(name), name)
+
+
+def load_sections(params: dict[str, Any] | str | os.PathLike | None, *names: str) -> tuple[Any, ...]:
+    """The configs of several sections, read from one params dict or file."""
+    if not isinstance(params, dict):
+        params = load_params(params)
+    return tuple(load_section(params, name) for name in names)
 
 
 def params_hash(section: Any) -> str:
@@ -64,9 +175,9 @@ def build_config(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+        raise ValueError(unknown_keys_message(where, unknown, fields))
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

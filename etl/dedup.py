@@ -54,8 +54,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from etl import minhash
-from etl.config import build_config, config_to_dict, load_params
+from etl.config import config_to_dict, load_section, load_sections
 from etl.document import Document
 from etl.tokenize import HAN, TokenizerConfig, is_word, tokenize
 
@@ -166,7 +168,7 @@ class DedupConfig:
 
 def load_dedup_config(params_path: str | os.PathLike | None = None) -> DedupConfig:
     """The ``dedup:`` section of a params file as a validated config."""
-    return build_config(DedupConfig, load_params(params_path).get("dedup") or {}, "dedup")
+    return load_section(params_path, "dedup")
 
 
 # ----------------------------------------------------------------------------- per document
@@ -677,7 +679,7 @@ def cluster_report(clusters: dict[str, list[str]], kept_of: dict[str, str], text
 
 def build_arg_parser(prog: str = "python -m etl.dedup") -> argparse.ArgumentParser:
     """Flags shared by the local runner and ``spark_jobs/dedup.py``."""
-    parser = argparse.ArgumentParser(prog=prog, description="Exact and MinHash-LSH near-duplicate removal (local, in memory).",
+    parser = ArgumentParser(prog=prog, description="Exact and MinHash-LSH near-duplicate removal (local, in memory).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dedup_flags(parser, with_base=True)
     return parser
@@ -698,16 +700,14 @@ def add_dedup_flags(parser: argparse.ArgumentParser, with_base: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Local runner: read, dedup in memory, write kept/ rejected/ stats.json."""
-    from etl.io import ReaderConfig, read_inputs
+    from etl.io import read_inputs
     from etl.runner import write_stage_output
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_arg_parser().parse_args(argv)
     if args.update_index and not args.against:
         raise SystemExit("--update-index needs --against INDEX")
-    params = load_params(args.params)
-    config = build_config(DedupConfig, params.get("dedup") or {}, "dedup")
-    reader = build_config(ReaderConfig, params.get("read") or {}, "read")
+    config, reader = load_sections(args.params, "dedup", "read")
     index = load_index(args.against, config) if args.against else None
     docs, result = dedup_documents(read_inputs(args.input, reader), config, index)
     extra = {"dedup": {"config": config_to_dict(config), "bands": list(config.bands), "against": args.against,
@@ -720,4 +720,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

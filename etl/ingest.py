@@ -27,20 +27,22 @@ that are near-duplicates of an existing corpus index (incremental dedup, ``etl.d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-from etl.atomic import atomic_file, write_json
+from etl.cli import ArgumentParser
+from etl.errors import JinglianError, run_main
+from etl.atomic import atomic_file, write_json, write_output_marker
 from etl.document import Document
-from etl.io import InputFile, ReaderConfig, bad_record, record_to_document, write_parquet
+from etl.io import InputFile, ReaderConfig, bad_record, parse_json_record, record_to_document, write_parquet
 from etl.runner import PipelinePool
 from etl.stats import StageStats
 from etl.step import Pipeline
@@ -83,10 +85,9 @@ def message_to_document(topic: str, message: Any, reader_config: ReaderConfig) -
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return bad_record(source, message.offset, "invalid_encoding", f"not utf-8: {exc}", raw.decode("utf-8", "replace"))
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return bad_record(source, message.offset, "invalid_json", f"{exc.msg} at column {exc.colno}", text)
+    obj, reason, error = parse_json_record(text, reader_config.max_nesting_depth)
+    if reason is not None:
+        return bad_record(source, message.offset, reason, error, text)
     doc = record_to_document(obj, source, message.offset, reader_config, raw=text)
     doc.meta.update(kafka_topic=topic, kafka_partition=message.partition, kafka_offset=message.offset)
     return doc
@@ -111,6 +112,7 @@ class WindowWriter:
         self.dedup = dedup
         for sub in SUBDIRS:
             (output / sub).mkdir(parents=True, exist_ok=True)
+        write_output_marker(output, "ingest")
 
     def land(self, window: Window) -> StageStats:
         stem = part_name(window.partition, window.first_offset, window.last_offset)
@@ -227,11 +229,12 @@ class Ingestor:
                 # lookups and clean-up happen in the main loop, before anything is landed.
                 ingestor.pending_assigned = list(assigned)
 
-        consumer = KafkaConsumer(bootstrap_servers=self.config.bootstrap_servers, group_id=self.config.group_id,
-                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                 session_timeout_ms=self.config.session_timeout_ms,
-                                 heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
-                                 max_poll_records=self.config.max_poll_records, client_id=f"jinglian-ingest-{os.getpid()}")
+        with broker_errors(self.config.bootstrap_servers):
+            consumer = KafkaConsumer(bootstrap_servers=self.config.bootstrap_servers, group_id=self.config.group_id,
+                                     enable_auto_commit=False, auto_offset_reset="earliest",
+                                     session_timeout_ms=self.config.session_timeout_ms,
+                                     heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
+                                     max_poll_records=self.config.max_poll_records, client_id=f"jinglian-ingest-{os.getpid()}")
         consumer.subscribe([self.config.topic], listener=Listener())
         return consumer
 
@@ -240,7 +243,8 @@ class Ingestor:
             return None
         from kafka import KafkaProducer
 
-        self.producer = KafkaProducer(bootstrap_servers=self.config.bootstrap_servers, acks="all")
+        with broker_errors(self.config.bootstrap_servers):
+            self.producer = KafkaProducer(bootstrap_servers=self.config.bootstrap_servers, acks="all")
 
         def send(rows: list[dict]) -> None:
             for row in rows:
@@ -369,8 +373,24 @@ class IndexDedup:
             append_to_index(kept, self.index_dir, self.config, self.index)
 
 
+@contextlib.contextmanager
+def broker_errors(servers: str) -> Iterator[None]:
+    """Turn kafka-python's "no broker" errors into a one-line :class:`JinglianError` naming the servers."""
+    from kafka.errors import KafkaConnectionError, NoBrokersAvailable
+
+    try:
+        yield
+    except (NoBrokersAvailable, KafkaConnectionError) as exc:
+        raise JinglianError(f"no Kafka broker reachable at {servers} (--bootstrap-servers): {type(exc).__name__}") from None
+
+
+class _LandingParser(ArgumentParser):
+    #: A landing directory of a version before the output marker also counts as one.
+    output_markers = ("dead-letter",)
+
+
 def parse_args(argv: list[str] | None) -> IngestConfig:
-    parser = argparse.ArgumentParser(prog="python -m etl.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _LandingParser(prog="python -m etl.ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers, comma-separated")
     parser.add_argument("--topic", required=True, help="topic to consume (JSON records, one per message)")
     parser.add_argument("--output", required=True, metavar="DIR", help="landing directory: kept/, rejected/, dead-letter/, stats/")
@@ -394,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
     dedup = IndexDedup(config.dedup_index, config.params, config.update_index) if config.dedup_index else None
-    from etl.config import build_config, load_params
+    from etl.config import load_section
 
-    reader_config = build_config(ReaderConfig, load_params(config.params).get("read"), "read")
+    reader_config = load_section(config.params, "read")
     totals = Ingestor(config, default_factory(config.params), reader_config, dedup).run()
     report = totals.to_dict()
     print(json.dumps({"event": "done", "num_in": report["num_in"], "num_kept": report["num_kept"],
@@ -405,4 +425,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -14,7 +14,10 @@ Accepted inputs (a path, a directory searched recursively, or a glob; several ma
 Bad records never stop the reader: they come out as documents already marked dropped
 (``invalid_json``, ``invalid_record``, ``no_text``, ``invalid_encoding``,
 ``record_too_large``, ``truncated_file``, ``unreadable_file``) with ``src_file`` and
-``src_line`` in ``meta`` so they land in ``rejected/``.
+``src_line`` in ``meta`` so they land in ``rejected/``.  Whatever a line holds -- nesting
+deeper than ``read.max_nesting_depth``, numbers too long to convert, lone surrogates, NUL
+bytes -- it becomes one rejected record, never an exception that stops the job; a binary
+file (or an empty or invalid ``.gz``) becomes one ``unreadable_file`` record.
 """
 from __future__ import annotations
 
@@ -62,6 +65,10 @@ class ReaderConfig:
     encoding: str = "auto"
     """``auto`` sniffs each file (UTF-8, else charset-normalizer's guess, GBK read as GB18030);
     or a fixed codec name."""
+    max_nesting_depth: int = 64
+    """Records whose JSON nests deeper than this (objects and arrays; a flat record is 1) are
+    rejected as ``invalid_record`` naming the depth: no training record needs more, and deeper
+    values would exhaust the recursion of JSON writers further down the pipeline."""
 
     def __post_init__(self) -> None:
         if self.text_unit not in ("file", "paragraph"):
@@ -70,6 +77,8 @@ class ReaderConfig:
             raise ValueError(f"read.max_record_bytes must be positive, got {self.max_record_bytes}")
         if not self.default_domain:
             raise ValueError("read.default_domain must be a non-empty string")
+        if not 2 <= self.max_nesting_depth <= 500:
+            raise ValueError(f"read.max_nesting_depth must be between 2 and 500, got {self.max_nesting_depth}")
 
 
 @dataclass(frozen=True)
@@ -153,10 +162,12 @@ def read_inputs(paths: Iterable[str | os.PathLike], config: ReaderConfig | None 
 def mark_duplicate_id(doc: Document, seen: dict[str, str]) -> Document:
     """Drop ``doc`` as ``duplicate_id`` if its id was seen before; else remember it."""
     where = f"{doc.meta.get('src_file')}:{doc.meta.get('src_line')}"
+    if doc.dropped:  # a rejected record (bad JSON, no text...) does not claim its id
+        return doc
     first = seen.get(doc.id)
     if first is None:
         seen[doc.id] = where
-    elif not doc.dropped:
+    else:
         doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=first)
         logger.warning("%s: record %s: field 'id': duplicate id %r (first at %s)", doc.meta.get("src_file"), doc.meta.get("src_line"), doc.id, first)
     return doc
@@ -180,14 +191,18 @@ def read_file(input_file: InputFile | str, config: ReaderConfig | None = None) -
 # --------------------------------------------------------------------------------- helpers
 
 
-def bad_record(input_file: InputFile, line: int, reason: str, error: str, raw: str, field: str | None = None) -> Document:
-    """A rejected record for raw input that could not become a document (logged with file, record, field)."""
+def bad_record(input_file: InputFile, line: int, reason: str, error: str, raw: str, field: str | None = None,
+               doc_id: str | None = None) -> Document:
+    """A rejected record for raw input that could not become a document (logged with file, record, field).
+
+    ``raw`` (the line, or the record's columns as JSON) is its text, so nothing is lost;
+    ``doc_id`` is the record's own id when it has one, else ``<file>:<record>``."""
     where = f"{input_file.path}: record {line}" + (f": field {field!r}" if field else "")
     logger.warning("%s: %s (%s)", where, reason, error)
     meta = {"src_file": input_file.path, "src_line": line, "error": error}
     if field:
         meta["field"] = field
-    doc = Document(id=f"{input_file.name}:{line}", text=raw, source=input_file.path, meta=meta)
+    doc = Document(id=doc_id or f"{input_file.name}:{line}", text=raw, source=input_file.path, meta=meta)
     return doc.drop(reason, READ_STEP)
 
 
@@ -246,6 +261,78 @@ def _iter_lines(input_file: InputFile) -> Iterator[tuple[int, bytes | None, str 
         yield line_no + 1, None, f"{type(exc).__name__}: {exc}"
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (JSON has no NaN or Infinity)")
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def nesting_depth(obj: Any, limit: int) -> int:
+    """How deep objects and arrays nest in ``obj`` (a scalar is 0, ``{"a": 1}`` is 1), counted
+    without recursion and only until it exceeds ``limit``."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if level > depth:
+            depth = level
+            if depth > limit:
+                return depth
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return depth
+
+
+def _text_depth(text: str) -> int:
+    """Nesting depth of JSON text from its brackets outside strings (for text too deep to parse)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json_record(text: str, max_depth: int = 64) -> tuple[Any, str | None, str | None]:
+    """Parse one JSON record: ``(obj, None, None)``, or ``(None, reason, error)`` with reason
+    ``invalid_json`` (not JSON, NaN/Infinity, a number too long to convert) or
+    ``invalid_record`` (nested deeper than ``max_depth``, a lone surrogate that is not valid
+    Unicode). Never raises: whatever the text holds becomes a reason."""
+    try:
+        obj = _JSON.decode(text)
+    except json.JSONDecodeError as exc:
+        return None, "invalid_json", f"{exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return None, "invalid_record", (f"nested {_text_depth(text)} levels deep, more than read.max_nesting_depth={max_depth} "
+                                        "(and than the JSON parser's recursion limit)")
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion", NaN
+        return None, "invalid_json", " ".join(str(exc).split())
+    if text.count("{") + text.count("[") > max_depth:  # only then can it nest deeper than the limit
+        depth = nesting_depth(obj, max_depth)
+        if depth > max_depth:
+            return None, "invalid_record", f"nested {_text_depth(text)} levels deep, more than read.max_nesting_depth={max_depth}"
+    if "\\ud" in text or "\\uD" in text:  # escaped surrogates: a pair is fine, a lone one is not Unicode
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return None, "invalid_record", f"lone surrogate {exc.object[exc.start:exc.end]!a} is not valid Unicode"
+    return obj, None, None
+
+
 def _decode(raw: bytes, encoding: str) -> str:
     text = raw.decode(encoding)
     return text.rstrip("\r\n")
@@ -254,14 +341,47 @@ def _decode(raw: bytes, encoding: str) -> str:
 # --------------------------------------------------------------------------------- formats
 
 
+_TEXT_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+def binary_content(sample: bytes) -> str | None:
+    """Why ``sample`` (a file's first bytes) is not text, or None: a NUL byte, which no text
+    in an 8-bit or UTF-8 encoding holds (UTF-16/32 files with a byte-order mark excepted)."""
+    if sample.startswith(_TEXT_BOMS):
+        return None
+    at = sample.find(b"\x00")
+    return None if at < 0 else f"binary content (a NUL byte at offset {at}): not a text file"
+
+
+def _unreadable(input_file: InputFile) -> str | None:
+    """Why a line-oriented file cannot be read at all (an empty or invalid .gz, binary data), or None."""
+    path = input_file.path
+    if path.lower().endswith(".gz") and os.path.getsize(path) == 0:
+        return "empty .gz file (0 bytes): not gzip data"
+    try:
+        with _open_binary(path) as handle:
+            sample = handle.read(_SNIFF_BYTES)
+    except gzip.BadGzipFile as exc:
+        return f"not a gzip file: {exc}"
+    except (EOFError, zlib.error):
+        return None  # a cut-off stream: the line reader keeps what comes before the cut (truncated_file)
+    return binary_content(sample)
+
+
 def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
+    problem = _unreadable(input_file)
+    if problem is not None:
+        yield bad_record(input_file, 0, "unreadable_file", problem, "")
+        return
     encoding = _file_encoding(input_file, config)
+    records = 0
     for line_no, raw, error in _iter_lines(input_file):
         if error is not None:
             yield bad_record(input_file, line_no, "truncated_file", error, "")
             return
         if not raw.strip():
             continue
+        records += 1
         if len(raw) > config.max_record_bytes:
             yield bad_record(input_file, line_no, "record_too_large", f"{len(raw)} bytes > read.max_record_bytes={config.max_record_bytes}", raw.decode("utf-8", "replace"))
             continue
@@ -270,12 +390,13 @@ def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Documen
         except UnicodeDecodeError as exc:
             yield bad_record(input_file, line_no, "invalid_encoding", f"not {encoding}: {exc}", raw.decode("utf-8", "replace"))
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield bad_record(input_file, line_no, "invalid_json", f"{exc.msg} at column {exc.colno}", line)
+        obj, reason, error = parse_json_record(line, config.max_nesting_depth)
+        if reason is not None:
+            yield bad_record(input_file, line_no, reason, error, line)
             continue
         yield record_to_document(obj, input_file, line_no, config, raw=line)
+    if records == 0:  # an empty file is reported, not silently read as nothing
+        yield bad_record(input_file, 0, "no_text", "the file holds no records (it is empty or blank)", "")
 
 
 def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: ReaderConfig, raw: str = "",
@@ -288,19 +409,30 @@ def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: Re
     """
     if not isinstance(obj, dict):
         return bad_record(input_file, line_no, "invalid_record", f"expected a JSON object, got {type(obj).__name__}", raw)
+
+    def reject(reason: str, error: str, field: str | None = None) -> Document:
+        # the record's own id and all its columns stay with it in rejected/
+        own_id = obj.get("id")
+        return bad_record(input_file, line_no, reason, error, raw or _dump_columns(obj), field=field,
+                          doc_id=str(own_id) if own_id not in (None, "") and not isinstance(own_id, (dict, list)) else None)
+
+    if not raw:  # records from Parquet or Kafka: parsed already, their nesting not checked yet
+        depth = nesting_depth(obj, config.max_nesting_depth)
+        if depth > config.max_nesting_depth:
+            return reject("invalid_record", f"nested more than read.max_nesting_depth={config.max_nesting_depth} levels deep")
     text = obj.get("text")
     if text is not None and not isinstance(text, str):
-        return bad_record(input_file, line_no, "invalid_record", f"'text' must be a string, got {type(text).__name__}", raw, field="text")
+        return reject("invalid_record", f"'text' must be a string, got {type(text).__name__}", field="text")
     if not (text and text.strip()) and not any(obj.get(k) for k in CONTENT_KEYS[1:]):
-        return bad_record(input_file, line_no, "no_text", "record has no text, turns or instruction", raw, field="text")
+        return reject("no_text", "record has no text, turns or instruction", field="text")
     meta = obj.get("meta") or {}
     if isinstance(meta, str):
-        try:
-            meta = json.loads(meta) if meta.strip() else {}
-        except json.JSONDecodeError:
-            meta = {"meta_raw": meta}
+        parsed, reason, error = parse_json_record(meta, config.max_nesting_depth - 1) if meta.strip() else ({}, None, None)
+        if reason == "invalid_record":
+            return reject(reason, f"'meta': {error}", field="meta")
+        meta = parsed if reason is None else {"meta_raw": meta}
     if not isinstance(meta, dict):
-        return bad_record(input_file, line_no, "invalid_record", f"'meta' must be an object, got {type(meta).__name__}", raw, field="meta")
+        return reject("invalid_record", f"'meta' must be an object, got {type(meta).__name__}", field="meta")
     meta = dict(meta)
     for key, value in obj.items():
         if key not in DOC_COLUMNS:
@@ -318,6 +450,14 @@ def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: Re
         lang=str(obj.get("lang") or ""),
         meta=meta,
     )
+
+
+def _dump_columns(obj: dict[str, Any]) -> str:
+    """A record's columns as one JSON line (the text of its rejected record)."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError):
+        return repr(obj)[:100_000]
 
 
 def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
@@ -338,13 +478,21 @@ def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Docum
 
 def _read_whole(input_file: InputFile, config: ReaderConfig) -> tuple[str | None, Document | None]:
     size = os.path.getsize(input_file.path)
-    if size > config.max_record_bytes and not input_file.path.lower().endswith(".gz"):
+    gz = input_file.path.lower().endswith(".gz")
+    if size > config.max_record_bytes and not gz:
         return None, bad_record(input_file, 1, "record_too_large", f"{size} bytes > read.max_record_bytes={config.max_record_bytes}", "")
+    if gz and size == 0:
+        return None, bad_record(input_file, 0, "unreadable_file", "empty .gz file (0 bytes): not gzip data", "")
     try:
         with _open_binary(input_file.path) as handle:
             raw = handle.read(config.max_record_bytes + 1)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+    except gzip.BadGzipFile as exc:
+        return None, bad_record(input_file, 0, "unreadable_file", f"not a gzip file: {exc}", "")
+    except (EOFError, zlib.error) as exc:
         return None, bad_record(input_file, 1, "truncated_file", f"{type(exc).__name__}: {exc}", "")
+    binary = binary_content(raw[:_SNIFF_BYTES])
+    if binary is not None:
+        return None, bad_record(input_file, 0, "unreadable_file", binary, "")
     if len(raw) > config.max_record_bytes:
         return None, bad_record(input_file, 1, "record_too_large", f"more than read.max_record_bytes={config.max_record_bytes} bytes", "")
     encoding = config.encoding if config.encoding != "auto" else sniff_encoding(raw[:_SNIFF_BYTES])

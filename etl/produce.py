@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from tqdm import tqdm
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 
 
 def iter_lines(paths: list[str]):
@@ -34,7 +35,7 @@ def message_key(line: bytes) -> bytes | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m etl.produce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m etl.produce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
     parser.add_argument("--topic", required=True, help="topic to send to")
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE", help="JSON Lines files; each non-blank line is one message")
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=args.bootstrap_servers, acks="all", linger_ms=5)
+    from etl.ingest import broker_errors
+
+    with broker_errors(args.bootstrap_servers):
+        producer = KafkaProducer(bootstrap_servers=args.bootstrap_servers, acks="all", linger_ms=5)
     count = 0
     for i, line in enumerate(tqdm(iter_lines(args.input), desc="produce", unit="msg", mininterval=1.0)):
         key = message_key(line) if args.key_by_id else None
@@ -57,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

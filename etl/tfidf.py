@@ -32,8 +32,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from etl.cli import add_io_args
-from etl.config import build_config, config_to_dict, load_params
+from etl.config import config_to_dict, load_sections
 from etl.document import Document
 from etl.tokenize import TokenizerConfig, words
 
@@ -66,9 +68,7 @@ class TfidfConfig:
 
 def load_tfidf_config(params_path: str | os.PathLike | None = None) -> tuple[TfidfConfig, TokenizerConfig]:
     """The ``tfidf:`` and shared ``tokenizer:`` sections of a params file."""
-    params = load_params(params_path)
-    return (build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf"),
-            build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer"))
+    return load_sections(params_path, "tfidf", "tokenizer")
 
 
 def document_tokens(text: str, config: TfidfConfig, tokenizer: TokenizerConfig) -> list[str]:
@@ -148,7 +148,7 @@ def mark(doc: Document, score: float, limit: float) -> Document:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m etl.tfidf", description="TF-IDF low-information filter (local, in memory).",
+    parser = ArgumentParser(prog="python -m etl.tfidf", description="TF-IDF low-information filter (local, in memory).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_io_args(parser, on_error=False)
     return parser
@@ -156,19 +156,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Local runner: read, score, write kept/ rejected/ stats.json."""
-    from etl.io import ReaderConfig, read_inputs
+    from etl.io import read_inputs
     from etl.runner import write_stage_output
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_arg_parser().parse_args(argv)
-    params = load_params(args.params)
-    config = build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf")
-    tokenizer = build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer")
-    reader = build_config(ReaderConfig, params.get("read") or {}, "read")
+    config, tokenizer, reader = load_sections(args.params, "tfidf", "tokenizer", "read")
     docs, summary = score_documents(read_inputs(args.input, reader), config, tokenizer)
     summary["config"] = config_to_dict(config)
     return write_stage_output(docs, args.output, [STEP], extra_stats={"tfidf": summary}, total=len(docs), desc="tfidf")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

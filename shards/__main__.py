@@ -1,6 +1,5 @@
 """``python -m shards``: see shards/cli.py."""
-import sys
-
+from etl.errors import run_main
 from shards.cli import main
 
-sys.exit(main())
+run_main(main, prog="shards")

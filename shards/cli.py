@@ -11,12 +11,20 @@ import json
 import logging
 import sys
 from typing import Sequence
+from etl.cli import ArgumentParser
 
 EXIT_OK, EXIT_BAD, EXIT_MISSING = 0, 1, 2
 
 
+class ShardsArgumentParser(ArgumentParser):
+    """An existing shard set (manifest.json) or tokenizer directory (tokenizer.json) may be
+    rebuilt in place; any other non-empty --output is refused."""
+
+    output_markers = ("manifest.json", "tokenizer.json")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ShardsArgumentParser(prog="python -m shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="tokenise, mix and write shards in this process (same flags as spark_jobs/build_shards.py)")
     add_build_args(build)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-from etl.config import build_config, load_params
+from etl.config import load_params, load_section
 
 DEFAULT_WEIGHTS = {"general": 7.0, "domain": 2.0, "expert": 1.0}
 DEFAULT_GROUPS = {
@@ -75,5 +75,5 @@ class ShardsConfig:
 
 def load_shards_config(params_path: str | None = None) -> tuple[ShardsConfig, dict]:
     """The shards config and its raw section (for the params hash)."""
-    section = load_params(params_path).get("shards") or {}
-    return build_config(ShardsConfig, section, "shards"), section
+    params = load_params(params_path)
+    return load_section(params, "shards"), params.get("shards") or {}

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from etl.atomic import TMP_MARK, write_json
+from etl.atomic import TMP_MARK, write_json, write_output_marker
 from etl.config import config_to_dict, params_hash
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def prepare_output(output: str | os.PathLike) -> Path:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
+    write_output_marker(out, "shards")
     for stale in list(out.glob("shard-*.tar")) + list(out.glob("shard-*.tar.idx")) + list(out.glob(f"*{TMP_MARK}*")):
         stale.unlink(missing_ok=True)
     return out

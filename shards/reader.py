@@ -3,7 +3,7 @@
 Batch contract
 --------------
 ``ShardReader(path_or_manifest, *, dp_rank, dp_size, seq_len, micro_batch_size, seed=0, epoch=0,
-shuffle_buffer=1024, num_workers=0, num_epochs=None, verify_checksums=False)`` iterates
+shuffle_buffer=1024, num_workers=0, num_epochs=None, verify_checksums=True)`` iterates
 micro-batches, each a dict of NumPy arrays (no torch here):
 
 =================  =========  ==========================================================
@@ -60,6 +60,13 @@ How the stream is made
   In-process iteration counts consumed batches itself; with a DataLoader call
   ``reader.mark_consumed(batch)`` for each batch the trainer takes (it also counts tokens per
   domain).
+* **Integrity** (``verify_checksums``, on by default). Each shard's index is checked against the
+  manifest's ``index_sha256`` when the shard is opened, and each sample's bytes against the
+  index's CRC-32 as the sample is read, so a flipped bit stops the stream with the shard,
+  sample and members named (:class:`shards.tario.ShardError`) before it reaches the model; the
+  cost is one CRC per sample read (``python -m benchmarks.shards`` reports it). Sets written
+  before per-sample checksums are checked whole (sha256 of the shard) when a shard is opened.
+  ``verify_checksums=False`` turns the check off.
 """
 from __future__ import annotations
 
@@ -70,6 +77,7 @@ import logging
 import os
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,7 +85,7 @@ import numpy as np
 
 from shards.manifest import load_manifest
 from shards.samples import Row, num_packed_rows, pack_samples, row_to_arrays
-from shards.tario import ShardError, file_sha256, load_npy, parse_members, parse_sample_members, read_index
+from shards.tario import LEGACY_INDEX_COLUMNS, ShardError, file_sha256, load_npy, parse_members, parse_sample_members, read_index
 
 logger = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -103,7 +111,7 @@ class ShardReader:
 
     def __init__(self, path_or_manifest: str | os.PathLike | dict, *, dp_rank: int, dp_size: int, seq_len: int,
                  micro_batch_size: int, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1024, num_workers: int = 0,
-                 num_epochs: int | None = None, verify_checksums: bool = False):
+                 num_epochs: int | None = None, verify_checksums: bool = True):
         if not (0 <= dp_rank < dp_size):
             raise ValueError(f"dp_rank must be in [0, dp_size={dp_size}), got {dp_rank}")
         if seq_len < 1 or micro_batch_size < 1 or shuffle_buffer < 1 or num_workers < 0:
@@ -273,7 +281,8 @@ class ShardReader:
         if "index" not in shard:  # a set written before shard indexes: decode the shard from its start
             yield from self._rows_from_items(self._load_shard(shard), epoch, shard_id, skip)
             return
-        index = read_index(self.root / shard["name"], shard["num_samples"], shard["bytes"])
+        index = read_index(self.root / shard["name"], shard["num_samples"], shard["bytes"],
+                           shard.get("index_sha256") if self.verify_checksums else None)
         orders = _WindowOrders(self, epoch, shard_id, index[:, 3], index[:, 2])
         if self._packed:
             yield from self._indexed_items(shard, index, orders, skip)
@@ -299,7 +308,8 @@ class ShardReader:
         """Items at shuffled positions ``first..`` (the first cut at token ``offset``), read one
         shuffle window at a time: a window is a contiguous byte range, found in the index."""
         window = self.shuffle_buffer
-        with self._open_shard(shard) as handle:
+        check_samples = self.verify_checksums and index.shape[1] > LEGACY_INDEX_COLUMNS
+        with self._open_shard(shard, whole_file_check=not check_samples) as handle:
             for lo in range(first - first % window, len(index), window):
                 hi = min(lo + window, len(index))
                 handle.seek(int(index[lo, 0]))
@@ -309,7 +319,11 @@ class ShardReader:
                 for p in range(max(lo, first), hi):
                     i = lo + int(order[p - lo])
                     where = f"shard {shard['name']} in {self.root} (sample {i})"
-                    key, members = parse_sample_members(memoryview(data)[int(index[i, 0]) - base:int(index[i, 1]) - base], where)
+                    sample = memoryview(data)[int(index[i, 0]) - base:int(index[i, 1]) - base]
+                    if check_samples and zlib.crc32(sample) != int(index[i, 4]):
+                        raise ShardError(f"{where}: {_describe_sample(sample)} fail the CRC-32 check of the shard index (the "
+                                         f"shard is corrupt); `python -m shards verify {self.root}` checks the whole set")
+                    key, members = parse_sample_members(sample, where)
                     item = _decode_item(key, members, where, self._group_index, self._packed)
                     if _item_tokens(item) != index[i, 2]:
                         raise ShardError(f"{where}: {_item_tokens(item)} tokens, its index says {index[i, 2]}")
@@ -318,10 +332,10 @@ class ShardReader:
                         item = (tokens[offset:], None if target is None else target[offset:], group, doc_id)
                     yield item
 
-    def _open_shard(self, shard: dict[str, Any]):
+    def _open_shard(self, shard: dict[str, Any], whole_file_check: bool = True):
         path = self.root / shard["name"]
         try:
-            if self.verify_checksums and file_sha256(path) != shard["sha256"]:
+            if self.verify_checksums and whole_file_check and file_sha256(path) != shard["sha256"]:
                 raise ShardError(f"shard {shard['name']} in {self.root}: sha256 differs from the manifest (corrupt)")
             return open(path, "rb")
         except OSError as exc:
@@ -363,6 +377,25 @@ class ShardReader:
     def _collate(self, rows: list[Row]) -> dict[str, np.ndarray]:
         arrays = [row_to_arrays(r, self.seq_len) for r in rows]
         return {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
+
+
+def _describe_sample(sample: memoryview) -> str:
+    """``key K (members K.npy, K.json)`` from a sample's tar headers, as far as they parse."""
+    names = []
+    pos = 0
+    while pos + 512 <= len(sample) and len(names) < 8:
+        header = bytes(sample[pos:pos + 512])
+        name = header[:100].rstrip(b"\0").decode("utf-8", "replace")
+        try:
+            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+        except ValueError:
+            break
+        if name and header[156:157] in (b"0", b"\0"):
+            names.append(name)
+        pos += 512 + -(-size // 512) * 512
+    if not names:
+        return "its bytes (tar headers unreadable)"
+    return f"members {', '.join(names)} (key {names[0].partition('.')[0]})"
 
 
 def _lane_cursor(start: int, lane: int, num_lanes: int) -> int:

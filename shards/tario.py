@@ -6,10 +6,12 @@ uid/gid 0 and empty owner names: webdataset's ``TarWriter`` stores ``time.time()
 mtime, which makes tarfile add a PAX header to every member (about a third of the bytes of a
 shard of small samples). A shard is written to ``<name>.tmp-<rand>`` and renamed when complete.
 
-Each shard has a sidecar index ``<name>.idx`` (a .npy int64 array ``[num_samples, 4]``: byte
+Each shard has a sidecar index ``<name>.idx`` (a .npy int64 array ``[num_samples, 5]``: byte
 offset of the sample's first member header, byte offset where the sample ends, its tokens, its
-group index or -1), so a reader can seek to any sample and read a run of samples with one
-``pread`` instead of decoding the shard from its start. WebDataset tools ignore it.
+group index or -1, and the CRC-32 of the sample's bytes), so a reader can seek to any sample
+and read a run of samples with one ``pread`` instead of decoding the shard from its start, and
+check each sample it reads (the index itself is checked against the manifest's sha256). Sets
+written before the checksum column have 4 columns. WebDataset tools ignore the index.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 import re
 import tarfile
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +31,9 @@ import numpy as np
 from etl.atomic import TMP_MARK
 
 INDEX_SUFFIX = ".idx"
-INDEX_COLUMNS = ("start", "end", "num_tokens", "group")
+INDEX_COLUMNS = ("start", "end", "num_tokens", "group", "crc32")
+#: Columns of indexes written before the per-sample checksum.
+LEGACY_INDEX_COLUMNS = 4
 
 #: Fixed mtime of every member (2024-01-01T00:00:00Z): shards are byte-identical across runs.
 MEMBER_MTIME = 1704067200
@@ -94,7 +99,8 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        index = np.asarray(self._index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS))
+        index = np.asarray(self._index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS) - 1)
+        index = np.concatenate([index, sample_crcs(self.tmp, index)[:, None]], axis=1)
         index_path = index_path_of(self.path)
         tmp_index = index_path.with_name(f"{index_path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
         tmp_index.write_bytes(npy_bytes(index))
@@ -109,21 +115,43 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+def sample_crcs(path: str | os.PathLike, index: np.ndarray, chunk_bytes: int = 8 << 20) -> np.ndarray:
+    """CRC-32 of each sample's byte range ``[start, end)`` of a written shard (one sequential read:
+    the tar stream buffers its writes, so the ranges are checksummed from the file itself)."""
+    crcs = np.zeros(len(index), dtype=np.int64)
+    with open(path, "rb") as handle:
+        for i, (start, end) in enumerate(index[:, :2].tolist()):
+            handle.seek(start)
+            crc, left = 0, end - start
+            while left > 0:
+                data = handle.read(min(left, chunk_bytes))
+                if not data:
+                    raise ShardError(f"shard {path}: sample {i} ends at byte {end}, past the end of the file")
+                crc, left = zlib.crc32(data, crc), left - len(data)
+            crcs[i] = crc
+    return crcs
+
+
 def index_path_of(shard_path: str | os.PathLike) -> Path:
     """The sidecar index of a shard: ``<shard>.idx``."""
     shard_path = Path(shard_path)
     return shard_path.with_name(shard_path.name + INDEX_SUFFIX)
 
 
-def read_index(shard_path: str | os.PathLike, num_samples: int, shard_bytes: int) -> np.ndarray:
-    """A shard's index ``[num_samples, 4]`` (see the module docstring), checked against the
-    manifest's sample count and the shard's size; errors name the shard."""
+def read_index(shard_path: str | os.PathLike, num_samples: int, shard_bytes: int, sha256: str | None = None) -> np.ndarray:
+    """A shard's index ``[num_samples, 5]`` (or 4 columns for older sets; see the module
+    docstring), checked against the manifest's sample count, the shard's size and, when
+    given, the index's ``sha256`` from the manifest; errors name the shard."""
     path = index_path_of(shard_path)
     try:
-        index = np.load(path, allow_pickle=False)
+        blob = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+            raise ShardError(f"index {path} of shard {Path(shard_path).name}: sha256 differs from the manifest (corrupt)")
+        index = np.load(io.BytesIO(blob), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ShardError(f"index {path} of shard {Path(shard_path).name} is missing or corrupt: {exc}") from exc
-    if index.shape != (num_samples, len(INDEX_COLUMNS)) or (num_samples and (index[0, 0] != 0 or index[-1, 1] > shard_bytes)):
+    if (index.ndim != 2 or index.shape[0] != num_samples or index.shape[1] not in (LEGACY_INDEX_COLUMNS, len(INDEX_COLUMNS))
+            or (num_samples and (index[0, 0] != 0 or index[-1, 1] > shard_bytes))):
         raise ShardError(f"index {path} does not match shard {Path(shard_path).name} ({index.shape[0]} rows, manifest says {num_samples} samples)")
     return index
 

@@ -24,9 +24,9 @@ if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
 from augment.__main__ import make_config  # noqa: E402
 from augment.config import AugmentConfig
 from augment.pipeline import AugmentStats, build_pipeline
-from etl.config import build_config, config_to_dict, load_params, params_hash
+from etl.errors import run_main  # noqa: E402
+from etl.config import config_to_dict, load_params, load_section, params_hash
 from etl.document import Document
-from etl.io import ReaderConfig
 from spark_jobs.common import RECORD_SCHEMA, base_arg_parser, map_documents, print_summary, read_documents_df, stage_session, write_stage_output
 
 STAGE = "augment"
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None):
 
 def extract(spark, args, params: dict):
     """Input records as a DataFrame (a previous stage's kept/ or raw files)."""
-    reader = build_config(ReaderConfig, params.get("read"), "read")
+    reader = load_section(params, "read")
     return read_documents_df(spark, args.input, reader, args.partitions)
 
 
@@ -88,4 +88,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

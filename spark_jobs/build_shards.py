@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import bisect
 import logging
-import sys
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from etl.errors import run_main
 from etl.document import DOC_COLUMNS, Document, rows_to_batch
 from etl.io import ReaderConfig
 from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, tokenizer_info, write_partition
-from shards.cli import add_build_args, summary_line
+from shards.cli import ShardsArgumentParser, add_build_args, summary_line
 from shards.config import ShardsConfig, load_shards_config
 from shards.manifest import finish_output, prepare_output
 from shards.mix import slot_positions
@@ -46,8 +46,8 @@ ENCODED_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source
 def parse_args(argv: Sequence[str] | None):
     import argparse
 
-    parser = argparse.ArgumentParser(prog="spark_jobs/build_shards.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ShardsArgumentParser(prog="spark_jobs/build_shards.py", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_build_args(parser)
     return parser.parse_args(argv)
 
@@ -204,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

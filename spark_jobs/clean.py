@@ -16,6 +16,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # spark-submit from a checkout
 
 from etl.clean import STAGE, CleanPipelineFactory, resolve_configs, stats_extra  # noqa: E402
+from etl.errors import run_main  # noqa: E402
 from spark_jobs.common import base_arg_parser, map_documents, print_summary, read_documents_df, stage_session, write_stage_output  # noqa: E402
 
 
@@ -53,4 +54,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

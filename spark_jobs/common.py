@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 
 from etl.atomic import atomic_dir, write_json
-from etl.cli import add_io_args
+from etl.cli import ArgumentParser, add_io_args
 from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
 from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
 from etl.stats import StageStats
@@ -101,8 +101,8 @@ def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
               f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
               "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
               "                                   instead of shuffling the documents")
-    parser = argparse.ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description, epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_io_args(parser)
     parser.add_argument("--partitions", type=int, default=None, metavar="N",
                         help="number of Spark partitions for the per-document work (default: two per core, or one per 64 MB of input if that is more)")
@@ -252,14 +252,15 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     if len(files) < num_partitions:
         records = records.repartition(num_partitions, "file_index", "line")
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
-    repeated = records.groupBy("id").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("id").persist(StorageLevel.MEMORY_AND_DISK)
+    claiming = records.filter(F.col("drop_reason").isNull())  # a record rejected while read does not claim its id
+    repeated = claiming.groupBy("id").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("id").persist(StorageLevel.MEMORY_AND_DISK)
     num_repeated = repeated.count()
     if num_repeated == 0:
         repeated.unpersist()
         return records.withColumn("dup_first", F.lit(None).cast("string")).drop("file_index", "line")
     first = Window.partitionBy("id").orderBy("file_index", "line")
     where = F.concat_ws(":", F.get_json_object("meta", "$.src_file"), F.get_json_object("meta", "$.src_line"))
-    copies = (records.select("id", "file_index", "line", "meta").join(hint_small(spark, repeated, num_repeated), "id", "left_semi")
+    copies = (claiming.select("id", "file_index", "line", "meta").join(hint_small(spark, repeated, num_repeated), "id", "left_semi")
               .withColumn("_rank", F.row_number().over(first)).withColumn("dup_first", F.first(where).over(first))
               .filter("_rank > 1").select("file_index", "line", "dup_first").persist(StorageLevel.MEMORY_AND_DISK))
     num_copies = copies.count()

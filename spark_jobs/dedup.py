@@ -29,7 +29,8 @@ import pyarrow as pa
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.config import build_config, config_to_dict, load_params
+from etl.errors import run_main  # noqa: E402
+from etl.config import config_to_dict, load_sections
 from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, binary_rows_as_matrix, check_fingerprint,
                        features_of, matrix_rows_as_binary, matrix_rows_as_list, rank_of)
 from etl.document import Document
@@ -431,9 +432,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.update_index and not args.against:
         parser.error("--update-index needs --against INDEX")
-    params = load_params(args.params)
-    config = resolve_bands(build_config(DedupConfig, params.get("dedup") or {}, "dedup"))
-    reader = build_config(ReaderConfig, params.get("read") or {}, "read")
+    config, reader = load_sections(args.params, "dedup", "read")
+    config = resolve_bands(config)
     with stage_session("dedup") as spark:
         docs = extract(spark, args.input, reader, args.partitions, config)
         out, report, kept_feats = transform(spark, docs, config, read_index(spark, args.against, config))
@@ -444,4 +444,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +281,7 @@ def _steps_table(stats: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m spark_jobs.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-dir", default="data/pipeline", help="folder holding the stages' outputs (clean/, dedup/, tfidf/, augment/, shards/, train/)")
     parser.add_argument("--metrics", default=None, help="trainer metrics JSON Lines (default: the first train/**/metrics*.jsonl under --pipeline-dir)")
     parser.add_argument("--out", default="reports/report.md",
@@ -291,4 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

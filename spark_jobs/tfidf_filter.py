@@ -22,9 +22,10 @@ import pyarrow as pa
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.config import build_config, config_to_dict, load_params
+from etl.errors import run_main  # noqa: E402
+from etl.config import config_to_dict, load_sections
 from etl.document import Document, rows_to_batch
-from etl.io import READ_STEP, ReaderConfig
+from etl.io import READ_STEP
 from etl.tfidf import STEP, TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
 from etl.tokenize import TokenizerConfig
 from spark_jobs.common import RECORD_SCHEMA, _spark_schema, base_arg_parser, print_summary, stage_session, write_stage_output
@@ -126,10 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """spark-submit entry point: extract, transform, load."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = base_arg_parser("tfidf_filter", "TF-IDF low-information filter (Spark).").parse_args(argv)
-    params = load_params(args.params)
-    config = build_config(TfidfConfig, params.get("tfidf") or {}, "tfidf")
-    tokenizer = build_config(TokenizerConfig, params.get("tokenizer") or {}, "tokenizer")
-    reader = build_config(ReaderConfig, params.get("read") or {}, "read")
+    config, tokenizer, reader = load_sections(args.params, "tfidf", "tokenizer", "read")
     with stage_session("tfidf_filter") as spark:
         out, summary = transform(extract(spark, args.input, reader, args.partitions), config, tokenizer)
         report = load(out, args.output, summary)
@@ -138,4 +136,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from etl.atomic import atomic_dir, atomic_file, remove_stale_temporaries
+from etl.atomic import OUTPUT_MARKER, atomic_dir, atomic_file, remove_stale_temporaries
 from etl.config import build_config, load_params, params_hash
 from etl.document import Document
 from etl.io import read_parquet_dir
@@ -138,7 +138,7 @@ def test_rerun_replaces_previous_output_whole(tmp_path):
         (tmp / "old").write_text("1")
     with atomic_dir(target) as tmp:
         (tmp / "new").write_text("2")
-    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "new"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,7 +164,7 @@ def test_build_config_nested_and_errors_name_the_dotted_field():
     assert cfg == _Outer(n=5, names=("a", "b"), inner=_Inner(ratio=1.0))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n = 4
-    with pytest.raises(ValueError, match=r"sec: unknown key\(s\) \['typo'\]"):
+    with pytest.raises(ValueError, match=r"sec: unknown key 'typo'"):
         build_config(_Outer, {"typo": 1}, "sec")
     with pytest.raises(ValueError, match=r"sec.n: expected an integer, got 'x'"):
         build_config(_Outer, {"n": "x"}, "sec")

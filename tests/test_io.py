@@ -67,12 +67,13 @@ def test_duplicate_ids_first_occurrence_in_file_order_wins(tmp_path):
     assert dups[0].meta["first_seen_at"] == f"{tmp_path / 'a.jsonl'}:1"
 
 
-def test_empty_file_yields_nothing_and_blank_lines_are_skipped(tmp_path):
+def test_empty_file_is_one_rejected_record_and_blank_lines_are_skipped(tmp_path):
     (tmp_path / "empty.jsonl").write_bytes(b"")
     _jsonl(tmp_path / "blank.jsonl", ["", {"id": "a", "text": "t"}, "  "])
     (tmp_path / "empty.txt").write_text("")
     docs = list(read_inputs([tmp_path]))
-    assert [(d.id, d.drop_reason) for d in docs] == [("a", None), (f"{tmp_path.name}/empty.txt:1", "no_text")]
+    assert [(d.id, d.drop_reason) for d in docs] == [("a", None), (f"{tmp_path.name}/empty.jsonl:0", "no_text"),
+                                                     (f"{tmp_path.name}/empty.txt:1", "no_text")]
 
 
 def test_gb18030_file_is_detected_and_decoded(tmp_path):

@@ -132,7 +132,7 @@ class SyntheticReader:
 
 
 def open_reader(shards: str, *, dp_rank: int, dp_size: int, seq_len: int, micro_batch_size: int,
-                seed: int, shuffle_buffer: int, num_workers: int, **kwargs: Any):
+                seed: int, shuffle_buffer: int, num_workers: int, verify_checksums: bool = True, **kwargs: Any):
     """The shards reader over ``shards`` (a directory or manifest), or the synthetic source."""
     if shards == SYNTHETIC:
         return SyntheticReader(dp_rank=dp_rank, dp_size=dp_size, seq_len=seq_len,
@@ -141,7 +141,7 @@ def open_reader(shards: str, *, dp_rank: int, dp_size: int, seq_len: int, micro_
 
     return ShardReader(shards, dp_rank=dp_rank, dp_size=dp_size, seq_len=seq_len,
                        micro_batch_size=micro_batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
-                       num_workers=num_workers, **kwargs)
+                       num_workers=num_workers, verify_checksums=verify_checksums, **kwargs)
 
 
 def reader_vocab_size(reader: Any) -> int:

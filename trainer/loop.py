@@ -92,7 +92,7 @@ def build_reader(config: TrainConfig, shards: str, **reader_kwargs: Any):
                        dp_size=parallel_state.get_data_parallel_world_size(),
                        seq_len=config.model.seq_len, micro_batch_size=d.micro_batch_size,
                        seed=d.seed, shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers,
-                       **reader_kwargs)
+                       verify_checksums=d.verify_checksums, **reader_kwargs)
 
 
 def _wrap_ddp(config: TrainConfig, tf_config, models: list) -> list:

@@ -6,10 +6,11 @@ and writes a model-only dist_checkpointing directory usable as ``--pretrained`` 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from etl.config import load_params
 
 logger = logging.getLogger("trainer.merge_lora")
@@ -17,7 +18,7 @@ logger = logging.getLogger("trainer.merge_lora")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the LoRA checkpoint, merge, save."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.merge_lora", description=__doc__)
+    parser = ArgumentParser(prog="python -m trainer.merge_lora", description=__doc__)
     parser.add_argument("--recipe", required=True, help="the LoRA run's recipe (mode must be lora)")
     parser.add_argument("--shards", required=True, help="the shards the run used (for vocab and domains)")
     parser.add_argument("--load", required=True, help="the LoRA run's --save directory or an iter_* directory")
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -4,12 +4,13 @@ Usage: ``python -m trainer.report <save>/metrics.jsonl [--out DIR]``.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import logging
 from pathlib import Path
 
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from trainer.metrics import read_metrics
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def write_report(metrics_path: str | Path, out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: plot a metrics.jsonl."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.report", description=__doc__)
+    parser = ArgumentParser(prog="python -m trainer.report", description=__doc__)
     parser.add_argument("metrics", help="metrics.jsonl written by trainer.train")
     parser.add_argument("--out", default=None, help="output directory (default: the metrics file's)")
     args = parser.parse_args(argv)
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

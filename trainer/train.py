@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from etl.config import load_params
 
 logger = logging.getLogger("trainer.train")
@@ -21,7 +23,7 @@ logger = logging.getLogger("trainer.train")
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """The CLI (every flag documented)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m trainer.train",
         description="Megatron-core pretraining / SFT / LoRA on jinglian shards (run under torchrun).")
     p.add_argument("--recipe", default=None,
@@ -103,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
