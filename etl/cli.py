@@ -28,11 +28,29 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         parsed = super().parse_args(args, namespace)
+        inputs = getattr(parsed, "input", None) or []
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if inputs and getattr(parsed, "check_inputs", True):
+            check_inputs(inputs)
         output = getattr(parsed, "output", None)
         if isinstance(output, str) and getattr(parsed, "check_output", True):
-            inputs = getattr(parsed, "input", None) or []
-            check_output(output, inputs if isinstance(inputs, (list, tuple)) else [inputs], extra_markers=self.output_markers)
+            check_output(output, inputs, extra_markers=self.output_markers)
         return parsed
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+    """Fail before any work when an input (a path, a directory or a glob; ``GROUP=PATH``
+    understood) does not exist or matches no file. Remote URIs are left to the engine."""
+    import os
+
+    from etl.io import list_input_files
+
+    for raw in inputs:
+        group, sep, rest = raw.partition("=")
+        path = rest if sep and group and "/" not in group and not os.path.exists(raw) else raw
+        if "://" in path and not path.startswith("file://"):
+            continue
+        list_input_files([path[len("file://"):] if path.startswith("file://") else path])
 
 
 def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True) -> argparse.ArgumentParser:

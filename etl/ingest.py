@@ -376,12 +376,15 @@ class IndexDedup:
 @contextlib.contextmanager
 def broker_errors(servers: str) -> Iterator[None]:
     """Turn kafka-python's "no broker" errors into a one-line :class:`JinglianError` naming the servers."""
-    from kafka.errors import KafkaConnectionError, NoBrokersAvailable
+    from kafka import errors
 
+    unreachable = tuple(getattr(errors, name) for name in ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError")
+                        if hasattr(errors, name))
     try:
         yield
-    except (NoBrokersAvailable, KafkaConnectionError) as exc:
-        raise JinglianError(f"no Kafka broker reachable at {servers} (--bootstrap-servers): {type(exc).__name__}") from None
+    except unreachable as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise JinglianError(f"no Kafka broker reachable at {servers} (--bootstrap-servers): {detail}") from None
 
 
 class _LandingParser(ArgumentParser):

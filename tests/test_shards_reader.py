@@ -315,3 +315,37 @@ def test_indexed_reading_equals_decoding_whole_shards(shard_set):
     index.write_bytes(index.read_bytes()[:-16])
     with pytest.raises(ShardError, match=manifest["shards"][0]["name"]):
         list(_reader(shard_set, shuffle_buffer=4))
+
+
+def test_a_flipped_bit_in_a_token_payload_stops_the_default_reader(tmp_path, corpus, tokenizer_dir):
+    import zlib
+
+    from shards.tario import index_path_of
+
+    shard_set = tmp_path / "set"  # its own set: another test truncates the module's index files
+    _build(corpus, tokenizer_dir, shard_set)
+    broken = tmp_path / "flipped"
+    shutil.copytree(shard_set, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    name = manifest["shards"][0]["name"]
+    index = np.load(index_path_of(broken / name))
+    data = bytearray((broken / name).read_bytes())
+    assert index.shape[1] == 5 and all(zlib.crc32(data[s:e]) == c for s, e, _, _, c in index.tolist())
+    start = int(index[3, 0])
+    data[start + 512 + 130] ^= 0x01  # one bit of a token id of sample 3 (its .npy payload, past the .npy header)
+    (broken / name).write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"{name} .*\(sample 3\): members \S+\.npy, \S+\.json \(key \d+\) fail the CRC-32"):
+        list(_reader(broken, shuffle_buffer=1))
+    assert len(list(_reader(broken, shuffle_buffer=1, verify_checksums=False))) > 0  # unchecked, it would be trained on
+    (broken / name).write_bytes((shard_set / name).read_bytes())
+    idx = bytearray(index_path_of(broken / name).read_bytes())
+    idx[-1] ^= 0x01  # the last sample's checksum column
+    index_path_of(broken / name).write_bytes(bytes(idx))
+    with pytest.raises(ShardError, match=rf"index .*{name}.*sha256 differs from the manifest"):
+        list(_reader(broken, shuffle_buffer=1))
+
+
+def test_trainer_reads_shards_with_checksums_by_default():
+    from trainer.config import DataConfig
+
+    assert DataConfig().verify_checksums is True
