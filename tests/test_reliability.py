@@ -315,7 +315,7 @@ def test_spark_rejects_hostile_inputs_like_local_and_refuses_outputs(spark, tmp_
     assert spark_report["num_in"] == local_report["num_in"] == 7
     assert spark_report["drop_reasons"] == local_report["drop_reasons"]
     reasons = dict(spark_report["drop_reasons"])
-    assert reasons["read/invalid_record"] == 2 and reasons["read/unreadable_file"] == 2 and reasons["read/duplicate_id"] == 1
+    assert reasons["invalid_record"] == 2 and reasons["unreadable_file"] == 2 and reasons["duplicate_id"] == 1
     with pytest.raises(OutputRefused):
         spark_main(["--input", str(data), "--output", str(data / "out")])
     assert not (data / "out").exists()
