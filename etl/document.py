@@ -70,11 +70,19 @@ class Document:
         """Inverse of :meth:`to_row`; accepts ``meta`` as a dict or a JSON string."""
         meta = row.get("meta")
         if isinstance(meta, str):
-            meta = json.loads(meta) if meta else {}
+            try:
+                meta = json.loads(meta) if meta else {}
+            except (ValueError, RecursionError) as exc:  # a hand-made Parquet file: reject the row, keep the string
+                meta = {"meta_raw": meta, "error": f"'meta' is not a JSON object: {type(exc).__name__}",
+                        "drop_reason": "invalid_record", "drop_step": "read"}
         elif meta is None:
             meta = {}
-        else:
-            meta = dict(meta)
+        if not isinstance(meta, dict):
+            try:
+                meta = dict(meta)
+            except (TypeError, ValueError):
+                meta = {"meta_raw": str(meta)[:100_000], "error": f"'meta' must be an object, got {type(meta).__name__}",
+                        "drop_reason": "invalid_record", "drop_step": "read"}
         return cls(
             id=str(row["id"]),
             text=row.get("text") or "",

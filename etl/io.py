@@ -265,7 +265,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (JSON has no NaN or Infinity)")
 
 
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range (no JSON writer can store it back)")
+    return value
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def nesting_depth(obj: Any, limit: int) -> int:
@@ -309,7 +316,7 @@ def _text_depth(text: str) -> int:
 
 def parse_json_record(text: str, max_depth: int = 64) -> tuple[Any, str | None, str | None]:
     """Parse one JSON record: ``(obj, None, None)``, or ``(None, reason, error)`` with reason
-    ``invalid_json`` (not JSON, NaN/Infinity, a number too long to convert) or
+    ``invalid_json`` (not JSON, NaN/Infinity, a number out of float range or too long to convert) or
     ``invalid_record`` (nested deeper than ``max_depth``, a lone surrogate that is not valid
     Unicode). Never raises: whatever the text holds becomes a reason."""
     try:

@@ -152,8 +152,19 @@ def test_parse_json_record_never_raises():
     for text in ["[" * 100_000, '{"a": ' * 50_000, "1e999999", '"\\udfff"', "\x00", "{" + '"k": 1,' * 10 + "}"]:
         obj, reason, error = parse_json_record(text, 64)
         assert (obj is None) == (reason is not None) and (reason is None or error)
+    assert parse_json_record('{"x": 1e999}', 64)[1] == "invalid_json"  # inf: json.dumps would write invalid JSON
+    assert parse_json_record('{"x": 1.5e3}', 64) == ({"x": 1500.0}, None, None)
     assert parse_json_record('{"a": [[[1]]]}', 3)[1] == "invalid_record"
     assert parse_json_record('{"a": [[1]]}', 3) == ({"a": [[1]]}, None, None)
+
+
+def test_hand_made_stage_parquet_with_a_bad_meta_string_is_rejected_not_a_crash():
+    from etl.document import Document
+
+    deep = '{"src_file": "f", "src_line": 1, "a": ' + "[" * 5000 + "]" * 5000 + "}"
+    for meta in (deep, "not json", "[1, 2]"):
+        doc = Document.from_row({"id": "x", "text": "t", "source": "s", "domain": "general", "lang": "en", "meta": meta})
+        assert doc.drop_reason == "invalid_record" and doc.meta["meta_raw"] == meta
 
 
 def test_wrong_schema_parquet_rows_keep_their_id_and_columns(tmp_path):

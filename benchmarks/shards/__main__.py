@@ -13,6 +13,8 @@ Measures, on the same encoded samples in the same run:
 * time to the first batch after a resume at several positions of the stream (median of
   ``--trials`` warm-cache trials each): the indexed reader vs the same reader without the shard
   index (decodes and packs its shard from the start: the previous behaviour, the baseline);
+* the cost of the reader's integrity check (per-sample CRC-32, on by default in training) against
+  reading unchecked and against hashing every whole shard (sha256) as it is opened;
 * the largest deviation of the achieved group token shares from the weights over any window of
   100 consecutive batches (goal: at most 0.5 percentage points), with long documents split at
   ``--max-doc-tokens`` (default: the sequence length) and, for comparison, not split.
@@ -117,7 +119,35 @@ def bench_read(out: Path, wds_dir: Path, manifest, seq_len: int, batch: int):
     tokens_per_byte = manifest["num_tokens"] / raw
     return reader, batches, {"ours_tokens_per_s": ours_tokens / ours_s, "webdataset_tokens_per_s": wds_tokens / wds_s,
                              "raw_read_MBps": raw / raw_s / 1e6, "raw_read_tokens_per_s_limit": raw / raw_s * tokens_per_byte,
-                             "num_batches": len(batches), "note": "page cache warm (files just written); one process"}
+                             "num_batches": len(batches), "note": "page cache warm (files just written); one process",
+                             "integrity": bench_integrity(out, seq_len, batch)}
+
+
+def bench_integrity(out: Path, seq_len: int, batch: int, trials: int = 5) -> dict:
+    """Cost of the reader's integrity check (per-sample CRC-32 against the index, the index's
+    sha256 against the manifest: the training default) against reading unchecked, and against
+    the previous check (sha256 of every whole shard when it is opened): median of interleaved
+    trials, whole stream, one process."""
+    modes = {"unchecked": {"verify_checksums": False}, "per_sample_crc32": {"verify_checksums": True}}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    times["whole_shard_sha256"] = []
+    for trial in range(trials + 1):  # trial 0 warms the page cache
+        for mode, kw in modes.items():
+            t0 = time.perf_counter()
+            for _ in ShardReader(out, dp_rank=0, dp_size=1, seq_len=seq_len, micro_batch_size=batch, num_epochs=1, **kw):
+                pass
+            if trial:
+                times[mode].append(time.perf_counter() - t0)
+        reader = ShardReader(out, dp_rank=0, dp_size=1, seq_len=seq_len, micro_batch_size=batch, num_epochs=1, verify_checksums=True)
+        t0 = time.perf_counter()
+        for shard in reader._shards:  # what the whole-file check reads per shard opened, on top of the unchecked read
+            reader._open_shard(shard, whole_file_check=True).close()
+        if trial:
+            times["whole_shard_sha256"].append(time.perf_counter() - t0 + times["unchecked"][-1])
+    median = {m: float(np.median(v)) for m, v in times.items()}
+    return {"median_s": {m: round(v, 4) for m, v in median.items()}, "trials": trials,
+            "per_sample_crc32_overhead_pct": round(100 * (median["per_sample_crc32"] / median["unchecked"] - 1), 2),
+            "whole_shard_sha256_overhead_pct": round(100 * (median["whole_shard_sha256"] / median["unchecked"] - 1), 2)}
 
 
 def bench_resume(out: Path, manifest: dict, num_batches: int, seq_len: int, batch: int, trials: int):
