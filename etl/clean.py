@@ -31,7 +31,7 @@ from etl.errors import run_main
 from etl.charfilter import CharFilterConfig, filter_chars
 from etl.cli import add_io_args
 from etl.config import config_to_dict, load_sections, params_hash
-from etl.dialogue import DialogueConfig, flatten_document
+from etl.dialogue import DialogueConfig, chat_turns, flatten_document
 from etl.document import Document
 from etl.html import HtmlConfig, strip_html
 from etl.io import ReaderConfig, read_inputs
@@ -79,9 +79,9 @@ def load_clean_config(params_path: str | None = None) -> tuple[CleanConfig, Toke
 def _chars_in(doc: Document) -> int:
     if doc.text:
         return len(doc.text)
-    turns = doc.meta.get("turns")
-    if isinstance(turns, list):
-        return sum(len(t.get("text") or "") for t in turns if isinstance(t, dict))
+    turns, _, reason, _ = chat_turns(doc.meta)
+    if reason is None:
+        return sum(len(t.get("text") or "") for t in turns if isinstance(t, dict) and isinstance(t.get("text"), str))
     return sum(len(str(doc.meta.get(k) or "")) for k in ("instruction", "input", "output"))
 
 

@@ -5,6 +5,14 @@ Input forms (the reader puts non-column fields into ``meta``):
 * dialogues: ``meta.turns = [{"role", "text", ...}, ...]``; a turn may carry ``id`` and
   ``parent`` (a branching tree, as in OpenAssistant); without them each turn's parent is the
   previous turn.
+* chat records in the field's two common layouts, read natively (:func:`chat_turns`):
+  ShareGPT ``conversations = [{"from": "human"|"gpt"|"system", "value": ...}]`` and OpenAI /
+  Hugging Face ``messages = [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]``
+  (``content`` a string or a list of ``{"type": "text", "text": ...}`` parts). Speaker names
+  are mapped to ``user``/``assistant``/``system``/``tool`` (:data:`ROLE_ALIASES`, case
+  insensitive); a name not in the map is kept and, unless it is a configured role, dropped as
+  ``dialogue_unknown_role``. A turn that is not an object, or whose text is not a string (a
+  ``null`` content, an image part), is ``dialogue_bad_turn`` with ``meta.error`` naming it.
 * instructions (the seeds' SFT format): ``meta.instruction`` (+ optional ``meta.input``) and
   ``meta.output``.
 
@@ -12,7 +20,7 @@ Validation (each its own drop reason): ``dialogue_no_turns``, ``dialogue_empty_t
 ``dialogue_unknown_role`` (a role in neither ``prompt_roles`` nor ``response_roles``,
 compared case-insensitively), ``dialogue_not_alternating`` (two consecutive turns on the same
 side, prompt or response, when ``require_alternation``), ``dialogue_bad_parent`` (a parent id
-that is not an earlier turn), ``instruction_missing_output``.
+that is not an earlier turn), ``instruction_missing_output``, ``dialogue_bad_turn`` (a turn that is not a role and a string).
 
 The template (documented in README "Stage: clean")::
 
@@ -35,8 +43,18 @@ from typing import Any, Callable
 
 from etl.document import Document
 
-DEFAULT_PROMPT_ROLES = ("a", "user", "human", "patient", "guest_family", "guest_clinician", "system", "question")
+DEFAULT_PROMPT_ROLES = ("a", "user", "human", "patient", "guest_family", "guest_clinician", "system", "question", "tool")
 DEFAULT_RESPONSE_ROLES = ("b", "assistant", "gpt", "bot", "doctor", "answer")
+#: Speaker names of ShareGPT / OpenAI-style chat data -> the chat roles (keys lower case).
+ROLE_ALIASES = {
+    "human": "user", "user": "user", "prompter": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+    "model": "assistant", "bot": "assistant", "claude": "assistant",
+    "system": "system", "developer": "system",
+    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool",
+}
+#: meta keys holding a chat record, in the order they are looked for, and their format names.
+CHAT_KEYS = (("turns", "turns"), ("messages", "messages"), ("conversations", "sharegpt"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +98,50 @@ def _side(role: str, config: DialogueConfig) -> str | None:
     if low in {r.lower() for r in config.prompt_roles}:
         return "prompt"
     return None
+
+
+def _content_text(content: Any) -> str | None:
+    """A message's text: a string, or the text parts of an OpenAI content list joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                                    for p in content):
+        return "\n".join(p["text"] for p in content)
+    return None
+
+
+def chat_turns(meta: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None, str | None, str | None]:
+    """``(turns, format, reason, error)``: the record's dialogue as ``[{"role", "text", ...}]``
+    from ``turns``, ``messages`` or ``conversations`` (first found), or a drop reason and what
+    is wrong. Roles of ``messages``/``conversations`` go through :data:`ROLE_ALIASES`."""
+    for key, fmt in CHAT_KEYS:
+        if key in meta:
+            raw = meta[key]
+            break
+    else:
+        return None, None, "dialogue_no_turns", "no turns, messages or conversations"
+    if not isinstance(raw, list) or not raw:
+        return None, fmt, "dialogue_no_turns", f"'{key}' must be a non-empty list, got {type(raw).__name__}"
+    if fmt == "turns":
+        return raw, fmt, None, None
+    role_key, text_key = ("role", "content") if fmt == "messages" else ("from", "value")
+    turns = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            return None, fmt, "dialogue_bad_turn", f"{key}[{i}] must be an object, got {type(item).__name__}"
+        role, text = item.get(role_key), _content_text(item.get(text_key))
+        if not isinstance(role, str):
+            return None, fmt, "dialogue_bad_turn", f"{key}[{i}].{role_key} must be a string, got {type(role).__name__}"
+        if text is None:
+            got = item.get(text_key)
+            what = "a list with non-text parts" if isinstance(got, list) else type(got).__name__
+            return None, fmt, "dialogue_bad_turn", f"{key}[{i}].{text_key} must be a string (or text parts), got {what}"
+        turn = {k: v for k, v in item.items() if k not in (role_key, text_key)}
+        turn.update(role=ROLE_ALIASES.get(role.strip().lower(), role), text=text)
+        if turn["role"] != role:
+            turn["source_role"] = role
+        turns.append(turn)
+    return turns, fmt, None, None
 
 
 def build_tree(turns: list[Any], clean_text: TextFn) -> tuple[list[dict[str, Any]] | None, str | None]:
@@ -170,16 +232,20 @@ def flatten_instruction(meta: dict[str, Any], clean_text: TextFn) -> tuple[str |
 
 
 def is_structured(doc: Document) -> bool:
-    """Whether ``doc`` is a dialogue or instruction record still to be flattened."""
-    return "segments" not in doc.meta and ("turns" in doc.meta or "instruction" in doc.meta)
+    """Whether ``doc`` is a dialogue (turns, messages, conversations) or instruction record still to be flattened."""
+    return "segments" not in doc.meta and (any(key in doc.meta for key, _ in CHAT_KEYS) or "instruction" in doc.meta)
 
 
 def flatten_document(doc: Document, config: DialogueConfig, clean_text: TextFn) -> str | None:
     """Turn a dialogue/instruction record into text + segments in place; answer a reason or None."""
     if not config.enabled or not is_structured(doc):
         return None
-    if "turns" in doc.meta:
-        nodes, reason = build_tree(doc.meta["turns"], clean_text)
+    if any(key in doc.meta for key, _ in CHAT_KEYS):
+        turns, fmt, reason, error = chat_turns(doc.meta)
+        if reason:
+            doc.meta["error"] = error
+            return reason
+        nodes, reason = build_tree(turns, clean_text)
         if reason:
             return reason
         path = main_path(nodes)
@@ -189,9 +255,13 @@ def flatten_document(doc: Document, config: DialogueConfig, clean_text: TextFn) 
         num_same_side = count_same_side(path, config)
         if num_same_side:
             doc.meta["num_same_side_turns"] = num_same_side
+        for node in nodes:
+            node["side"] = _side(node["role"], config)
         doc.meta["dialogue"] = nodes
-        doc.meta.pop("turns")
+        for key, _ in CHAT_KEYS:
+            doc.meta.pop(key, None)
         doc.meta["format"] = "dialogue"
+        doc.meta["source_format"] = fmt
     else:
         text, segments, reason = flatten_instruction(doc.meta, clean_text)
         if reason:

@@ -26,15 +26,17 @@ import gzip
 import json
 import logging
 import os
+import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.atomic import atomic_file
+from etl.config import FrozenDict
 from etl.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
 
 logger = logging.getLogger(__name__)
@@ -45,9 +47,16 @@ TEXT_SUFFIXES = (".txt", ".md", ".text")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 PARQUET_SUFFIXES = (".parquet",)
 ALL_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + HTML_SUFFIXES + PARQUET_SUFFIXES
-#: Keys of a JSON record that must hold text-like content for the record to be usable.
-CONTENT_KEYS = ("text", "turns", "instruction")
+#: Keys of a JSON record that must hold text-like content for the record to be usable
+#: (``messages``: OpenAI / Hugging Face chat; ``conversations``: ShareGPT; see etl/dialogue.py).
+CONTENT_KEYS = ("text", "turns", "messages", "conversations", "instruction")
 _SNIFF_BYTES = 1 << 16
+#: Document fields ``read.fields`` may map to a path in the raw record.
+MAPPABLE_FIELDS = ("id", "text", "source", "domain", "lang")
+#: Where the guide's knowledge records keep their fields (used when a record lacks the field itself).
+KNOWLEDGE_LAYOUT = {"id": ("knowledge_id",), "source": ("metadata", "source"), "domain": ("metadata", "domain"),
+                    "lang": ("metadata", "lang")}
+_MISSING = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +78,13 @@ class ReaderConfig:
     """Records whose JSON nests deeper than this (objects and arrays; a flat record is 1) are
     rejected as ``invalid_record`` naming the depth: no training record needs more, and deeper
     values would exhaust the recursion of JSON writers further down the pipeline."""
+    fields: Mapping[str, str] = field(default_factory=lambda: FrozenDict())
+    """Where the document fields are in raw records: a dotted path per field (``id``, ``text``,
+    ``source``, ``domain``, ``lang``), e.g. ``{id: knowledge_id, domain: metadata.domain}``. A
+    mapped field that a record lacks (or holds empty) rejects it as ``missing_field``, never a
+    silent default. Unmapped fields are read under their own names and, failing that, in the
+    guide's knowledge-record layout (``knowledge_id``; ``metadata.source``/``domain``/``lang``).
+    Stage outputs read back are never remapped."""
 
     def __post_init__(self) -> None:
         if self.text_unit not in ("file", "paragraph"):
@@ -79,14 +95,35 @@ class ReaderConfig:
             raise ValueError("read.default_domain must be a non-empty string")
         if not 2 <= self.max_nesting_depth <= 500:
             raise ValueError(f"read.max_nesting_depth must be between 2 and 500, got {self.max_nesting_depth}")
+        unknown = sorted(set(self.fields) - set(MAPPABLE_FIELDS))
+        if unknown:
+            raise ValueError(f"read.fields: unknown field(s) {unknown}; mappable: {list(MAPPABLE_FIELDS)}")
+        bad = {k: v for k, v in self.fields.items() if not isinstance(v, str) or not v.strip() or v.startswith(".") or v.endswith(".")}
+        if bad:
+            raise ValueError(f"read.fields: each value must be a dotted path like 'metadata.domain', got {bad}")
+        object.__setattr__(self, "fields", FrozenDict(self.fields))
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """One file to read, and the name records from it are known by (ids, provenance)."""
+    """One file to read, the name records from it are known by (ids, provenance), and the
+    domain its records get when they carry none (``--input DOMAIN=PATH``; None: ``read.default_domain``)."""
 
     path: str
     name: str
+    domain: str | None = None
+
+
+_LABEL = re.compile(r"^[\w.-]+$")
+
+
+def split_labelled_input(raw: str) -> tuple[str | None, str]:
+    """``("medical", "/data/med")`` for ``medical=/data/med``; ``(None, raw)`` for a plain path
+    (including one that exists with an ``=`` in its name)."""
+    label, sep, path = raw.partition("=")
+    if sep and path and _LABEL.match(label) and not os.path.exists(raw):
+        return label, path
+    return None, raw
 
 
 def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
@@ -96,10 +133,11 @@ def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
     hidden or ``_``-prefixed files (Spark's ``_SUCCESS``, ``.crc``) are skipped.  A stage
     output directory (it has ``stats.json`` and ``kept/``) is read from its ``kept/`` only,
     so ``--input runs/clean`` feeds the next stage the kept documents, not the rejected ones.
+    ``DOMAIN=PATH`` gives the records of PATH that carry no domain the domain DOMAIN.
     """
     found: dict[str, InputFile] = {}
     for raw in paths:
-        raw = os.fspath(raw)
+        domain, raw = split_labelled_input(os.fspath(raw))
         matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
         if not matches:
             raise FileNotFoundError(f"input {raw!r} matches no file")
@@ -109,11 +147,11 @@ def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
                 for child in sorted(p.rglob("*")):
                     rel = child.relative_to(p)
                     if child.is_file() and _is_data_file(rel):
-                        found.setdefault(str(child), InputFile(str(child), f"{p.name}/{rel.as_posix()}"))
+                        found.setdefault(str(child), InputFile(str(child), f"{p.name}/{rel.as_posix()}", domain))
             elif p.is_file():
                 if file_format(p) is None:
                     raise ValueError(f"input {match!r}: unknown file type (expected one of {', '.join(ALL_SUFFIXES)} or .gz)")
-                found.setdefault(str(p), InputFile(str(p), p.name))
+                found.setdefault(str(p), InputFile(str(p), p.name, domain))
             else:
                 raise FileNotFoundError(f"input {match!r} does not exist")
     return sorted(found.values(), key=lambda f: f.path)
@@ -427,11 +465,17 @@ def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: Re
         depth = nesting_depth(obj, config.max_nesting_depth)
         if depth > config.max_nesting_depth:
             return reject("invalid_record", f"nested more than read.max_nesting_depth={config.max_nesting_depth} levels deep")
+    if not _is_stage_record(obj):
+        values, missing = _mapped_fields(obj, config.fields)
+        if missing:
+            return reject("missing_field", f"read.fields.{missing} = {config.fields[missing]!r}: the record has no such field "
+                                           "(or it is empty)", field=config.fields[missing])
+        obj = {**obj, **values} if values else obj
     text = obj.get("text")
     if text is not None and not isinstance(text, str):
         return reject("invalid_record", f"'text' must be a string, got {type(text).__name__}", field="text")
     if not (text and text.strip()) and not any(obj.get(k) for k in CONTENT_KEYS[1:]):
-        return reject("no_text", "record has no text, turns or instruction", field="text")
+        return reject("no_text", "record has no text, turns, messages, conversations or instruction", field="text")
     meta = obj.get("meta") or {}
     if isinstance(meta, str):
         parsed, reason, error = parse_json_record(meta, config.max_nesting_depth - 1) if meta.strip() else ({}, None, None)
@@ -453,10 +497,43 @@ def record_to_document(obj: Any, input_file: InputFile, line_no: int, config: Re
         id=doc_id,
         text=text or "",
         source=str(obj.get("source") or input_file.path),
-        domain=str(obj.get("domain") or config.default_domain),
+        domain=str(obj.get("domain") or input_file.domain or config.default_domain),
         lang=str(obj.get("lang") or ""),
         meta=meta,
     )
+
+
+def _lookup(obj: Any, path: tuple[str, ...] | list[str]) -> Any:
+    for part in path:
+        if not isinstance(obj, dict) or part not in obj:
+            return _MISSING
+        obj = obj[part]
+    return obj
+
+
+def _is_stage_record(obj: dict[str, Any]) -> bool:
+    """A record a jinglian stage wrote (all document columns, provenance in meta): never remapped."""
+    if not all(k in obj for k in DOC_COLUMNS):
+        return False
+    meta = obj.get("meta")
+    return (isinstance(meta, dict) and "src_file" in meta) or (isinstance(meta, str) and '"src_file"' in meta)
+
+
+def _mapped_fields(obj: dict[str, Any], mapping: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
+    """Document field values found through ``read.fields`` and the knowledge layout, and the
+    first mapped field the record lacks (or None)."""
+    values: dict[str, Any] = {}
+    for name, path in mapping.items():
+        value = _lookup(obj, path.split("."))
+        if value is _MISSING or value is None or value == "":
+            return values, name
+        values[name] = value if name == "text" or isinstance(value, (dict, list)) else str(value)
+    for name, path in KNOWLEDGE_LAYOUT.items():
+        if name not in mapping and obj.get(name) in (None, ""):
+            value = _lookup(obj, path)
+            if value is not _MISSING and value not in (None, "") and not isinstance(value, (dict, list)):
+                values[name] = str(value)
+    return values, None
 
 
 def _dump_columns(obj: dict[str, Any]) -> str:
@@ -511,7 +588,7 @@ def _read_whole(input_file: InputFile, config: ReaderConfig) -> tuple[str | None
 
 def _plain_doc(input_file: InputFile, config: ReaderConfig, text: str, line: int, doc_id: str, **meta: Any) -> Document:
     meta.update(src_file=input_file.path, src_line=line)
-    return Document(id=doc_id, text=text, source=input_file.path, domain=config.default_domain, meta=meta)
+    return Document(id=doc_id, text=text, source=input_file.path, domain=input_file.domain or config.default_domain, meta=meta)
 
 
 def _read_text(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:

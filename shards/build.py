@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from etl.document import Document
+from shards.chat import ChatRenderer, record_messages
 from shards.config import ShardsConfig
 from shards.mix import MixPlan, assign_group, plan_mix
 from shards.samples import Sample, encode_texts, order_key, pack_samples, sample_inputs, split_sample
@@ -87,6 +88,19 @@ def make_encoder(cfg: ShardsConfig, tokenizer_path: str, eos_id: int | None = No
         eos_id = int(load_tokenizer(tokenizer_path).eos_token_id)
     eos = eos_id if cfg.append_eos else None
     weights = set(cfg.weights)
+    chat: list[ChatRenderer | None] = []  # loaded on the first fine-tuning record (transformers is slow to import)
+
+    def inputs_of(doc: Document) -> tuple[str | None, list | None, str | None]:
+        text, segments = sample_inputs(doc)
+        if cfg.chat_template == "default" or not (segments or doc.meta.get("dialogue") or doc.meta.get("instruction")):
+            return text, segments, None
+        if not chat:
+            chat.append(ChatRenderer.load(tokenizer_path, cfg.chat_template))
+        messages = record_messages(doc.text, doc.meta) if chat[0] is not None else None
+        if not messages:
+            return text, segments, None
+        rendered, segments, error = chat[0].render(messages)
+        return rendered, segments, error
 
     def encode(batch: list[tuple[Document, str | None]]) -> list[Sample | Document]:
         results: list[Sample | Document | None] = [None] * len(batch)
@@ -100,7 +114,10 @@ def make_encoder(cfg: ShardsConfig, tokenizer_path: str, eos_id: int | None = No
             elif group not in weights:
                 results[i] = doc.drop("unknown_group", STEP, group=group)
             else:
-                text, segments = sample_inputs(doc)
+                text, segments, error = inputs_of(doc)
+                if error is not None:
+                    results[i] = doc.drop("chat_template_mismatch", STEP, error=error)
+                    continue
                 todo.append((i, group))
                 texts.append(text)
                 segs.append(segments)

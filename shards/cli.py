@@ -56,10 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
         from shards.build import build_local
+        from etl.config import load_section
         from shards.config import load_shards_config
 
         cfg, section = load_shards_config(args.params)
-        manifest = build_local(args.input, args.output, cfg, section, tokenizer_path=args.tokenizer, num_partitions=args.partitions or 1)
+        manifest = build_local(args.input, args.output, cfg, section, tokenizer_path=args.tokenizer, num_partitions=args.partitions or 1,
+                               reader_config=load_section(args.params, "read"))
         print(summary_line(manifest))
         return EXIT_OK
     if args.command == "verify":

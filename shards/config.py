@@ -55,12 +55,19 @@ class ShardsConfig:
     samples_per_shard: int = 0
     """0: size shards by ``shard_tokens``/``min_shards``; N > 0: exactly N plan slots per shard
     (the last one shorter) instead -- for tests and for reproducing old sets."""
+    chat_template: str = "auto"
+    """How fine-tuning records (dialogues, instructions) become text: ``auto`` renders them with
+    the tokenizer's chat template when it has one (an imported model's own format; loss on the
+    assistant messages only, shards/chat.py), else the project's default template;
+    ``tokenizer`` requires the tokenizer's template; ``default`` always uses the project's."""
     min_tokens: int = 1
     """Documents with fewer tokens (before EOS) are rejected as ``too_few_tokens``."""
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 0:
             raise ValueError(f"shards.samples_per_shard: must be >= 0, got {self.samples_per_shard}")
+        if self.chat_template not in ("auto", "tokenizer", "default"):
+            raise ValueError(f"shards.chat_template: must be auto, tokenizer or default, got {self.chat_template!r}")
         if self.shard_tokens < 1 or self.min_shards < 1:
             raise ValueError(f"shards.shard_tokens and shards.min_shards: must be >= 1, got {self.shard_tokens}, {self.min_shards}")
         if self.max_doc_tokens < 0 or (self.append_eos and self.max_doc_tokens == 1):

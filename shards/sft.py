@@ -32,10 +32,15 @@ def render_instruction(instruction: str, input_text: str, output: str) -> tuple[
 def render_turns(turns: Sequence[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
     """A dialogue (list of ``{role, text}``, in order) as ``role: text`` lines.
 
-    The first speaker's turns are the prompt, every other speaker's turns are responses
-    (``role: `` labels count as prompt). Used only when a dialogue reaches this stage
-    uncleaned; the clean stage's dialogue trees are preferred.
+    Turns of a response role (``assistant``, ``gpt``... : ``etl.dialogue.DEFAULT_RESPONSE_ROLES``)
+    are responses; when no turn has one, every speaker but the first answers. ``role: `` labels
+    count as prompt. Used only when a dialogue reaches this stage uncleaned; the clean stage's
+    dialogue trees are preferred.
     """
+    from etl.dialogue import DEFAULT_RESPONSE_ROLES
+
+    responders = {r.lower() for r in DEFAULT_RESPONSE_ROLES}
+    by_role = any(str(t.get("role", "")).lower() in responders for t in turns)
     first_role = turns[0].get("role") if turns else None
     text, segments = "", []
     for turn in turns:
@@ -43,7 +48,8 @@ def render_turns(turns: Sequence[dict[str, Any]]) -> tuple[str, list[list[Any]]]
         body = str(turn.get("text", "")).strip()
         segments.append([len(text), len(text) + len(label), PROMPT])
         start = len(text) + len(label)
-        segments.append([start, start + len(body), PROMPT if turn.get("role") == first_role else RESPONSE])
+        response = str(turn.get("role", "")).lower() in responders if by_role else turn.get("role") != first_role
+        segments.append([start, start + len(body), RESPONSE if response else PROMPT])
         text += label + body + "\n"
     return text.rstrip("\n"), segments
 
@@ -55,8 +61,10 @@ def sft_text_and_segments(text: str, meta: dict[str, Any]) -> tuple[str, list | 
         return text, segments if segments else None
     if meta.get("instruction") or meta.get("output"):
         return render_instruction(str(meta.get("instruction") or ""), str(meta.get("input") or ""), str(meta.get("output") or ""))
-    turns = meta.get("turns")
-    if isinstance(turns, list) and turns:
+    from etl.dialogue import chat_turns
+
+    turns, _, reason, _ = chat_turns(meta)  # turns, OpenAI/HF messages or ShareGPT conversations
+    if reason is None and all(isinstance(t, dict) for t in turns):
         return render_turns(turns)
     return text, None
 

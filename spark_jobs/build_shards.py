@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from etl.errors import run_main
 from etl.document import DOC_COLUMNS, Document, rows_to_batch
+from etl.config import load_section
 from etl.io import ReaderConfig
 from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, tokenizer_info, write_partition
 from shards.cli import ShardsArgumentParser, add_build_args, summary_line
@@ -52,13 +53,13 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
-def extract(spark, inputs: Sequence[str]):
-    """All input records, with the input's forced group (or null)."""
+def extract(spark, inputs: Sequence[str], reader_config: ReaderConfig | None = None):
+    """All input records, with the input's forced group (or null); read with the ``read:`` params."""
     from pyspark.sql import functions as F
 
     frames = []
     for group, path in parse_inputs(inputs):
-        df = read_documents_df(spark, [path], ReaderConfig())
+        df = read_documents_df(spark, [path], reader_config or ReaderConfig())
         frames.append(df.withColumn("forced_group", F.lit(group).cast("string")))
     out = frames[0]
     for df in frames[1:]:
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = get_spark("build_shards")
     num_partitions = args.partitions or spark.sparkContext.defaultParallelism
     started_s = time.perf_counter()
-    records = extract(spark, args.input)
+    records = extract(spark, args.input, load_section(args.params, "read"))
     plan, cuts, ordered, rejected, cached = transform(spark, records, cfg, info, num_partitions)
     planned_s = time.perf_counter()
     logger.info("encoded, numbered and planned %d slots in %.1f s", len(plan), planned_s - started_s)

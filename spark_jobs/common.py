@@ -131,10 +131,11 @@ def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = N
         from etl.io import InputFile
 
         for batch in batches:
-            for file_index, path, name in zip(*(batch.column(c).to_pylist() for c in ("file_index", "path", "name"))):
+            columns = ("file_index", "path", "name", "domain")
+            for file_index, path, name, domain in zip(*(batch.column(c).to_pylist() for c in columns)):
                 rows = []
                 # position in the file's reading order: meta.src_line may be an earlier stage's line
-                for position, doc in enumerate(read_file(InputFile(path, name), reader_config)):
+                for position, doc in enumerate(read_file(InputFile(path, name, domain), reader_config)):
                     row = doc.to_row()
                     row["file_index"] = file_index
                     row["line"] = position
@@ -203,13 +204,14 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
 
 
 def file_listing(spark, files):
-    """``file_index, path, name`` of the input files, one partition (one read task) per file.
+    """``file_index, path, name, domain`` of the input files, one partition (one read task) per file.
 
     Tasks are handed out as cores free up.  A hash repartition of a few file indices left
     some tasks with three files and others with none (measured: one core read 41 MB while the
     other idled)."""
-    rows = [(i, f.path, f.name) for i, f in enumerate(files)]
-    return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)), "file_index long, path string, name string")
+    rows = [(i, f.path, f.name, f.domain) for i, f in enumerate(files)]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)),
+                                 "file_index long, path string, name string, domain string")
 
 
 #: Default of ``spark.jinglian.broadcastMaxRows``: a join side this small (counted, not
