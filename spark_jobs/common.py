@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from etl.atomic import atomic_dir, write_json
 from etl.cli import ArgumentParser, add_io_args
+from etl.errors import JinglianError
 from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
 from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
 from etl.stats import StageStats
@@ -62,7 +63,7 @@ def check_java() -> None:
     version = java_major_version()
     if version is None or version < MIN_JAVA:
         found = "no java found" if version is None else f"found Java {version}"
-        raise SystemExit(f"jinglian: Spark needs Java {MIN_JAVA} or newer ({found}); install it, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME")
+        raise JinglianError(f"Spark needs Java {MIN_JAVA} or newer ({found}); install it, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME")
 
 
 def get_spark(app_name: str):
@@ -191,7 +192,7 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
 
     files = list_input_files(paths)  # a listing, not data: fine on the driver
     if not files:
-        raise SystemExit(f"no input files found in {list(paths)}")
+        raise JinglianError(f"no input files found in {list(paths)}")
     num_partitions = partitions or default_partitions(spark, sum(os.path.getsize(f.path) for f in files))
     native = read_stage_parquet(spark, files)
     if native is not None:

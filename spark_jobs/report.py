@@ -10,6 +10,15 @@ and the training loss.  Missing stages are skipped, so it works on a partial pip
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this file's folder (spark_jobs/) comes first on sys.path, where augment.py would
+# shadow the `augment` package (params validation imports augment.config): the repository root instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
+    sys.path[0] = os.path.dirname(_HERE)
+
 import argparse
 import collections
 import json

@@ -87,7 +87,8 @@ def test_bad_input_records(tmp_path):
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{broken json\n", encoding="utf-8")
     out = list(build_clean_pipeline()(read_inputs([path])))
     reasons = {d.id: d.drop_reason for d in out}
-    assert reasons == {"ok": None, "bad.jsonl:2": "no_text", "bad.jsonl:3": "no_text", "no_body": "html_no_text", "emoji": "invalid_chars",
+    # rejected records keep their own id (the line is in meta.src_line); unparsable lines are named by file:line
+    assert reasons == {"ok": None, "no_text": "no_text", "blank": "no_text", "no_body": "html_no_text", "emoji": "invalid_chars",
                        "german": "lang_not_allowed", "ctrl": "empty_after_normalize", "bad.jsonl:8": "invalid_json"}
 
 
