@@ -38,6 +38,7 @@ import collections
 import functools
 import re
 import unicodedata
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Iterable, Mapping
 
@@ -94,9 +95,10 @@ _EN_SMALL = {w: i for i, w in enumerate("zero one two three four five six seven 
                                        "fifteen sixteen seventeen eighteen nineteen".split())}
 _EN_TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
 _EN_SCALE = {"hundred": 100, "thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
-_EN_WORD = "(?:" + "|".join(sorted([*_EN_SMALL, *_EN_TENS, *_EN_SCALE], key=len, reverse=True)) + ")"
+_EN_WORD = "(?:" + trie_pattern([*_EN_SMALL, *_EN_TENS, *_EN_SCALE]) + ")"
 _EN_NUMBER = re.compile(rf"(?<![A-Za-z'])(?:(?:a|one)\s+(?=hundred|thousand|million|billion))?{_EN_WORD}"
                         rf"(?:(?:(?<=hundred)\s+and\s+|(?<=thousand)\s+and\s+|[\s-]+){_EN_WORD})*(?![A-Za-z])", re.IGNORECASE)
+_EN_NUMBER_WORDS = frozenset([*_EN_SMALL, *_EN_TENS, *_EN_SCALE])
 _ONE_NOT_NUMBER = re.compile(r"(?:\b(?:no|the|this|that|which|each|every|any|another)\s+one\b|\bone\s+another\b)", re.IGNORECASE)
 
 _SCALES = {"万": 10 ** 4, "亿": 10 ** 8, "千": 10 ** 3, "百": 10 ** 2, **_EN_SCALE}
@@ -145,7 +147,7 @@ _ARABIC = re.compile(r"(?<![\d.])(?P<sign>[-−])?(?P<num>\d{1,3}(?:,\d{3})+(?:\
 _CURRENCY = {"$": "USD", "¥": "元", "€": "EUR", "£": "GBP"}
 _FRACTION = re.compile(rf"(?P<den>\d+(?:\.\d+)?|{_ZH_NUM})分之(?P<num>\d+(?:\.\d+)?|{_ZH_NUM})")
 _ARABIC_FRACTION = re.compile(r"(?<![\d/.])(?P<num>\d+)/(?P<den>\d+)(?![\d/])")
-_ZH_NUMERAL = re.compile("(?P<skip>" + "|".join(sorted(_ZH_NOT_NUMBERS, key=len, reverse=True)) + f")|(?P<neg>负|零下)?(?P<num>{_ZH_NUM})")
+_ZH_NUMERAL = re.compile("(?P<skip>" + trie_pattern(_ZH_NOT_NUMBERS) + f")|(?P<neg>负|零下)?(?P<num>{_ZH_NUM})")
 
 
 def decimal_text(value: Decimal) -> str:
@@ -230,17 +232,37 @@ _ZH_Y = r"(?<![\d零〇一二三四五六七八九])(?:\d{4}|[零〇一二三四
 _ZH_M = r"(?:\d{1,2}|十[一二]?|[一二三四五六七八九])"
 _ZH_D = r"(?:\d{1,2}|[二三]?十[一二三四五六七八九]?|[一二三四五六七八九])"
 _NOT_BEFORE = r"(?<![\d零〇一二三四五六七八九十百千万两])"
+@dataclass(frozen=True)
+class Clues:
+    """What a text holds, so that passes that cannot match are skipped."""
+
+    digit: bool
+    numeral: bool
+    words: set
+    month: bool
+
+
+def _zh(has: Clues) -> bool:
+    return has.digit or has.numeral
+
+
+#: (when to look, pattern) in order: Chinese, ISO and US numeric, English month-name dates.
 _DATE_PATTERNS = [
-    re.compile(rf"(?P<y>{_ZH_Y})\s*年\s*(?:(?P<m>{_ZH_M})\s*月份?\s*(?:(?P<d>{_ZH_D})\s*[日号])?)?"),
-    re.compile(rf"{_NOT_BEFORE}(?P<m>{_ZH_M})\s*月份?\s*(?:(?P<d>{_ZH_D})\s*[日号])?"),
-    re.compile(r"(?<![\d.])(?P<y>\d{4})(?P<sep>[-/.])(?P<m>\d{1,2})(?P=sep)(?P<d>\d{1,2})(?![\d])"),
-    re.compile(r"(?<![\d.])(?P<y>\d{4})-(?P<m>0[1-9]|1[0-2])(?![\d-])"),
-    re.compile(r"(?<![\d/])(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})(?![\d/])"),
-    re.compile(rf"\b(?P<mn>{_MON})\s+(?P<d>{_DAY})(?:,?\s+(?P<y>\d{{4}}))?(?![\d])"),
-    re.compile(rf"(?<![\d.])(?P<d>{_DAY})\s+(?:of\s+)?(?P<mn>{_MON})(?:,?\s+(?P<y>\d{{4}}))?(?![A-Za-z\d])"),
-    re.compile(rf"\b(?P<mn>{_MON}),?\s+(?P<y>\d{{4}})(?![\d])"),
-    re.compile(r"\b(?P<mn>January|February|March|April|June|July|August|September|October|November|December)\b"),
+    (_zh, re.compile(rf"(?P<y>{_ZH_Y})\s*年\s*(?:(?P<m>{_ZH_M})\s*月份?\s*(?:(?P<d>{_ZH_D})\s*[日号])?)?")),
+    (_zh, re.compile(rf"{_NOT_BEFORE}(?P<m>{_ZH_M})\s*月份?\s*(?:(?P<d>{_ZH_D})\s*[日号])?")),
+    (lambda has: has.digit, re.compile(r"(?<![\d.])(?P<y>\d{4})(?P<sep>[-/.])(?P<m>\d{1,2})(?P=sep)(?P<d>\d{1,2})(?![\d])")),
+    (lambda has: has.digit, re.compile(r"(?<![\d.])(?P<y>\d{4})-(?P<m>0[1-9]|1[0-2])(?![\d-])")),
+    (lambda has: has.digit, re.compile(r"(?<![\d/])(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})(?![\d/])")),
+    (lambda has: has.month and has.digit, re.compile(rf"\b(?P<mn>{_MON})\s+(?P<d>{_DAY})(?:,?\s+(?P<y>\d{{4}}))?(?![\d])")),
+    (lambda has: has.month and has.digit,
+     re.compile(rf"(?<![\d.])(?P<d>{_DAY})\s+(?:of\s+)?(?P<mn>{_MON})(?:,?\s+(?P<y>\d{{4}}))?(?![A-Za-z\d])")),
+    (lambda has: has.month and has.digit, re.compile(rf"\b(?P<mn>{_MON}),?\s+(?P<y>\d{{4}})(?![\d])")),
+    (lambda has: has.month, re.compile(r"\b(?P<mn>January|February|March|April|June|July|August|September|October|November|December)\b")),
 ]
+_MONTH_WORDS = frozenset(m.lower() for m in _MONTHS)
+_LATIN_WORD = re.compile(r"[a-z]+")
+_DIGIT = re.compile(r"\d")
+_ZH_NUMERAL_CHAR = re.compile(f"[{_ZH_NUM_CHARS}]")
 
 
 def _date_part(text: str | None) -> int | None:
@@ -275,7 +297,9 @@ _ZH_NOT_NEGATIONS = """不过 不仅 不但 不断 不久 不管 不论 不料 �
 无比 无非 无疑 无不 无穷 无机 无人机 无时无刻 不无 非常 非洲 除非 莫非 是非 非凡 非但 特别 区别 分别 告别 离别 差别 类别 级别 个别 性别
 识别 鉴别 辨别 判别 派别 别人 别的 别处 别墅 别名 别称 别致 别针 送别 道别 诀别 有别 是否 能否 可否 否则 与否 不丹
 独一无二 一无所有 说一不二""".split()
-_ZH_NEGATION = re.compile("(?P<skip>" + "|".join(sorted(_ZH_NOT_NEGATIONS, key=len, reverse=True)) + f")|(?P<cue>[{_ZH_NEGATORS}])")
+_ZH_NEGATOR_CHAR = re.compile(f"[{_ZH_NEGATORS}]")
+_EN_NEGATION_WORDS = frozenset("not no never without cannot nor neither none nobody nothing nowhere".split())
+_ZH_NEGATION = re.compile("(?P<skip>" + trie_pattern(_ZH_NOT_NEGATIONS) + f")|(?P<cue>[{_ZH_NEGATORS}])")
 _EN_NEGATION = re.compile(r"(?P<skip>\bnot\s+only\b|\bno\s+doubt\b|\bNo\.\s*(?=\d))|(?P<cue>n['’]t\b|\bno\s+one\b|\b(?:not|no|never|without|cannot|nor|neither"
                           r"|none|nobody|nothing|nowhere)\b)", re.IGNORECASE)
 
@@ -305,11 +329,18 @@ class FactExtractor:
 
         if self.entity_re is not None:
             rest = self._take(self.entity_re, rest, lambda m: record("entity", self.entity_of[m.group()]))
-        for pattern in _DATE_PATTERNS:  # an impossible date (13月) stays text
-            rest = self._take(pattern, rest, lambda m: bool(_date_value(m)) and record("date", _date_value(m)))
-        rest = self._take(_ZH_NEGATION, rest, lambda m: record("negation", m.group("cue")))
-        rest = self._take(_EN_NEGATION, rest, lambda m: record("negation", m.group("cue") and m.group("cue").lower().replace("’", "'")))
-        _take_numbers(rest, found)
+        # cheap tests first: most passes cannot match most texts (a third of the time on short documents)
+        words = set(_LATIN_WORD.findall(rest.lower()))
+        has = Clues(digit=bool(_DIGIT.search(rest)), numeral=bool(_ZH_NUMERAL_CHAR.search(rest)), words=words,
+                    month=bool(words & _MONTH_WORDS))
+        for needs, pattern in _DATE_PATTERNS:  # an impossible date (13月) stays text
+            if needs(has):
+                rest = self._take(pattern, rest, lambda m: bool(_date_value(m)) and record("date", _date_value(m)))
+        if _ZH_NEGATOR_CHAR.search(rest):
+            rest = self._take(_ZH_NEGATION, rest, lambda m: record("negation", m.group("cue")))
+        if words & _EN_NEGATION_WORDS or "n't" in rest or "n’t" in rest:
+            rest = self._take(_EN_NEGATION, rest, lambda m: record("negation", m.group("cue") and m.group("cue").lower().replace("’", "'")))
+        _take_numbers(rest, found, has)
         return found
 
     @staticmethod
@@ -385,7 +416,7 @@ def _sign(text: str, match: re.Match) -> tuple[str, int]:
     return "-", 0
 
 
-def _take_numbers(text: str, found: dict) -> str:
+def _take_numbers(text: str, found: dict, has: Clues) -> str:
     """Record every quantity of ``text`` (fractions, percentages, Arabic, English words, Chinese numerals)."""
     def fraction(m: re.Match) -> str:
         den_text, num = m.group("den"), _number(m.group("num"))
@@ -400,12 +431,17 @@ def _take_numbers(text: str, found: dict) -> str:
             found["number"][f"{decimal_text(num)}/{decimal_text(den)}"] += 1
         return _GAP
 
-    text = _FRACTION.sub(fraction, text)
-    text = _ARABIC_FRACTION.sub(fraction, text)
-    text = _sub_quantities(_ARABIC, text, found, lambda m: _number(m.group("num")), currency_before=True)
-    spans_one = [m.span() for m in _ONE_NOT_NUMBER.finditer(text)]
-    text = _sub_quantities(_EN_NUMBER, text, found, lambda m: None if any(s <= m.start() < e for s, e in spans_one) else parse_en_number(m.group()))
-    text = _sub_quantities(_ZH_NUMERAL, text, found, lambda m: None if m.group("skip") else parse_zh_number(m.group("num")))
+    if "分之" in text:
+        text = _FRACTION.sub(fraction, text)
+    if has.digit:
+        text = _ARABIC_FRACTION.sub(fraction, text)
+        text = _sub_quantities(_ARABIC, text, found, lambda m: _number(m.group("num")), currency_before=True)
+    if has.words & _EN_NUMBER_WORDS:
+        spans_one = [m.span() for m in _ONE_NOT_NUMBER.finditer(text)]
+        text = _sub_quantities(_EN_NUMBER, text, found,
+                               lambda m: None if any(s <= m.start() < e for s, e in spans_one) else parse_en_number(m.group()))
+    if has.numeral:
+        text = _sub_quantities(_ZH_NUMERAL, text, found, lambda m: None if m.group("skip") else parse_zh_number(m.group("num")))
     return text
 
 
