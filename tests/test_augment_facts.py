@@ -234,3 +234,13 @@ def test_stats_count_changed_fact_kinds(graph_file):
     stats = AugmentStats().add_all([parent, kept, lost]).to_dict()["augment"]["by_method"]["masked_lm"]
     assert stats["rejected_by_reason"] == {"changed_fact": 1} and stats["kept"] == 1
     assert stats["changed_fact_by_kind"] == {"entity": 1, "negation": 1, "number": 1}
+
+
+def test_report_lines_per_method():
+    from spark_jobs.report import augment_lines
+
+    aug = {"by_method": {"entity_swap": {"made": 10, "kept": 7, "rejected": 3, "rejected_by_reason": {"changed_fact": 2, "too_different": 1},
+                                         "changed_fact_by_kind": {"entity": 2},
+                                         "swap_kinds": {"kept": {"alias": 9}, "rejected": {"alias": 3}}}}}
+    assert augment_lines(aug) == ["  entity_swap: 10 made, 7 kept, 3 rejected (changed_fact 2, too_different 1); facts changed: entity 2; "
+                                  "swaps kept: alias 9 (rejected: alias 3)"]
