@@ -247,19 +247,23 @@ class EntitySwapAugmenter:
         return make_variant(doc, METHOD, variant, text, self.model, params)
 
     def expected_facts(self, doc: Document, mentions: list[Mention], child: Document | None) -> dict | None:
-        """The entities a counterfactual variant should name (its parent's, with each entity swapped
-        for another moved to the replacement); None when every swap is an alias (the parent's)."""
+        """The facts a counterfactual variant should hold: its parent's, less the facts of each
+        replaced mention (an entity, or the ``四`` of ``四川省``), plus those of its replacement.
+        None when every swap is an alias: the variant must keep exactly its parent's facts."""
         if child is None:
             return None
-        swaps = [s for s in child.meta["augment"]["params"]["swaps"] if s["kind"] != "alias"]
-        if not swaps:
+        swaps = child.meta["augment"]["params"]["swaps"]
+        if all(s["kind"] == "alias" for s in swaps):
             return None
-        entities = collections.Counter(self.facts.facts(doc.text)["entity"])
+        expected = {kind: collections.Counter(values) for kind, values in self.facts.facts(doc.text).items()}
         for swap in swaps:
-            old = self.graph.by_surface.get(swap["from"][0])
-            count = entities.pop(old.name, 0) if swap["kind"] == "counterfactual" and old is not None else swap["mentions"]
-            entities[self.graph.by_surface[swap["to"]].name] += count
-        return {"entity": entities}
+            replaced = set(swap["from"])
+            for mention in (m for m in mentions if m.surface in replaced):
+                for kind, values in self.facts.facts(mention.surface).items():
+                    expected[kind].subtract(values)
+                for kind, values in self.facts.facts(swap["to"]).items():
+                    expected[kind].update(values)
+        return {kind: +values for kind, values in expected.items()}
 
 
 def plan_swaps(mentions: list[Mention], graph: KnowledgeGraph, config: EntitySwapConfig, rng: random.Random) -> dict[str, tuple[str, str, str]]:
