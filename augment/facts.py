@@ -191,6 +191,13 @@ def _zh_integer(text: str) -> int | None:
     return total + section
 
 
+def _zh_value(text: str) -> Decimal | str | None:
+    """A Chinese numeral's value; two adjacent digits are an approximate range (``两三`` = ``2~3``)."""
+    if len(text) == 2 and all(c in _ZH_DIGIT and _ZH_DIGIT[c] for c in text):
+        return f"{_ZH_DIGIT[text[0]]}~{_ZH_DIGIT[text[1]]}"
+    return parse_zh_number(text)
+
+
 def parse_en_number(text: str) -> Decimal | None:
     """Value of English number words (``twenty-five``, ``three hundred and two``, ``a thousand``);
     None for a run that is not one number (``two three``)."""
@@ -372,9 +379,10 @@ def compare_facts(original: Mapping[str, collections.Counter], variant: Mapping[
     return out
 
 
-def _quantity(value: Decimal, text: str, end: int, found: dict, sign: str = "", currency: str | None = None) -> int:
-    """Record ``value`` with its scale and unit read from ``text[end:]``; returns where the quantity ends."""
-    scale = _SCALE.match(text, end)
+def _quantity(value: Decimal | str, text: str, end: int, found: dict, sign: str = "", currency: str | None = None) -> int:
+    """Record ``value`` (a number, or an already spelled ratio or range: ``140/90``, ``2~3``) with
+    its scale and unit read from ``text[end:]``; returns where the quantity ends."""
+    scale = _SCALE.match(text, end) if isinstance(value, Decimal) else None
     if scale and not _UNIT.match(text, end):
         word = scale.group().strip().lower()
         value *= _SCALES["万"] * _SCALES["亿"] if word == "万亿" else _SCALES[word]
@@ -389,8 +397,10 @@ def _quantity(value: Decimal, text: str, end: int, found: dict, sign: str = "", 
             per, end = tail.group("u2"), tail.end()
         if per is not None:
             unit += "/" + _UNIT_OF[re.sub(r"\s+", " ", per)]
-    value = -value if sign and value else value
-    number = decimal_text(value)
+    if isinstance(value, str):
+        number = value
+    else:
+        number = decimal_text(-value if sign and value else value)
     if unit in ("%", "‰"):
         found["number"][number + unit] += 1
     else:
@@ -433,15 +443,15 @@ def _take_numbers(text: str, found: dict, has: Clues) -> str:
 
     if "分之" in text:
         text = _FRACTION.sub(fraction, text)
-    if has.digit:
-        text = _ARABIC_FRACTION.sub(fraction, text)
+    if has.digit:  # 1/3, and 140/90 mmHg with its unit
+        text = _sub_quantities(_ARABIC_FRACTION, text, found, lambda m: f"{int(m.group('num'))}/{int(m.group('den'))}")
         text = _sub_quantities(_ARABIC, text, found, lambda m: _number(m.group("num")), currency_before=True)
     if has.words & _EN_NUMBER_WORDS:
         spans_one = [m.span() for m in _ONE_NOT_NUMBER.finditer(text)]
         text = _sub_quantities(_EN_NUMBER, text, found,
                                lambda m: None if any(s <= m.start() < e for s, e in spans_one) else parse_en_number(m.group()))
     if has.numeral:
-        text = _sub_quantities(_ZH_NUMERAL, text, found, lambda m: None if m.group("skip") else parse_zh_number(m.group("num")))
+        text = _sub_quantities(_ZH_NUMERAL, text, found, lambda m: None if m.group("skip") else _zh_value(m.group("num")))
     return text
 
 
