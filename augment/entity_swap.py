@@ -204,7 +204,8 @@ class EntitySwapAugmenter:
         self.config = config
         cfg = config.entity_swap
         self.graph = graph if graph is not None else load_graph(cfg)
-        self.graph.add_names(user_dict_entities(cfg.user_dicts, dict(cfg.pos_types)))
+        if graph is not None:  # a graph loaded without this config's user dictionaries
+            self.graph.add_names(user_dict_entities(cfg.user_dicts, dict(cfg.pos_types)))
         self.finder = EntityFinder(self.graph, cfg)
         self.facts = self.graph.fact_extractor()
         self.model = f"kg:{len(self.graph)} entities" + (f"; {','.join(map(str, cfg.knowledge_graph))}" if cfg.knowledge_graph else "")

@@ -104,34 +104,29 @@ _ONE_NOT_NUMBER = re.compile(r"(?:\b(?:no|the|this|that|which|each|every|any|ano
 _SCALES = {"万": 10 ** 4, "亿": 10 ** 8, "千": 10 ** 3, "百": 10 ** 2, **_EN_SCALE}
 _SCALE = re.compile(r"\s?(?:万亿|万|亿|千(?![克米瓦卡焦兆])|百(?!分)|(?:thousand|million|billion|trillion)(?![A-Za-z]))", re.IGNORECASE)
 
-# canonical unit -> surfaces; Latin surfaces are case-sensitive (mg vs Mg) unless listed twice
+# canonical unit -> its surfaces (``|``-separated; Latin ones case-sensitive: mg is not Mg). NFKC
+# has already turned ℃ into °C, µ into μ, ％ into % and full-width letters into ASCII ones.
 _UNITS = {
-    "mg": "mg 毫克 milligram milligrams", "g": "g 克 gram grams", "kg": "kg 千克 公斤 kilogram kilograms kilo kilos",
-    "μg": "μg µg ug mcg 微克 microgram micrograms", "ng": "ng 纳克 nanogram nanograms", "t": "吨 ton tons tonne tonnes",
-    "斤": "斤", "lb": "lb lbs pound pounds",
-    "ml": "ml mL 毫升 milliliter milliliters millilitre millilitres", "L": "L 升 liter liters litre litres",
-    "μl": "μl µl μL µL 微升 microliter microliters", "dL": "dL dl 分升 deciliter deciliters",
-    "mm": "mm 毫米 millimeter millimeters millimetre millimetres", "cm": "cm 厘米 公分 centimeter centimeters centimetre centimetres",
-    "m": "m 米 meter meters metre metres", "km": "km 千米 公里 kilometer kilometers kilometre kilometres",
-    "nm": "nm 纳米 nanometer nanometers", "μm": "μm µm 微米 micron microns micrometer micrometers",
-    "inch": "inch inches 英寸", "mile": "mile miles 英里", "ft": "ft feet foot 英尺",
-    "°C": "°C ℃ 摄氏度 degrees Celsius degree Celsius", "°F": "°F ℉ 华氏度 degrees Fahrenheit degree Fahrenheit",
-    "°": "° degrees degree 度",
-    "h": "h hr hrs hour hours 小时 个小时 钟头 个钟头", "min": "min mins minute minutes 分钟", "s": "s sec secs second seconds 秒 秒钟",
-    "ms": "ms 毫秒 millisecond milliseconds", "day": "day days 天", "week": "week weeks 周 个星期 星期 个礼拜",
-    "month": "month months 个月", "year": "year years 年", "age": "岁 周岁",
-    "mmHg": "mmHg 毫米汞柱", "mmol": "mmol 毫摩尔", "mol": "mol 摩尔", "IU": "IU 国际单位", "kcal": "kcal 千卡 大卡", "cal": "cal 卡路里",
-    "W": "W 瓦 瓦特 watt watts", "kW": "kW 千瓦 kilowatt kilowatts", "V": "V 伏 伏特 volt volts", "Hz": "Hz 赫兹 hertz",
-    "kHz": "kHz 千赫", "MHz": "MHz 兆赫", "GHz": "GHz", "KB": "KB kB", "MB": "MB", "GB": "GB", "TB": "TB",
-    "元": "元 块钱 人民币 yuan RMB CNY", "USD": "美元 dollar dollars USD", "EUR": "欧元 euro euros EUR", "GBP": "英镑 GBP",
-    "倍": "倍 fold", "%": "% percent per cent", "‰": "‰", "pp": "个百分点 percentage points percentage point",
-    "bpm": "bpm", "次": "次",
+    "mg": "mg|毫克|milligram|milligrams", "g": "g|克|gram|grams", "kg": "kg|千克|公斤|kilogram|kilograms|kilo|kilos",
+    "μg": "μg|ug|mcg|微克|microgram|micrograms", "ng": "ng|纳克|nanogram|nanograms", "t": "吨|ton|tons|tonne|tonnes",
+    "斤": "斤", "lb": "lb|lbs|pound|pounds",
+    "ml": "ml|mL|毫升|milliliter|milliliters|millilitre|millilitres", "L": "L|升|liter|liters|litre|litres",
+    "μl": "μl|μL|微升|microliter|microliters", "dL": "dL|dl|分升|deciliter|deciliters",
+    "mm": "mm|毫米|millimeter|millimeters|millimetre|millimetres", "cm": "cm|厘米|公分|centimeter|centimeters|centimetre|centimetres",
+    "m": "m|米|meter|meters|metre|metres", "km": "km|千米|公里|kilometer|kilometers|kilometre|kilometres",
+    "nm": "nm|纳米|nanometer|nanometers", "μm": "μm|微米|micron|microns|micrometer|micrometers",
+    "inch": "inch|inches|英寸", "mile": "mile|miles|英里", "ft": "ft|feet|foot|英尺",
+    "°C": "°C|摄氏度|degrees Celsius|degree Celsius", "°F": "°F|华氏度|degrees Fahrenheit|degree Fahrenheit", "°": "°|degrees|degree|度",
+    "h": "h|hr|hrs|hour|hours|小时|个小时|钟头|个钟头", "min": "min|mins|minute|minutes|分钟", "s": "s|sec|secs|second|seconds|秒|秒钟",
+    "ms": "ms|毫秒|millisecond|milliseconds", "day": "day|days|天", "week": "week|weeks|周|个星期|星期|个礼拜",
+    "month": "month|months|个月", "year": "year|years|年", "age": "岁|周岁",
+    "mmHg": "mmHg|毫米汞柱", "mmol": "mmol|毫摩尔", "mol": "mol|摩尔", "IU": "IU|国际单位", "kcal": "kcal|千卡|大卡", "cal": "cal|卡路里",
+    "W": "W|瓦|瓦特|watt|watts", "kW": "kW|千瓦|kilowatt|kilowatts", "V": "V|伏|伏特|volt|volts", "Hz": "Hz|赫兹|hertz",
+    "kHz": "kHz|千赫", "MHz": "MHz|兆赫", "GHz": "GHz", "KB": "KB|kB", "MB": "MB", "GB": "GB", "TB": "TB",
+    "元": "元|块钱|人民币|yuan|RMB|CNY", "USD": "美元|dollar|dollars|USD", "EUR": "欧元|euro|euros|EUR", "GBP": "英镑|GBP",
+    "倍": "倍|fold", "%": "%|percent|per cent", "‰": "‰", "pp": "个百分点|percentage points|percentage point", "bpm": "bpm", "次": "次",
 }
-_UNIT_OF = {surface: unit for unit, surfaces in _UNITS.items() for surface in surfaces.replace("degrees Celsius", "degrees_Celsius")
-            .replace("degree Celsius", "degree_Celsius").replace("degrees Fahrenheit", "degrees_Fahrenheit")
-            .replace("degree Fahrenheit", "degree_Fahrenheit").replace("per cent", "per_cent")
-            .replace("percentage points", "percentage_points").replace("percentage point", "percentage_point").split()}
-_UNIT_OF = {s.replace("_", " "): u for s, u in _UNIT_OF.items()}
+_UNIT_OF = {surface: unit for unit, surfaces in _UNITS.items() for surface in surfaces.split("|")}
 
 
 def _unit_alt(surface: str) -> str:
@@ -141,7 +136,6 @@ def _unit_alt(surface: str) -> str:
 
 _UNIT_RE = "(?:" + "|".join(_unit_alt(s) for s in sorted(_UNIT_OF, key=len, reverse=True)) + ")"
 _UNIT = re.compile(rf"\s?(?P<u1>{_UNIT_RE})(?:\s?/\s?(?P<u2>{_UNIT_RE}))?")
-_PER = re.compile(rf"\s?(?:/|每)\s?(?P<u2>{_UNIT_RE})")
 
 _ARABIC = re.compile(r"(?<![\d.])(?P<sign>[-−])?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]\d)|\d+(?:\.\d+)?)(?:st|nd|rd|th)?(?![\d])")
 _CURRENCY = {"$": "USD", "¥": "元", "€": "EUR", "£": "GBP"}
@@ -393,8 +387,6 @@ def _quantity(value: Decimal | str, text: str, end: int, found: dict, sign: str 
         unit = _UNIT_OF[re.sub(r"\s+", " ", match.group("u1"))]
         per = match.group("u2")
         end = match.end()
-        if per is None and (tail := _PER.match(text, end)):
-            per, end = tail.group("u2"), tail.end()
         if per is not None:
             unit += "/" + _UNIT_OF[re.sub(r"\s+", " ", per)]
     if isinstance(value, str):
