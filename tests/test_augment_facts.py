@@ -244,3 +244,19 @@ def test_report_lines_per_method():
                                          "swap_kinds": {"kept": {"alias": 9}, "rejected": {"alias": 3}}}}}
     assert augment_lines(aug) == ["  entity_swap: 10 made, 7 kept, 3 rejected (changed_fact 2, too_different 1); facts changed: entity 2; "
                                   "swaps kept: alias 9 (rejected: alias 3)"]
+
+
+def test_swap_kinds_counter_classifies_against_the_graph(graph_file):
+    from benchmarks.augment.swap_kinds import count_swap_kinds
+
+    graph = KnowledgeGraph.load([graph_file])
+    parent = Document("p", "x", domain="medical")
+
+    def variant(i, swaps, reason=None):
+        child = make_variant(parent, "entity_swap", i, "y", "m", {"swaps": [{"from": [f], "to": t, "kind": "same_type"} for f, t in swaps]})
+        return child.drop(reason, "s") if reason else child
+
+    records = [parent, variant(0, [("北京", "北京市"), ("切牙", "上海")]), variant(1, [("北京", "深圳")], "changed_fact")]
+    result = count_swap_kinds(records, graph)
+    assert result["swaps"] == {"kept": {"alias": 1, "non_graph": 1}, "rejected": {"counterfactual": 1}}
+    assert result["variants_by_outcome"] == {"kept": 1, "changed_fact": 1}
