@@ -89,7 +89,7 @@ _ZH_NOT_NUMBERS = """一起 一样 一些 一般 一定 一直 一旦 一切 一
 一时 一带 一贯 一味 一心 一概 一经 一旁 一来 一系列 一体 一连 一举 一口气 一路 一身 一流 一点儿 一点点 一模一样 一目了然 独一无二 一清二楚
 说一不二 三心二意 接二连三 一心一意 一帆风顺 一塌糊涂 七上八下 乱七八糟 四面八方 五颜六色 九死一生 一石二鸟 三番五次 千方百计 成千上万
 千千万万 万万 万一 千万 万分 十分 百般 万物 万能 统一 唯一 同一 单一 逐一 专一 进一步 划一 合一 一无所有 数一数二 首屈一指 百分百
-万众一心 一如既往 一针见血""".split()
+万众一心 一如既往 一针见血 零食 零件 零部件 零售 零钱 零星 零散 百科 三角 四季 五官 八卦 七夕 九州 两岸 十字""".split()
 
 _EN_SMALL = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                                        "fifteen sixteen seventeen eighteen nineteen".split())}
