@@ -288,14 +288,19 @@ def fill_rows(rows: list[_Row], tokenizer, model, cfg, stop_words: frozenset[str
         ranked = dict(zip(where, top))
         for b, r in enumerate(batch):
             rng = random.Random(derive_seed(seed, doc_ids[r.doc_index], METHOD, r.variant, r.span[0]))
-            r.fills = []
-            for w, g, original in zip(r.words, r.mask_groups, r.original_ids):
-                ranks = [ranked[(b, p)] for p in g]
-                if g and not interchangeable(original, ranks, cfg.original_top_k):
-                    r.num_not_interchangeable += 1
-                    r.fills.append(None)
-                    continue
-                r.fills.append(choose_fill(w, ranks, table, stop_words, cfg.top_k, rng) if g else None)
+            fill_words(r, [[ranked[(b, p)] for p in g] for g in r.mask_groups], table, stop_words, cfg, rng)
+
+
+def fill_words(row: _Row, ranked: list[list[list[int]]], table: list[str | None], stop_words: frozenset[str], cfg, rng: random.Random) -> None:
+    """Set ``row.fills``: per masked word (``ranked``: per token position, ids best first) a
+    replacement, or None where it has no token, no valid candidate, or the model does not rank
+    the original word among its ``cfg.original_top_k`` best (counted in ``num_not_interchangeable``)."""
+    row.fills = []
+    for word, ranks, original in zip(row.words, ranked, row.original_ids):
+        if ranks and not interchangeable(original, ranks, cfg.original_top_k):
+            row.num_not_interchangeable += 1
+            ranks = []
+        row.fills.append(choose_fill(word, ranks, table, stop_words, cfg.top_k, rng) if ranks else None)
 
 
 def masked_logits(model, input_ids, attention_mask, where: list[tuple[int, int]]):
