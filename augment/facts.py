@@ -316,10 +316,12 @@ class FactExtractor:
     def __init__(self, surfaces: Mapping[str, str] | None = None):
         self.entity_of = {unicodedata.normalize("NFKC", s): name for s, name in (surfaces or {}).items() if s.strip()}
         self.entity_re = re.compile(trie_pattern(self.entity_of)) if self.entity_of else None
+        # a parent is compared with each of its variants: its facts are extracted once
+        self.facts = functools.lru_cache(maxsize=512)(self.extract)
 
-    @functools.lru_cache(maxsize=512)
-    def facts(self, text: str) -> dict[str, collections.Counter]:
-        """The facts of ``text``: kind -> Counter of normalised values (do not mutate: cached)."""
+    def extract(self, text: str) -> dict[str, collections.Counter]:
+        """The facts of ``text``: kind -> Counter of normalised values (``facts`` is the cached
+        form; do not mutate what it returns)."""
         found = {kind: collections.Counter() for kind in FACT_KINDS}
         rest = unicodedata.normalize("NFKC", text)  # full-width digits and letters, ％, ℃ -> °C
 

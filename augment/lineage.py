@@ -74,8 +74,8 @@ def make_variant(parent: Document, method: str, variant: int, text: str, model: 
                     domain=parent.domain, lang=parent.lang, meta=meta)
 
 
-def guard_variant(config: AugmentConfig, parent: Document, child: Document, step: str, facts: "FactExtractor",
-                  expected: "Mapping[str, collections.Counter] | None" = None) -> Document:
+def guard_variant(config: AugmentConfig, parent: Document, child: Document, step: str, facts: FactExtractor,
+                  expected: Mapping[str, collections.Counter] | None = None) -> Document:
     """Apply the fact guard and the similarity guard; a failing variant is marked dropped.
 
     ``changed_fact`` (a fact of the method's ``guard.<method>.facts`` kinds lost, changed or

@@ -276,8 +276,9 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) ->
         plot_drop_reasons(all_stats, figs / "drop_reasons.png")
         md += ["## Drop reasons", "", "![drop reasons](figures/drop_reasons.png)", ""]
     if (all_stats.get("augment") or {}).get("augment"):
-        md += ["## Augmentation", "", "Per method: variants made, kept, rejected per guard reason (`changed_fact`: a number, date, "
-               "unit, knowledge-graph entity or negation of the original did not survive), and entity-swap kinds.", "", "```",
+        about = ("Per method: variants made, kept, rejected per guard reason (`changed_fact`: a number, date, unit, "
+                 "knowledge-graph entity or negation of the original did not survive), and entity-swap kinds.")
+        md += ["## Augmentation", "", about, "", "```",
                *augment_lines(all_stats["augment"]["augment"]), "```", ""]
     if clusters and clusters.get("size_histogram"):
         plot_cluster_sizes(clusters["size_histogram"], figs / "cluster_sizes.png")

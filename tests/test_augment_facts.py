@@ -242,8 +242,8 @@ def test_report_lines_per_method():
     aug = {"by_method": {"entity_swap": {"made": 10, "kept": 7, "rejected": 3, "rejected_by_reason": {"changed_fact": 2, "too_different": 1},
                                          "changed_fact_by_kind": {"entity": 2},
                                          "swap_kinds": {"kept": {"alias": 9}, "rejected": {"alias": 3}}}}}
-    assert augment_lines(aug) == ["  entity_swap: 10 made, 7 kept, 3 rejected (changed_fact 2, too_different 1); facts changed: entity 2; "
-                                  "swaps kept: alias 9 (rejected: alias 3)"]
+    line = "  entity_swap: 10 made, 7 kept, 3 rejected (changed_fact 2, too_different 1); facts changed: entity 2; swaps kept: alias 9 (rejected: alias 3)"
+    assert augment_lines(aug) == [line]
 
 
 def test_swap_kinds_counter_classifies_against_the_graph(graph_file):

@@ -33,6 +33,11 @@ def classify(swap: dict, graph) -> str:
     return "alias" if new is not None and new.name == old.name else "counterfactual"
 
 
+def table(counts: collections.Counter) -> dict:
+    """``{(status, kind): n}`` as ``{status: {kind: n}}`` for kept and rejected."""
+    return {status: {k: n for (st, k), n in sorted(counts.items()) if st == status} for status in ("kept", "rejected")}
+
+
 def count_swap_kinds(records, graph) -> dict:
     """Counts over the entity-swap variants among ``records`` (Documents)."""
     swaps, variants, reasons, examples = collections.Counter(), collections.Counter(), collections.Counter(), {}
@@ -50,7 +55,6 @@ def count_swap_kinds(records, graph) -> dict:
             examples.setdefault(kind, []).append(f"{swap['from'][0]} -> {swap['to']}")
         for kind in kinds:
             variants[(status, kind)] += 1
-    table = lambda c: {s: {k: n for (st, k), n in sorted(c.items()) if st == s} for s in ("kept", "rejected")}  # noqa: E731
     return {"swaps": table(swaps), "swaps_total": dict(collections.Counter(k for (_, k) in swaps.elements())),
             "variants_with_kind": table(variants), "variants_by_outcome": dict(reasons),
             "examples": {k: v[:8] for k, v in sorted(examples.items())}}
