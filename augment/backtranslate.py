@@ -10,7 +10,9 @@ sentences of a ``zh`` document, Han-free sentences with letters of other documen
 Decoding is beam search by default (deterministic, one variant per document).  With
 ``do_sample`` every sentence draws from its own generator seeded by (seed, document id,
 variant, sentence, direction), applied row by row inside one batched ``generate`` call, so the
-result does not depend on which other sentences share the batch.  Models run on the GPU in
+result does not depend on which other sentences share the batch.  Every variant passes the fact
+guard (:mod:`augment.facts`: a translation round trip that drops a number, a negation or an
+entity is ``changed_fact``) and the similarity guard.  Models run on the GPU in
 bf16 (fp16 where bf16 is unsupported) when one is present.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from augment.config import AugmentConfig, BackTranslationConfig
+from augment.entity_swap import KnowledgeGraph, load_graph
 from augment.lineage import derive_seed, error_variant, guard_variant, is_variant, make_variant, num_variants
 from augment.sentences import rebuild, split_sentences
 from etl.document import Document
@@ -111,9 +114,10 @@ class BackTranslationAugmenter:
 
     name = "augment_back_translation"
 
-    def __init__(self, config: AugmentConfig):
+    def __init__(self, config: AugmentConfig, graph: KnowledgeGraph | None = None):
         self.config = config
         self.cfg = config.back_translation
+        self.facts = (graph if graph is not None else load_graph(config.entity_swap)).fact_extractor()
 
     def models_for(self, lang: str):
         """((tokenizer, model) forward, (tokenizer, model) backward) for documents in ``lang``."""
@@ -182,5 +186,5 @@ class BackTranslationAugmenter:
                 child = make_variant(doc, METHOD, v, rebuild(doc.text, spans[i], sentences), model_name,
                                      dict(params, num_sentences=len(spans[i]), num_translated=num_translated,
                                           pivot_chars=pivot_chars.get((i, v), 0)))
-                out.setdefault(i, []).append(guard_variant(self.config, doc, child, self.name))
+                out.setdefault(i, []).append(guard_variant(self.config, doc, child, self.name, self.facts))
         return out

@@ -18,6 +18,10 @@ from etl.step import ON_ERROR_CHOICES
 METHODS = ("back_translation", "masked_lm", "entity_swap")
 #: Short codes used in variant ids: ``<parent>~bt0``, ``<parent>~mlm1``, ``<parent>~es0``.
 METHOD_CODES = {"back_translation": "bt", "masked_lm": "mlm", "entity_swap": "es"}
+#: What the fact guard compares between a variant and its original (augment/facts.py).
+FACT_KINDS = ("number", "date", "unit", "entity", "negation")
+#: Entity-swap modes: ``alias`` keeps the meaning; ``counterfactual`` also swaps in other entities of the same type.
+SWAP_MODES = ("alias", "counterfactual")
 
 
 def _check_fraction(where: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
@@ -27,7 +31,7 @@ def _check_fraction(where: str, value: float, low: float = 0.0, high: float = 1.
 
 @dataclass(frozen=True, kw_only=True)
 class GuardConfig:
-    """Similarity bounds for one method (see :mod:`augment.guard` for the measure)."""
+    """Similarity bounds and kept facts for one method (see :mod:`augment.guard` and :mod:`augment.facts`)."""
 
     min_similarity: float = 0.2
     """Variants with character-bigram similarity below this are ``too_different`` (meaning drift)."""
@@ -35,8 +39,14 @@ class GuardConfig:
     """Variants with similarity at or above this are ``too_similar`` (no real change); 1.0 rejects only identical text."""
     max_length_ratio: float = 2.0
     """Variants longer than ratio x parent, or shorter than parent / ratio (characters), are ``too_different``."""
+    facts: tuple[str, ...] = FACT_KINDS
+    """Fact kinds (of number, date, unit, entity, negation) the variant must keep from its parent,
+    as multisets; a variant that loses, changes or adds one is ``changed_fact``. Empty: no fact check."""
 
     def __post_init__(self) -> None:
+        unknown = [k for k in self.facts if k not in FACT_KINDS]
+        if unknown:
+            raise ValueError(f"facts: unknown fact kind(s) {unknown}; known: {list(FACT_KINDS)}")
         _check_fraction("min_similarity", self.min_similarity)
         _check_fraction("max_similarity", self.max_similarity)
         if self.min_similarity >= self.max_similarity:
@@ -124,12 +134,18 @@ class MaskedLMConfig:
     """Tokens per sentence at the model input; words past this are not masked."""
     stop_words: tuple[str, ...] = ()
     """Extra stop-word files (one word per line) added to the built-in Chinese and English lists."""
+    original_top_k: int = 10
+    """A word is replaced only where the model ranks the original word (each of its tokens)
+    among its ``original_top_k`` best predictions: the replacement is then one the model sees
+    as interchangeable with the original in that context. 0: no such check."""
 
     def __post_init__(self) -> None:
         _check_fraction("word_fraction", self.word_fraction)
         for name in ("top_k", "batch_sentences", "max_sentence_chars", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.original_top_k < 0:
+            raise ValueError(f"original_top_k must be >= 0, got {self.original_top_k!r}")
 
 
 def _default_pos_types() -> dict[str, str]:
@@ -140,19 +156,29 @@ def _default_pos_types() -> dict[str, str]:
 class EntitySwapConfig:
     """Entity swap settings."""
 
+    mode: str = "alias"
+    """``alias``: knowledge-graph entities (and user-dictionary words) are replaced by their own
+    aliases only (``CPU`` -> ``中央处理器``): the variant says the same thing. ``counterfactual``:
+    also by other entities of the same type (``北京`` -> ``上海``), and words jieba tags with a
+    ``pos_types`` tag are swapped too: false statements by design (robustness to entity names,
+    not knowledge injection); recorded as ``mode: counterfactual`` in each variant's lineage."""
     knowledge_graph: tuple[str, ...] = ()
     """CSV or JSON(L) files of ``entity, type, aliases`` (aliases separated by ``|``)."""
     user_dicts: tuple[str, ...] = ()
-    """jieba user dictionaries (``word [freq] [pos]``); words tagged nr/ns/nt join the same-type pools."""
+    """jieba user dictionaries (``word [freq] [pos]``); words tagged with a ``pos_types`` tag
+    become entities of that type (no aliases: swapped in counterfactual mode only)."""
     pos_types: dict[str, str] = field(default_factory=_default_pos_types)
-    """jieba part-of-speech tag -> entity type (person, place, organisation by default)."""
+    """jieba part-of-speech tag -> entity type (person, place, organisation by default). Tagged
+    words outside the graph are never swapped in alias mode; masked-LM never masks them."""
     entity_fraction: float = 0.5
-    """Fraction of the distinct entities in a document swapped per variant (at least one)."""
+    """Fraction of the distinct swappable entities in a document swapped per variant (at least one)."""
     alias_prob: float = 0.5
-    """Chance of replacing a knowledge-graph entity by one of its own aliases (meaning kept)
-    rather than by another entity of the same type."""
+    """Counterfactual mode only: chance of replacing a knowledge-graph entity by one of its own
+    aliases rather than by another entity of the same type."""
 
     def __post_init__(self) -> None:
+        if self.mode not in SWAP_MODES:
+            raise ValueError(f"mode must be one of {list(SWAP_MODES)}, got {self.mode!r}")
         _check_fraction("entity_fraction", self.entity_fraction)
         _check_fraction("alias_prob", self.alias_prob)
 

@@ -1,19 +1,27 @@
-"""Entity swap: replace named entities by aliases or by other entities of the same type.
+"""Entity swap: replace knowledge-graph entities by their aliases (meaning kept), or, in the
+explicit counterfactual mode, by other entities of the same type.
 
 Entities in a document come from two sources:
 
-* the **knowledge graph** (CSV or JSON/JSONL rows of ``entity, type, aliases``): every name
-  and alias is matched (Han surfaces kept whole by jieba, Latin ones at word boundaries);
+* the **knowledge graph** (CSV or JSON/JSONL rows of ``entity, type, aliases``) and the words
+  of user dictionaries whose tag maps to a type: every name and alias is matched (Han surfaces
+  kept whole by jieba, Latin ones at word boundaries);
 * **jieba part-of-speech tags** (``nr`` person, ``ns`` place, ``nt`` organisation by default;
-  ``augment.entity_swap.pos_types``) on Han text, including words of user dictionaries.
+  ``augment.entity_swap.pos_types``) on Han text: words the graph does not know.
 
-A replacement is either an alias of the same knowledge-graph entity (``CPU`` -> ``中央处理器``,
-meaning kept) or another entity of the same type from the knowledge graph or the user
-dictionaries (``北京`` -> ``上海``).  Within one variant every mention of an entity gets the same
-replacement, and a replacement never names an entity already mentioned in the document.
+``mode: alias`` (the default) replaces a graph entity by one of its own aliases only
+(``CPU`` -> ``中央处理器``, ``NIH`` -> ``National Institutes of Health``): the variant says the
+same thing.  Words the graph does not know are never replaced, whatever their tag.
+``mode: counterfactual`` also replaces a graph entity by another entity of the same type
+(``北京`` -> ``上海``, swap kind ``counterfactual``) and a tagged word outside the graph by a
+graph entity of the mapped type (kind ``non_graph``): false statements by design, for
+robustness to entity names, never for knowledge injection; the lineage records the mode and
+each swap's kind.  Within one variant every mention of an entity gets the same replacement,
+and a replacement never names an entity already mentioned in the document.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Iterable
 
 from augment.config import AugmentConfig, EntitySwapConfig
+from augment.facts import FactExtractor
 from augment.lineage import error_variant, guard_variant, is_variant, make_variant, num_variants, variant_rng
 from augment.words import Word, pos_tokenizer, segment
 from etl.document import Document
@@ -55,12 +64,21 @@ class KnowledgeGraph:
         self.entities: list[Entity] = []
         self.by_surface: dict[str, Entity] = {}
         self.by_type: dict[str, list[str]] = defaultdict(list)
+        self._facts: FactExtractor | None = None
         for entity in entities:
             self.add(entity)
+
+    def fact_extractor(self) -> FactExtractor:
+        """The fact extractor of this graph (every surface counts as its entity); built once,
+        again only after entities were added."""
+        if self._facts is None:
+            self._facts = FactExtractor({surface: entity.name for surface, entity in self.by_surface.items()})
+        return self._facts
 
     def add(self, entity: Entity) -> None:
         if entity.name in self.by_surface:
             return  # first definition wins
+        self._facts = None
         self.entities.append(entity)
         for surface in entity.surfaces:
             self.by_surface.setdefault(surface, entity)
@@ -107,6 +125,13 @@ def _read_entities(path: Path) -> Iterable[Entity]:
     rows = json.loads(stripped) if stripped.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
     for i, row in enumerate(rows, start=1):
         yield _entity(row, f"{path}: record {i}")
+
+
+def load_graph(config: EntitySwapConfig) -> KnowledgeGraph:
+    """The knowledge graph of ``config`` with the typed words of its user dictionaries added."""
+    graph = KnowledgeGraph.load(config.knowledge_graph)
+    graph.add_names(user_dict_entities(config.user_dicts, dict(config.pos_types)))
+    return graph
 
 
 def user_dict_entities(paths: Iterable[str], pos_types: dict[str, str]) -> list[tuple[str, str]]:
@@ -178,9 +203,11 @@ class EntitySwapAugmenter:
     def __init__(self, config: AugmentConfig, graph: KnowledgeGraph | None = None):
         self.config = config
         cfg = config.entity_swap
-        self.graph = graph if graph is not None else KnowledgeGraph.load(cfg.knowledge_graph)
-        self.graph.add_names(user_dict_entities(cfg.user_dicts, dict(cfg.pos_types)))
+        self.graph = graph if graph is not None else load_graph(cfg)
+        if graph is not None:  # a graph loaded without this config's user dictionaries
+            self.graph.add_names(user_dict_entities(cfg.user_dicts, dict(cfg.pos_types)))
         self.finder = EntityFinder(self.graph, cfg)
+        self.facts = self.graph.fact_extractor()
         self.model = f"kg:{len(self.graph)} entities" + (f"; {','.join(map(str, cfg.knowledge_graph))}" if cfg.knowledge_graph else "")
 
     def __call__(self, docs: list[Document]) -> list[Document]:
@@ -196,32 +223,59 @@ class EntitySwapAugmenter:
         try:
             mentions = self.finder.mentions(doc.text)
             variants = [self.swap(doc, mentions, i) for i in range(n)]
+            return [guard_variant(self.config, doc, v, self.name, self.facts, self.expected_facts(doc, mentions, v))
+                    for v in variants if v is not None]
         except Exception as exc:  # noqa: BLE001 - the parent is kept either way
             if self.config.on_error == "raise":
                 raise
             logger.warning("entity swap failed on %s: %s", doc.id, exc)
             return [error_variant(doc, METHOD, self.name, exc)]
-        return [guard_variant(self.config, doc, v, self.name) for v in variants if v is not None]
 
     def swap(self, doc: Document, mentions: list[Mention], variant: int) -> Document | None:
         """One variant of ``doc`` (None when it has no swappable entity)."""
+        cfg = self.config.entity_swap
         rng = variant_rng(self.config.seed, doc.id, METHOD, variant)
-        plan = plan_swaps(mentions, self.graph, self.config.entity_swap, rng)
+        plan = plan_swaps(mentions, self.graph, cfg, rng)
         if not plan:
             return None
         text = apply_swaps(doc.text, mentions, plan)
-        swaps = [{"from": sorted({m.surface for m in mentions if m.key == key}), "to": new, "type": t, "kind": kind}
+        swaps = [{"from": sorted({m.surface for m in mentions if m.key == key}), "to": new, "type": t, "kind": kind,
+                  "mentions": sum(m.key == key for m in mentions)}
                  for key, (new, t, kind) in sorted(plan.items())]
-        params = {"entity_fraction": self.config.entity_swap.entity_fraction, "alias_prob": self.config.entity_swap.alias_prob,
-                  "seed": self.config.seed, "swaps": swaps}
+        params = {"mode": cfg.mode, "entity_fraction": cfg.entity_fraction, "seed": self.config.seed, "swaps": swaps}
+        if cfg.mode == "counterfactual":
+            params["alias_prob"] = cfg.alias_prob
         return make_variant(doc, METHOD, variant, text, self.model, params)
+
+    def expected_facts(self, doc: Document, mentions: list[Mention], child: Document | None) -> dict | None:
+        """The facts a counterfactual variant should hold: its parent's, less the facts of each
+        replaced mention (an entity, or the ``四`` of ``四川省``), plus those of its replacement.
+        None when every swap is an alias: the variant must keep exactly its parent's facts."""
+        if child is None:
+            return None
+        swaps = child.meta["augment"]["params"]["swaps"]
+        if all(s["kind"] == "alias" for s in swaps):
+            return None
+        expected = {kind: collections.Counter(values) for kind, values in self.facts.facts(doc.text).items()}
+        for swap in swaps:
+            replaced = set(swap["from"])
+            for mention in (m for m in mentions if m.surface in replaced):
+                for kind, values in self.facts.facts(mention.surface).items():
+                    expected[kind].subtract(values)
+                for kind, values in self.facts.facts(swap["to"]).items():
+                    expected[kind].update(values)
+        return {kind: +values for kind, values in expected.items()}
 
 
 def plan_swaps(mentions: list[Mention], graph: KnowledgeGraph, config: EntitySwapConfig, rng: random.Random) -> dict[str, tuple[str, str, str]]:
-    """Entity key -> (replacement, type, ``alias`` | ``same_type``) for the chosen entities."""
-    keys = sorted({m.key for m in mentions})
+    """Entity key -> (replacement, type, kind) for the chosen entities; kind ``alias`` (an alias
+    of the same graph entity), ``counterfactual`` (another graph entity of the same type) or
+    ``non_graph`` (a tagged word outside the graph replaced by a graph entity).  Alias mode plans
+    aliases only, and only for graph entities."""
+    counterfactual = config.mode == "counterfactual"
+    keys = sorted({m.key for m in mentions if counterfactual or m.key.startswith("kg:")})
     mentioned = {m.surface for m in mentions}
-    options = {k: _options(k, mentions, graph, mentioned) for k in keys}
+    options = {k: _options(k, mentions, graph, mentioned, counterfactual) for k in keys}
     keys = [k for k in keys if options[k][0] or options[k][1]]
     if not keys:
         return {}
@@ -235,19 +289,21 @@ def plan_swaps(mentions: list[Mention], graph: KnowledgeGraph, config: EntitySwa
         if aliases and (not peers or rng.random() < config.alias_prob):
             plan[key] = (rng.choice(aliases), etype, "alias")
         elif peers:
-            plan[key] = (rng.choice(peers), etype, "same_type")
+            plan[key] = (rng.choice(peers), etype, "counterfactual" if key.startswith("kg:") else "non_graph")
         else:
             continue
         used.add(plan[key][0])
     return plan
 
 
-def _options(key: str, mentions: list[Mention], graph: KnowledgeGraph, mentioned: set[str]) -> tuple[list[str], list[str]]:
-    """(aliases usable for ``key``, same-type peers not mentioned in the document)."""
+def _options(key: str, mentions: list[Mention], graph: KnowledgeGraph, mentioned: set[str], counterfactual: bool) -> tuple[list[str], list[str]]:
+    """(aliases usable for ``key``, same-type peers not mentioned in the document: none unless ``counterfactual``)."""
     surfaces = {m.surface for m in mentions if m.key == key}
     etype = next(m.type for m in mentions if m.key == key)
     entity = graph.by_surface.get(next(iter(surfaces))) if key.startswith("kg:") else None
     aliases = [] if entity is None or len(surfaces) > 1 else [s for s in entity.surfaces if s not in surfaces]
+    if not counterfactual:
+        return aliases, []
     own = set(entity.surfaces) if entity else surfaces
     peers = [name for name in graph.by_type.get(etype, []) if name not in own and name not in mentioned
              and not (set(graph.by_surface[name].surfaces) & mentioned)]

@@ -9,17 +9,27 @@ the parent's source, domain, language and provenance meta, and::
 Every random choice for that variant comes from :func:`variant_rng`, seeded by
 (config seed, parent id, method, variant index) only, so the output does not depend on how
 documents are partitioned or batched.
+
+Every variant passes two guards (:func:`guard_variant`): the fact guard
+(:mod:`augment.facts`: numbers, dates, units, entities up to aliases and negations must
+survive; reason ``changed_fact``, with what changed in ``meta.augment.guard.changed``) and the
+similarity guard (:mod:`augment.guard`: ``too_similar`` / ``too_different``).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from augment.config import METHOD_CODES, AugmentConfig
 from augment.guard import check_variant
 from etl.document import Document
+
+if TYPE_CHECKING:
+    import collections
+
+    from augment.facts import FactExtractor
 
 #: Provenance keys that a variant does not inherit from its parent.
 _NOT_INHERITED = ("drop_reason", "drop_step", "augment")
@@ -64,9 +74,21 @@ def make_variant(parent: Document, method: str, variant: int, text: str, model: 
                     domain=parent.domain, lang=parent.lang, meta=meta)
 
 
-def guard_variant(config: AugmentConfig, parent: Document, child: Document, step: str) -> Document:
-    """Apply the similarity guard; a failing variant is marked dropped with the reason and scores."""
-    reason, detail = check_variant(parent.text, child.text, config.guard_for(child.meta["augment"]["method"]))
+def guard_variant(config: AugmentConfig, parent: Document, child: Document, step: str, facts: FactExtractor,
+                  expected: Mapping[str, collections.Counter] | None = None) -> Document:
+    """Apply the fact guard and the similarity guard; a failing variant is marked dropped.
+
+    ``changed_fact`` (a fact of the method's ``guard.<method>.facts`` kinds lost, changed or
+    added) comes first, then ``too_similar`` / ``too_different``; ``meta.augment.guard`` holds
+    the similarity, the length ratio and, when facts changed, ``changed``: per kind the values
+    ``missing`` from the variant and ``added`` to it.  ``expected`` replaces the parent's facts
+    of a kind (a counterfactual entity swap names other entities on purpose)."""
+    guard = config.guard_for(child.meta["augment"]["method"])
+    reason, detail = check_variant(parent.text, child.text, guard)
+    changed = facts.changes(parent.text, child.text, guard.facts, expected) if guard.facts else {}
+    if changed:
+        reason = "changed_fact"
+        detail["changed"] = changed
     child.meta["augment"]["guard"] = detail
     if reason:
         child.drop(reason, step)

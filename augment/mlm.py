@@ -11,7 +11,11 @@ length-sorted batches.
 A masked word of ``n`` tokens is filled position by position: the j-th candidate joins the
 j-th best token of every position.  Candidates that equal the original, are stop words, or do
 not look like a word of the same script are skipped; the rng picks one of the first ``top_k``
-that remain.  A word with no candidate stays as it is.
+that remain.  A word is replaced only where the model ranks the original word itself (each of
+its tokens) among its ``original_top_k`` best predictions: the model sees the replacement and
+the original as interchangeable there (a context where the original is unlikely is one where
+a substitute changes the meaning).  A word with no candidate stays as it is.  Every variant then
+passes the fact guard (:mod:`augment.facts`) and the similarity guard.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from augment.config import AugmentConfig
-from augment.entity_swap import EntityFinder, KnowledgeGraph
+from augment.entity_swap import EntityFinder, KnowledgeGraph, load_graph
 from augment.lineage import derive_seed, error_variant, guard_variant, is_variant, make_variant, num_variants, variant_rng
 from augment.sentences import rebuild, split_sentences
 from augment.words import Word, is_number, segment
@@ -81,7 +85,9 @@ class _Row:
     words: list[Word]
     input_ids: list[int] = field(default_factory=list)
     mask_groups: list[list[int]] = field(default_factory=list)  # token positions per masked word
+    original_ids: list[list[int]] = field(default_factory=list)  # the original token ids at those positions
     fills: list[str | None] = field(default_factory=list)
+    num_not_interchangeable: int = 0  # words left as they are: the model does not rank the original among its top
 
 
 class MaskedLMAugmenter:
@@ -93,8 +99,9 @@ class MaskedLMAugmenter:
         self.config = config
         self.cfg = config.masked_lm
         self.stop_words = load_stop_words(self.cfg.stop_words)
-        graph = graph if graph is not None else KnowledgeGraph.load(config.entity_swap.knowledge_graph)
+        graph = graph if graph is not None else load_graph(config.entity_swap)
         self.finder = EntityFinder(graph, config.entity_swap)
+        self.facts = graph.fact_extractor()
 
     def model_for(self, lang: str):
         from augment.models import load_model
@@ -158,10 +165,11 @@ class MaskedLMAugmenter:
                 if not vrows:
                     continue
                 text, changes = substitute(doc.text, vrows)
-                params = {"word_fraction": self.cfg.word_fraction, "top_k": self.cfg.top_k, "seed": self.config.seed,
-                          "num_masked": sum(len(r.words) for r in vrows), "changes": changes}
+                params = {"word_fraction": self.cfg.word_fraction, "top_k": self.cfg.top_k, "original_top_k": self.cfg.original_top_k,
+                          "seed": self.config.seed, "num_masked": sum(len(r.words) for r in vrows),
+                          "num_not_interchangeable": sum(r.num_not_interchangeable for r in vrows), "changes": changes}
                 child = make_variant(doc, METHOD, variant, text, model_name, params)
-                out.setdefault(i, []).append(guard_variant(self.config, doc, child, self.name))
+                out.setdefault(i, []).append(guard_variant(self.config, doc, child, self.name, self.facts))
         return out
 
 
@@ -208,10 +216,11 @@ def encode_rows(rows: list[_Row], tokenizer, max_tokens: int) -> None:
     cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
     at = 0
     for row, (pieces, is_word) in zip(rows, cut):
-        ids, groups = [cls_id], []
+        ids, groups, originals = [cls_id], [], []
         for piece_ids, word in zip(encoded[at:at + len(pieces)], is_word):
             if word:
                 groups.append(list(range(len(ids), len(ids) + len(piece_ids))))
+                originals.append(list(piece_ids))
                 ids.extend([mask_id] * len(piece_ids))
             else:
                 ids.extend(piece_ids)
@@ -220,6 +229,7 @@ def encode_rows(rows: list[_Row], tokenizer, max_tokens: int) -> None:
         row.input_ids = ids
         # a word cut off by truncation (or with no token at all) is not masked
         row.mask_groups = [g if g and g[-1] < len(ids) - 1 else [] for g in groups]
+        row.original_ids = [o if g else [] for o, g in zip(originals, row.mask_groups)]
 
 
 #: Cost of one forward call in padded-token equivalents, for :func:`plan_batches`.  On CPU a call of
@@ -274,12 +284,23 @@ def fill_rows(rows: list[_Row], tokenizer, model, cfg, stop_words: frozenset[str
         mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in batch], dtype=torch.long)
         with torch.inference_mode():
             logits = masked_logits(model, ids.to(device), mask.to(device), where)
-        top = torch.topk(logits.float(), k=min(cfg.top_k * 4, logits.shape[-1]), dim=-1).indices.cpu().tolist()
+        top = torch.topk(logits.float(), k=min(max(cfg.top_k * 4, cfg.original_top_k), logits.shape[-1]), dim=-1).indices.cpu().tolist()
         ranked = dict(zip(where, top))
         for b, r in enumerate(batch):
             rng = random.Random(derive_seed(seed, doc_ids[r.doc_index], METHOD, r.variant, r.span[0]))
-            r.fills = [choose_fill(w, [ranked[(b, p)] for p in g], table, stop_words, cfg.top_k, rng) if g else None
-                       for w, g in zip(r.words, r.mask_groups)]
+            fill_words(r, [[ranked[(b, p)] for p in g] for g in r.mask_groups], table, stop_words, cfg, rng)
+
+
+def fill_words(row: _Row, ranked: list[list[list[int]]], table: list[str | None], stop_words: frozenset[str], cfg, rng: random.Random) -> None:
+    """Set ``row.fills``: per masked word (``ranked``: per token position, ids best first) a
+    replacement, or None where it has no token, no valid candidate, or the model does not rank
+    the original word among its ``cfg.original_top_k`` best (counted in ``num_not_interchangeable``)."""
+    row.fills = []
+    for word, ranks, original in zip(row.words, ranked, row.original_ids):
+        if ranks and not interchangeable(original, ranks, cfg.original_top_k):
+            row.num_not_interchangeable += 1
+            ranks = []
+        row.fills.append(choose_fill(word, ranks, table, stop_words, cfg.top_k, rng) if ranks else None)
 
 
 def masked_logits(model, input_ids, attention_mask, where: list[tuple[int, int]]):
@@ -321,6 +342,14 @@ def vocab_table(tokenizer) -> list[str | None]:
     except TypeError:  # not weak-referenceable: rebuilt per call
         pass
     return table
+
+
+def interchangeable(original_ids: list[int], ranked_ids: list[list[int]], original_top_k: int) -> bool:
+    """Whether the model ranks every original token of a word among its ``original_top_k`` best
+    predictions at that token's position (always true for ``original_top_k`` 0)."""
+    if not original_top_k:
+        return True
+    return len(original_ids) == len(ranked_ids) and all(o in ranked[:original_top_k] for o, ranked in zip(original_ids, ranked_ids))
 
 
 def choose_fill(word: Word, ranked_ids: list[list[int]], table: list[str | None], stop_words: frozenset[str], top_k: int,

@@ -196,6 +196,7 @@ def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manif
             made = sum(m.get("made", 0) for m in aug.get("by_method", {}).values())
             lines.append(f"{stage:>8}: {aug['num_originals']:>6} in -> {st['num_kept']:>6} kept ({made} variants made), "
                          f"{st['num_rejected']:>5} variants rejected ({reasons})")
+            lines += augment_lines(aug)
             continue
         lines.append(f"{stage:>8}: {st['num_in']:>6} in -> {st['num_kept']:>6} kept, {st['num_rejected']:>5} rejected ({reasons})")
     if dedup_clusters:
@@ -211,6 +212,23 @@ def summary_lines(all_stats: dict[str, dict], dedup_clusters: dict | None, manif
         losses = [m["loss"] for m in metrics if "loss" in m]
         if losses:
             lines.append(f"  train: {len(metrics)} log steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return lines
+
+
+def augment_lines(aug: dict) -> list[str]:
+    """Per augmentation method: variants made, kept, rejected per guard reason, the fact kinds
+    that changed, and for entity swap the swap kinds (alias / counterfactual / non_graph) kept."""
+    lines = []
+    for method, m in sorted((aug.get("by_method") or {}).items()):
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(m.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1])) or "none"
+        line = f"  {method}: {m.get('made', 0)} made, {m.get('kept', 0)} kept, {m.get('rejected', 0)} rejected ({reasons})"
+        if m.get("changed_fact_by_kind"):
+            line += "; facts changed: " + ", ".join(f"{k} {n}" for k, n in m["changed_fact_by_kind"].items())
+        swaps = m.get("swap_kinds") or {}
+        if swaps:
+            line += "; swaps kept: " + (", ".join(f"{k} {n}" for k, n in swaps.get("kept", {}).items()) or "none")
+            line += " (rejected: " + (", ".join(f"{k} {n}" for k, n in swaps.get("rejected", {}).items()) or "none") + ")"
+        lines.append(line)
     return lines
 
 
@@ -268,6 +286,11 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) ->
     if all_stats:
         plot_drop_reasons(all_stats, figs / "drop_reasons.png")
         md += ["## Drop reasons", "", "![drop reasons](figures/drop_reasons.png)", ""]
+    if (all_stats.get("augment") or {}).get("augment"):
+        about = ("Per method: variants made, kept, rejected per guard reason (`changed_fact`: a number, date, unit, "
+                 "knowledge-graph entity or negation of the original did not survive), and entity-swap kinds.")
+        md += ["## Augmentation", "", about, "", "```",
+               *augment_lines(all_stats["augment"]["augment"]), "```", ""]
     if clusters and clusters.get("size_histogram"):
         plot_cluster_sizes(clusters["size_histogram"], figs / "cluster_sizes.png")
         md += ["## Near-duplicate clusters", "", "![clusters](figures/cluster_sizes.png)", ""]

@@ -55,7 +55,11 @@ def load_docs(n: int, max_chars: int):
     return picked
 
 
-def config_for(marian: str, bert: str, max_new_tokens: int, dtype: str = "auto"):
+def config_for(marian: str, bert: str, max_new_tokens: int, dtype: str = "auto", original_top_k: int = 0):
+    """The benchmark's config.  ``original_top_k`` 0 by default: random weights almost never rank
+    the original word among their top predictions, so the masked-LM rank check would leave every
+    word unchanged and the arms would time less work than real models do.  The fact guard runs
+    as configured by default (on every variant)."""
     from augment.config import load_augment_config
 
     route = {"forward": marian, "backward": marian}
@@ -63,7 +67,7 @@ def config_for(marian: str, bert: str, max_new_tokens: int, dtype: str = "auto")
         "groups": {"domain": ["medical"]}, "rates": {"domain": {"back_translation": 1, "masked_lm": 1, "entity_swap": 1}},
         "batch_docs": 64, "device": "cpu", "dtype": dtype,
         "back_translation": {"routes": {"zh": route, "en": route}, "num_beams": 1, "max_new_tokens": max_new_tokens, "batch_sentences": 32},
-        "masked_lm": {"models": {"zh": bert, "en": bert}, "batch_sentences": 32},
+        "masked_lm": {"models": {"zh": bert, "en": bert}, "batch_sentences": 32, "original_top_k": original_top_k},
         "entity_swap": {"knowledge_graph": [str(DATA / "augment_kg.csv")]}}})
 
 
@@ -111,7 +115,7 @@ def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
     import torch
 
     from augment.lineage import derive_seed
-    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_rows, substitute, vocab_table
+    from augment.mlm import MaskedLMAugmenter, _Row, choose_fill, encode_rows, interchangeable, substitute, vocab_table
 
     aug = MaskedLMAugmenter(config)
     cfg = config.masked_lm
@@ -128,9 +132,10 @@ def per_sentence_masked_lm(config, docs, one_mask_per_row: bool = True) -> int:
                 logits = model(input_ids=torch.tensor([r.input_ids for r in singles])).logits
             row.fills = []
             for k, single in enumerate(singles):
-                for w, g in zip(single.words, single.mask_groups):
-                    top = torch.topk(logits[k, g], k=cfg.top_k * 4, dim=-1).indices.tolist() if g else None
-                    row.fills.append(choose_fill(w, top, table, aug.stop_words, cfg.top_k, rng) if g else None)
+                for w, g, original in zip(single.words, single.mask_groups, single.original_ids):
+                    top = torch.topk(logits[k, g], k=max(cfg.top_k * 4, cfg.original_top_k), dim=-1).indices.tolist() if g else None
+                    keep = g and interchangeable(original, top, cfg.original_top_k)
+                    row.fills.append(choose_fill(w, top, table, aug.stop_words, cfg.top_k, rng) if keep else None)
         made += bool(rows and substitute(doc.text, rows)[0])
     return made
 
@@ -253,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="jinglian's augment.dtype (auto: bf16 on CPUs with native bf16, else fp32); baselines always run "
                              "fp32, as nlpaug and TextAttack do on CPU")
+    parser.add_argument("--original-top-k", type=int, default=0,
+                        help="masked_lm.original_top_k for jinglian and the baselines (0: no rank check; random weights "
+                             "almost never rank the original word in their top k)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "augment.json"), help="results JSON")
     args = parser.parse_args(argv)
 
@@ -276,17 +284,17 @@ def main(argv: list[str] | None = None) -> dict:
                    "models": {"marian": "d_model 256, 3+3 layers, ffn 1024, vocab 8000 (random)",
                               **{f"bert_{size}": BERT_SIZES[size]["note"] for size in berts}},
                    "settings": {"jinglian_dtype": resolve(config_for(marian, marian, 1, args.dtype)), "baseline_dtype": "float32",
-                                "repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
+                                "repeats": args.repeats, "masked_lm_original_top_k": args.original_top_k, "fact_guard": "on (params defaults)", "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
                    "sizes": []}
         if "small" in berts:
-            config = config_for(marian, berts["small"], args.max_new_tokens, args.dtype)
-            base_config = config_for(marian, berts["small"], args.max_new_tokens, "float32")
+            config = config_for(marian, berts["small"], args.max_new_tokens, args.dtype, args.original_top_k)
+            base_config = config_for(marian, berts["small"], args.max_new_tokens, "float32", args.original_top_k)
             for n in args.docs:
                 print(f"size {n} docs (BERT small)", flush=True)
                 results["sizes"].append(run_size(config, base_config, load_docs(n, args.max_chars), args.repeats))
         if "base" in berts:
-            config = config_for(marian, berts["base"], args.max_new_tokens, args.dtype)
-            base_config = config_for(marian, berts["base"], args.max_new_tokens, "float32")
+            config = config_for(marian, berts["base"], args.max_new_tokens, args.dtype, args.original_top_k)
+            base_config = config_for(marian, berts["base"], args.max_new_tokens, "float32", args.original_top_k)
             results["masked_lm_bert_base"] = []
             for n in args.base_docs:
                 print(f"size {n} docs (BERT base, masked-LM only)", flush=True)
