@@ -36,6 +36,7 @@ from etl.config import build_config, config_to_dict
 from trainer.config import ModelConfig
 from trainer.hf_config import (UnsupportedModelError, architecture_of, hf_config_from_model, hf_dtype_name,
                                model_config_from_hf)
+from trainer.dcp_reader import CheckpointTensors
 from trainer.pretrained import checkpoint_path, read_common
 from trainer.hf_weights import (EMBEDDING, EXTRA_STATE_MODULES, FC1, FINAL_NORM, OUTPUT, QKV, TORCH_DTYPES,
                                 SafetensorsReader, SafetensorsShardWriter, hf_global_names, hf_layer_names,
@@ -188,27 +189,6 @@ def hf_meta_dir(path: Path) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
-
-
-class CheckpointTensors:
-    """Reads whole model-space tensors from a torch_dist checkpoint, one key per call (no
-    process group: torch.distributed.checkpoint's single-process load)."""
-
-    def __init__(self, path: Path) -> None:
-        import torch.distributed.checkpoint as dcp  # noqa: PLC0415
-
-        self.path, self._dcp = path, dcp
-        meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-        self.shapes = {k: (tuple(v.size), v.properties.dtype) for k, v in meta.items() if hasattr(v, "size")}
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.shapes
-
-    def get(self, key: str) -> torch.Tensor:
-        shape, dtype = self.shapes[key]
-        out = {key: torch.empty(shape, dtype=dtype)}
-        self._dcp.load(out, storage_reader=self._dcp.FileSystemReader(str(self.path)), no_dist=True)
-        return out[key]
 
 
 def _lora_scale(common: dict[str, Any]) -> float:

@@ -59,6 +59,10 @@ def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
     if rope_type not in ROPE_TYPES:
         raise UnsupportedModelError(f"{arch}: rope_scaling type {rope_type!r} is not supported; "
                                     f"supported: {', '.join(ROPE_TYPES)}")
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise UnsupportedModelError(f"{arch}: partial_rotary_factor={partial} is not supported; "
+                                    "supported: RoPE over the whole head")
     out: dict[str, Any] = {"rotary_base": float(theta)}
     if rope_type == "default":
         return out
