@@ -165,12 +165,12 @@ def test_logits_equal_transformers_at_tp1_tp2_pp2(hf_models, kind):
         loop.teardown()
 
 
-def _export_and_hf_loss(save: Path, root: Path, tag: str) -> float:
+def _export_and_hf_loss(save: Path, root: Path, tag: str, **export_kwargs) -> float:
     out = None
     if dist.get_rank() == 0:
         from trainer.hf import export_hf
 
-        export_hf(save, root / f"{tag}-hf")
+        export_hf(save, root / f"{tag}-hf", **export_kwargs)
         _run("loss", str(root / f"{tag}-hf"), str(root / "batch.pt"), str(root / f"{tag}-loss.pt"))
         out = torch.load(root / f"{tag}-loss.pt")["loss"]
     return _broadcast(out)
@@ -180,6 +180,7 @@ def _export_and_hf_loss(save: Path, root: Path, tag: str) -> float:
     ("qwen2", "tiny_cpt", {"tp": 2, "pp": 2}),
     ("llama", "tiny_cpt", {"tp": 2, "parallel.distributed_optimizer": True}),
     ("llama", "tiny_lora", {"tp": 2, "lora.targets": ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]}),
+    ("qwen2", "tiny_sft", {"pp": 2}),
 ])
 def test_trained_model_exports_with_the_same_loss_in_transformers(hf_models, kind, recipe, layout):
     ckpt = hf_models / f"{kind}-ckpt"
@@ -197,6 +198,21 @@ def test_trained_model_exports_with_the_same_loss_in_transformers(hf_models, kin
     assert json.loads((save / "hf" / "config.json").read_text())["architectures"]
     hf_loss = _export_and_hf_loss(save, hf_models, tag)
     assert abs(hf_loss - trained) < LOSS_ATOL, (kind, recipe, hf_loss, trained)
+
+
+def test_model_trained_from_scratch_exports_as_llama(hf_models):
+    """A tiny recipe run (no import) exports with a fresh Llama config and the given tokenizer."""
+    config = apply_overrides(get_recipe("tiny"), {"parallel.tp": 2, "model.seq_len": SEQ, "model.vocab_size": VOCAB,
+                                                  "data.micro_batch_size": 1, "data.accumulation_steps": ROWS // 2,
+                                                  "steps": 2, "log_interval": 100})
+    batch = torch.load(hf_models / "batch.pt")
+    state = loop.setup(config, None, reader_factory=lambda r, n: TokenBatchReader(batch, {}, r, n, 1))
+    save = hf_models / "run-scratch"
+    loop.train(state, save=str(save))
+    trained = loop.evaluate(state, local_micro(state))
+    loop.teardown()
+    hf_loss = _export_and_hf_loss(save, hf_models, "scratch", tokenizer=str(hf_models / "tokenizer"))
+    assert abs(hf_loss - trained) < LOSS_ATOL, (hf_loss, trained)
 
 
 def test_shards_of_another_tokenizer_are_refused(hf_models, shard_dir):
