@@ -26,7 +26,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 import torch
 
@@ -355,32 +354,9 @@ class SafetensorsShardWriter:
         return self.file_names
 
 
-def iter_layers(model: ModelConfig) -> Iterator[int]:
-    """Layer indices 0..num_layers-1."""
-    return iter(range(model.num_layers))
-
-
-def stack_layers(key: str, model: ModelConfig, fetch: Callable[[str], torch.Tensor]) -> torch.Tensor:
-    """The stacked [num_layers, ...] megatron tensor ``key`` built layer by layer from
-    Hugging Face tensors ``fetch(name)`` (one layer's inputs held at a time)."""
-    out = None
-    for i in iter_layers(model):
-        layer = layer_to_megatron(key, [fetch(n) for n in hf_layer_names(i, model)[key]], model)
-        if out is None:
-            out = torch.empty((model.num_layers,) + tuple(layer.shape), dtype=layer.dtype)
-        out[i] = layer
-    assert out is not None
-    return out
-
-
 def unused_tensor_names(reader_names: set[str], model: ModelConfig) -> list[str]:
     """Hugging Face tensors the mapping does not read (besides a tied ``lm_head.weight`` and
     RoPE buffers): a sign of an architecture variant the mapping misses."""
     used = set(hf_tensor_shapes(model))
     ignorable = {"lm_head.weight"} if not model.untie_embeddings else set()
     return sorted(n for n in reader_names - used - ignorable if not n.endswith("rotary_emb.inv_freq"))
-
-
-def describe(value: Any) -> str:
-    """Short dtype/shape text of a tensor for error messages."""
-    return f"{value.dtype}{list(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)

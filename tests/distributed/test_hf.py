@@ -122,7 +122,9 @@ def forward_logits(state) -> torch.Tensor | None:
     """Full-vocabulary logits [rows, SEQ, padded vocab] of this DP rank's rows (last PP stage)."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
-    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+    from megatron.core.tensor_parallel.mappings import (
+        gather_from_tensor_model_parallel_region,
+    )
 
     def step(data_iterator, model):
         batch = next(data_iterator)
@@ -160,7 +162,7 @@ def test_logits_equal_transformers_at_tp1_tp2_pp2(hf_models, kind):
         if logits is not None:
             assert logits.shape[-1] == 384
             torch.testing.assert_close(logits[..., :VOCAB], reference[_dp_rows()], atol=LOGITS_ATOL, rtol=0,
-                                       msg=lambda m: f"{kind} {layout}: {m}")
+                                       msg=lambda m, where=f"{kind} {layout}": f"{where}: {m}")
             assert torch.isneginf(logits[..., VOCAB:]).all()  # padded entries take no probability
         loop.teardown()
 
