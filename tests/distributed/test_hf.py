@@ -122,9 +122,7 @@ def forward_logits(state) -> torch.Tensor | None:
     """Full-vocabulary logits [rows, SEQ, padded vocab] of this DP rank's rows (last PP stage)."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
-    from megatron.core.tensor_parallel.mappings import (
-        gather_from_tensor_model_parallel_region,
-    )
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
     def step(data_iterator, model):
         batch = next(data_iterator)
