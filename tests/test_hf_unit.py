@@ -168,3 +168,16 @@ def test_rope_inv_freq_matches_transformers_llama3(tmp_path):
     assert torch.allclose(rope_inv_freq(m), hf.model.rotary_emb.inv_freq, rtol=1e-6, atol=0)
     assert not torch.allclose(rope_inv_freq(m), rope_inv_freq(ModelConfig(num_layers=1, hidden_size=64,
                                                                           num_attention_heads=4, rotary_base=500000.0)))
+
+
+def test_local_layer_spec_saves_under_the_transformer_engine_names():
+    """One checkpoint serves both layer specs: megatron's local spec maps its norms onto the TE
+    spec's fused-norm names, which are the names the importer writes."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from trainer.hf_weights import FC1, QKV
+
+    keys_map = get_gpt_layer_local_spec(normalization="RMSNorm").submodules.sharded_state_dict_keys_map
+    layer = "decoder.layers."
+    assert layer + keys_map["input_layernorm."] + "weight" == QKV + "layer_norm_weight"
+    assert layer + keys_map["pre_mlp_layernorm."] + "weight" == FC1 + "layer_norm_weight"
