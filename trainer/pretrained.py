@@ -71,9 +71,10 @@ def use_pretrained_model(config: TrainConfig, pretrained: str, overrides: dict[s
 
 
 def shards_tokenizer(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Vocabulary size and EOS id the shards were tokenised with (manifest ``tokenizer``)."""
+    """Vocabulary size and EOS id the shards were tokenised with (manifest ``tokenizer``; the
+    synthetic stream has none, so nothing is compared for it)."""
     tok = manifest.get("tokenizer") or {}
-    return {k: tok.get(k, manifest.get(k)) for k in ("vocab_size", "eos_id")}
+    return {k: tok.get(k) for k in ("vocab_size", "eos_id")}
 
 
 def check_shards_tokenizer(manifest: dict[str, Any], common: dict[str, Any], shards: str, pretrained: str) -> None:
