@@ -64,8 +64,12 @@ def resolve_source(source: str) -> Path:
         raise ValueError(f"{source}: neither a directory with config.json nor a hub id (owner/name)")
     from huggingface_hub import snapshot_download  # noqa: PLC0415
 
-    return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.safetensors.index.json",
-                                                          *META_PATTERNS]))
+    try:
+        return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.safetensors.index.json",
+                                                              *META_PATTERNS]))
+    except Exception as exc:  # offline, unknown repo, gated model: one line, not a traceback
+        raise ValueError(f"{source}: not a local directory and the hub download failed "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def copy_meta_files(src: Path, dst: Path, patterns=META_PATTERNS) -> list[str]:
