@@ -165,12 +165,26 @@ def test_logits_equal_transformers_at_tp1_tp2_pp2(hf_models, kind):
         loop.teardown()
 
 
+def _check_direct_reader(save: Path) -> None:
+    """The exporter's direct chunk reader gives torch.distributed.checkpoint's tensors for a
+    checkpoint megatron saved from a TP/PP layout (split chunks), without falling back."""
+    from trainer.dcp_reader import CheckpointTensors
+    from trainer.pretrained import checkpoint_path
+
+    reader = CheckpointTensors(checkpoint_path(save))
+    for key in reader.shapes:
+        if not key.startswith("optimizer."):
+            assert torch.equal(reader.get(key), reader._dcp_get(key)), key
+    assert reader.fallbacks == 0
+
+
 def _export_and_hf_loss(save: Path, root: Path, tag: str, **export_kwargs) -> float:
     out = None
     if dist.get_rank() == 0:
         from trainer.hf import export_hf
 
         export_hf(save, root / f"{tag}-hf", **export_kwargs)
+        _check_direct_reader(save)
         _run("loss", str(root / f"{tag}-hf"), str(root / "batch.pt"), str(root / f"{tag}-loss.pt"))
         out = torch.load(root / f"{tag}-loss.pt")["loss"]
     return _broadcast(out)
