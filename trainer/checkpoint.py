@@ -216,6 +216,18 @@ def _restore_adam_steps(optimizer, steps: list[float | None]) -> None:
                 param_state["step"] = torch.tensor(step, dtype=torch.float32)
 
 
+def _drop_missing_extra_state(state: dict[str, Any], path: Path) -> None:
+    """Remove ``_extra_state`` requests the checkpoint lacks (loading weights into another layer
+    spec: Transformer Engine's attention has extra state the local spec and imports don't save)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = {key.split("/shard_")[0] for key in FileSystemReader(str(path)).read_metadata().state_dict_metadata}
+    for chunk in state.values():
+        for key in [k for k, v in chunk.items() if isinstance(v, ShardedObject)
+                    and v.key.endswith("_extra_state") and v.key not in saved]:
+            del chunk[key]
+
+
 def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, scheduler=None,
                     reader=None) -> dict[str, Any]:
     """Load a checkpoint into ``models`` (and optimizer/scheduler/reader/RNG when given).
@@ -233,6 +245,8 @@ def load_checkpoint(path: str | os.PathLike, models: list, optimizer=None, sched
                                                          metadata=OPTIMIZER_METADATA)
     if same_layout and optimizer is not None:
         state.update(_per_rank_objects(reader.state_dict() if reader is not None else None))
+    if optimizer is None:
+        _drop_missing_extra_state(state, path)
     loaded = dist_checkpointing.load(state, str(path))
     for i, model in enumerate(models):
         key = "model" if len(models) == 1 else f"model{i}"

@@ -50,12 +50,30 @@ class ModelConfig:
     """MLP activation; swiglu = gated SiLU (Llama)."""
     position_embedding: Literal["rope", "learned_absolute"] = "rope"
     """Position encoding (Llama: rope)."""
-    rotary_base: int = 10000
-    """RoPE base (Llama-2: 10000)."""
+    rotary_base: float = 10000
+    """RoPE base theta (Llama-2: 10000, Llama-3: 500000, Qwen2.5: 1000000)."""
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    """RoPE frequency scaling as in Hugging Face ``rope_type`` (llama3: Llama 3.1/3.2)."""
+    rope_scaling_factor: float = 1.0
+    """RoPE scaling ``factor`` (Llama 3.1: 8, Llama 3.2: 32); 1 = none."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 scaling ``low_freq_factor`` (Llama 3.1: 1)."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 scaling ``high_freq_factor`` (Llama 3.1: 4)."""
+    rope_original_max_positions: int = 8192
+    """llama3 scaling ``original_max_position_embeddings``, in tokens (Llama 3.1: 8192)."""
+    head_dim: int | None = None
+    """Attention head width (megatron kv_channels); None = hidden_size / num_attention_heads."""
     untie_embeddings: bool = True
     """Separate input embedding and output projection (Llama: untied)."""
     add_bias_linear: bool = False
     """Biases in linear layers (Llama: none)."""
+    add_qkv_bias: bool = False
+    """Biases on the query/key/value projection only (Qwen2)."""
+    padded_vocab_size: int | None = None
+    """Embedding rows including padding, fixed for every layout (imported models: vocab_size
+    rounded up to 128, so any power-of-two TP up to 128 splits it); None = Megatron's
+    ``make_vocab_size_divisible_by * tp`` rounding."""
     hidden_dropout: float = 0.0
     """Dropout after attention/MLP (0 for pretraining at scale)."""
     attention_dropout: float = 0.0
@@ -68,8 +86,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_len"):
             _check(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "must be > 0")
-        _check(self.hidden_size % self.num_attention_heads == 0, "model.hidden_size",
-               self.hidden_size, f"must be divisible by num_attention_heads={self.num_attention_heads}")
+        _check(self.head_dim is not None or self.hidden_size % self.num_attention_heads == 0,
+               "model.hidden_size", self.hidden_size,
+               f"must be divisible by num_attention_heads={self.num_attention_heads} (or set model.head_dim)")
+        _check(self.head_dim is None or (self.head_dim > 0 and self.head_dim % 2 == 0), "model.head_dim",
+               self.head_dim, "must be a positive even number")
+        _check(self.padded_vocab_size is None or (self.vocab_size is not None
+                                                  and self.padded_vocab_size >= self.vocab_size),
+               "model.padded_vocab_size", self.padded_vocab_size, f"needs model.vocab_size <= it (is {self.vocab_size})")
+        _check(self.rope_scaling_factor >= 1.0, "model.rope_scaling_factor", self.rope_scaling_factor, "must be >= 1")
         groups = self.num_query_groups
         _check(groups is None or (groups > 0 and self.num_attention_heads % groups == 0),
                "model.num_query_groups", groups, "must divide num_attention_heads")
@@ -80,6 +105,11 @@ class ModelConfig:
     def ffn_size(self) -> int:
         """The MLP inner width actually used."""
         return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def kv_channels(self) -> int:
+        """The attention head width actually used."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
     def query_groups(self) -> int:
@@ -226,6 +256,8 @@ class TrainConfig:
         _check(m.query_groups % p.tp == 0, "parallel.tp", p.tp,
                f"must divide model.num_query_groups={m.query_groups}")
         _check(m.ffn_size % p.tp == 0, "parallel.tp", p.tp, f"must divide ffn size {m.ffn_size}")
+        _check(m.padded_vocab_size is None or m.padded_vocab_size % p.tp == 0, "parallel.tp", p.tp,
+               f"must divide model.padded_vocab_size={m.padded_vocab_size}")
         chunks = p.pp * (p.virtual_pp or 1)
         _check(m.num_layers % chunks == 0, "model.num_layers", m.num_layers,
                f"must be divisible by pp * virtual_pp = {chunks}")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -36,6 +38,7 @@ from trainer.config import TrainConfig, to_dict  # noqa: E402
 from trainer.data import open_reader, reader_vocab_size, to_torch_batch  # noqa: E402
 from trainer.metrics import (MetricsWriter, StepMetrics, gpu_peak_tflops, memory_gib,  # noqa: E402
                              throughput, training_flops_per_token)
+from trainer.pretrained import check_shards_tokenizer, read_common  # noqa: E402
 from trainer.model import build_model, params_dtype, transformer_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -134,13 +137,16 @@ def setup(config: TrainConfig, shards: str | None, load: str | None = None, read
                                 parallel_state.get_data_parallel_world_size())
     else:
         reader = build_reader(config, shards, **reader_kwargs)
+    if config.pretrained:
+        path = ckpt.latest_checkpoint(config.pretrained)
+        if path is None:
+            raise ValueError(f"train.pretrained={config.pretrained!r}: no checkpoint there; import a Hugging "
+                             "Face model with: python -m trainer.hf import <hf dir or hub id> <checkpoint dir>")
+        check_shards_tokenizer(reader.manifest, read_common(path), str(shards), config.pretrained)
     vocab_size = config.model.vocab_size or reader_vocab_size(reader)
     tf_config = transformer_config(config)
     models = build_model(config, tf_config, vocab_size)
     if config.pretrained:
-        path = ckpt.latest_checkpoint(config.pretrained)
-        if path is None:
-            raise ValueError(f"train.pretrained={config.pretrained!r}: no checkpoint there")
         ckpt.load_checkpoint(path, models)
     if config.mode == "lora":
         lora_lib.apply_lora(models, config.lora, seed=config.seed)
@@ -285,10 +291,28 @@ def save_state(state: TrainState, save: str) -> None:
     """Checkpoint everything (and, for LoRA, the adapters alone)."""
     common = {"config": to_dict(state.config), "consumed_tokens": state.consumed_tokens,
               "vocab_size": state.vocab_size, "domains": list(state.reader.domains)}
+    if state.config.pretrained:  # the imported model's dtype and tokenizer travel with the run
+        common["hf"] = read_common(state.config.pretrained).get("hf")
     ckpt.save_checkpoint(save, state.step, state.models, state.optimizer, state.scheduler,
                          state.reader.state_dict(), common)
+    copy_hf_meta(state.config.pretrained, save)
     if state.config.mode == "lora":
         lora_lib.save_adapters(state.models, save, state.step, state.config.lora)
+
+
+def copy_hf_meta(pretrained: str | None, save: str) -> None:
+    """Carry an imported model's ``hf/`` directory (config.json, tokenizer) into the run, so
+    ``python -m trainer.hf export`` finds it next to the run's checkpoints (rank 0, once)."""
+    if not pretrained or dist.get_rank() != 0:
+        return
+    sources = [p for p in (Path(pretrained) / "hf", Path(pretrained).parent / "hf") if p.is_dir()]
+    target = Path(save) / "hf"
+    if sources and not target.exists():
+        source = sources[0]
+        tmp = Path(save) / ".hf.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        os.replace(tmp, target)
 
 
 def teardown() -> None:

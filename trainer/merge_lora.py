@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     from trainer import checkpoint as ckpt  # noqa: PLC0415
     from trainer import loop  # noqa: PLC0415
+    from trainer.config import to_dict  # noqa: PLC0415
     from trainer.lora import merge_lora  # noqa: PLC0415
+    from trainer.pretrained import read_common  # noqa: PLC0415
     from trainer.train import build_arg_parser, resolve_config  # noqa: PLC0415
 
     train_args = build_arg_parser().parse_args(["--recipe", args.recipe, "--shards", args.shards]
@@ -41,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"recipe {args.recipe!r} has mode={config.mode!r}; merge needs a lora run")
     state = loop.setup(config, args.shards, load=args.load)
     count = merge_lora(state.models)
-    ckpt.save_checkpoint(args.out, state.step, state.models, None, None, None,
-                         {"merged_lora_layers": count, "vocab_size": state.vocab_size})
+    common = {"merged_lora_layers": count, "vocab_size": state.vocab_size, "config": to_dict(config)}
+    if config.pretrained:  # an imported model: keep its dtype/tokenizer and hf/ for trainer.hf export
+        common["hf"] = read_common(config.pretrained).get("hf")
+        loop.copy_hf_meta(config.pretrained, args.out)
+    ckpt.save_checkpoint(args.out, state.step, state.models, None, None, None, common)
     logger.info("merged %d adapted layers into %s", count, args.out)
     loop.teardown()
     return 0

@@ -53,10 +53,10 @@ def gpu_peak_tflops(device_name: str | None) -> float | None:
 def training_flops_per_token(model: ModelConfig, vocab_size: int) -> float:
     """Training (forward + backward) matmul FLOPs per token; see the module docstring."""
     h, s, f = model.hidden_size, model.seq_len, model.ffn_size
-    head_dim = h // model.num_attention_heads
-    h_kv = model.query_groups * head_dim
+    head_dim = model.kv_channels  # hidden / heads unless the model sets head_dim (imported models)
+    h_q, h_kv = model.num_attention_heads * head_dim, model.query_groups * head_dim
     mlp_mats = 3 if model.activation == "swiglu" else 2
-    per_layer = 2 * h * (h + 2 * h_kv) + 4 * s * h + 2 * h * h + 2 * mlp_mats * h * f
+    per_layer = 2 * h * (h_q + 2 * h_kv) + 4 * s * h_q + 2 * h_q * h + 2 * mlp_mats * h * f
     forward = model.num_layers * per_layer + 2 * h * vocab_size
     return 3.0 * forward
 

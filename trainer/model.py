@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_block import (TransformerBlockSubmodules,
                                                          get_num_layers_to_build)
 
-from trainer.config import TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,56 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Round the vocabulary up to a multiple of ``divisible_by * tp`` (Megatron's padding)."""
     unit = divisible_by * tp
     return -(-vocab_size // unit) * unit
+
+
+def model_vocab_size(config: TrainConfig, vocab_size: int) -> int:
+    """Embedding rows of the model: ``model.padded_vocab_size`` when fixed (imported models),
+    else Megatron's rounding of ``vocab_size`` for this TP size."""
+    m = config.model
+    if m.padded_vocab_size is not None:
+        return m.padded_vocab_size
+    return padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, config.parallel.tp)
+
+
+def rope_inv_freq(model: ModelConfig) -> torch.Tensor:
+    """RoPE inverse frequencies [head_dim / 2] in fp32, computed as Hugging Face transformers
+    does for ``rope_type`` default, linear and llama3 (Llama 3.1 scaling with its low/high
+    frequency factors and original context, which megatron-core fixes at 1, 4 and 8192)."""
+    dim = model.kv_channels
+    inv_freq = 1.0 / (model.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    factor = model.rope_scaling_factor
+    if model.rope_scaling == "linear":
+        return inv_freq / factor
+    if model.rope_scaling != "llama3":
+        return inv_freq
+    low_wavelen = model.rope_original_max_positions / model.rope_low_freq_factor
+    high_wavelen = model.rope_original_max_positions / model.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = ((model.rope_original_max_positions / wavelen - model.rope_low_freq_factor)
+              / (model.rope_high_freq_factor - model.rope_low_freq_factor))
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def mask_padded_logits(output_layer: torch.nn.Module, vocab_size: int) -> None:
+    """Give the padded vocabulary entries a logit of -inf on this TP rank's slice, so they take
+    no probability mass: the loss and the softmax of real tokens are those of the unpadded
+    model, and the padded rows of the output layer get no gradient (they stay zero)."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+
+    def hook(module, args, output):
+        logits, bias = output
+        local = logits.shape[-1]
+        first_padded = vocab_size - tp_rank * local  # local column of the first padded id
+        if first_padded >= local:
+            return output
+        logits = logits.clone()
+        logits[..., max(first_padded, 0):] = float("-inf")
+        return logits, bias
+
+    output_layer.register_forward_hook(hook)
 
 
 def use_transformer_engine(config: TrainConfig) -> bool:
@@ -59,7 +110,8 @@ def transformer_config(config: TrainConfig) -> TransformerConfig:
     dtype = params_dtype(config)
     return TransformerConfig(
         num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
-        num_query_groups=m.query_groups, ffn_hidden_size=m.ffn_size,
+        num_query_groups=m.query_groups, ffn_hidden_size=m.ffn_size, kv_channels=m.kv_channels,
+        add_qkv_bias=m.add_qkv_bias,
         normalization=m.normalization, layernorm_epsilon=m.norm_epsilon,
         gated_linear_unit=m.activation == "swiglu",
         activation_func=F.silu if m.activation == "swiglu" else F.gelu,
@@ -122,16 +174,21 @@ def build_model(config: TrainConfig, tf_config: TransformerConfig, vocab_size: i
     m = config.model
     chunks = config.parallel.virtual_pp or 1
     models = []
+    rows = model_vocab_size(config, vocab_size)
     for vp_stage in range(chunks):
         vp = vp_stage if config.parallel.virtual_pp else None
         model = GPTModel(
             config=tf_config, transformer_layer_spec=layer_spec(config, tf_config, vp),
-            vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, config.parallel.tp),
+            vocab_size=rows,
             max_sequence_length=m.seq_len,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
             share_embeddings_and_output_weights=not m.untie_embeddings,
             position_embedding_type=m.position_embedding, rotary_base=m.rotary_base, vp_stage=vp)
+        if m.position_embedding == "rope":
+            model.rotary_pos_emb.inv_freq = rope_inv_freq(m)
+        if model.post_process and rows > vocab_size:
+            mask_padded_logits(model.output_layer, vocab_size)
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         models.append(model)

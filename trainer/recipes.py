@@ -17,6 +17,9 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {}
 FINETUNE_LR = 3e-5
 FINETUNE_WARMUP_STEPS = 500
 FINETUNE_ACCUMULATION_STEPS = 8
+FINETUNE_WEIGHT_DECAY = 0.01
+#: recipe of ``trainer.train --pretrained`` when no --recipe is given
+PRETRAINED_DEFAULT_RECIPE = "cpt"
 
 
 def recipe(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
@@ -121,3 +124,26 @@ def lora_1b3() -> TrainConfig:
                        optim=OptimConfig(lr=1e-4, min_lr=1e-5, warmup_steps=FINETUNE_WARMUP_STEPS,
                                          weight_decay=0.0),
                        data=base.data, lora=LoraConfig(), steps=5000, log_interval=10, save_interval=500)
+
+
+@recipe
+def cpt() -> TrainConfig:
+    """Continued pretraining of an imported model (``--pretrained``; the model shape comes from the
+    checkpoint, the 1.3B model here is a placeholder): re-warmup to lr 3e-5 over 500 steps, then
+    cosine to 3e-6; weight decay 0.01; 8 accumulation steps; seq 2048 (the fine-tuning numbers of
+    the project guide)."""
+    return TrainConfig(name="cpt", model=llama_1b3().model,
+                       optim=OptimConfig(lr=FINETUNE_LR, min_lr=FINETUNE_LR / 10, warmup_steps=FINETUNE_WARMUP_STEPS,
+                                         weight_decay=FINETUNE_WEIGHT_DECAY, decay_style="cosine"),
+                       data=DataConfig(micro_batch_size=4, accumulation_steps=FINETUNE_ACCUMULATION_STEPS),
+                       parallel=ParallelConfig(distributed_optimizer=True),
+                       steps=10_000, log_interval=10, save_interval=1000)
+
+
+@recipe
+def tiny_cpt() -> TrainConfig:
+    """Tiny twin of :func:`cpt` (seq 64, 2-step re-warmup, a few steps) for CPU tests."""
+    base = tiny()
+    return TrainConfig(name="tiny_cpt", model=base.model,
+                       optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2, weight_decay=FINETUNE_WEIGHT_DECAY),
+                       data=base.data, steps=10, log_interval=1)

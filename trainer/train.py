@@ -27,8 +27,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         prog="python -m trainer.train",
         description="Megatron-core pretraining / SFT / LoRA on jinglian shards (run under torchrun).")
     p.add_argument("--recipe", default=None,
-                   help="recipe name (trainer/recipes.py: tiny, tiny_sft, tiny_lora, gpt_125m, llama_1b3, "
-                        "llama_7b, sft_1b3, lora_1b3); default: train.recipe in params.yaml")
+                   help="recipe name (trainer/recipes.py: tiny, tiny_sft, tiny_lora, tiny_cpt, gpt_125m, llama_1b3, "
+                        "llama_7b, sft_1b3, lora_1b3, cpt); default: train.recipe in params.yaml "
+                        "(cpt with --pretrained)")
     p.add_argument("--shards", required=True,
                    help="shards directory (or manifest.json) written by the shards stage; 'synthetic' = "
                         "built-in seeded token stream for smoke tests")
@@ -37,7 +38,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="resume from this checkpoint directory (its 'latest') or an iter_* directory; "
                         "'auto' = resume from --save if it holds a checkpoint")
     p.add_argument("--pretrained", default=None,
-                   help="initialise model weights from this checkpoint (fine-tuning; any TP/PP layout)")
+                   help="initialise model weights from this checkpoint (any TP/PP layout), e.g. one written "
+                        "by 'python -m trainer.hf import'; the model shape comes from it, the recipe "
+                        "(default: cpt, continued pretraining) sets optimisation and data")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (overrides parallel.tp)")
     p.add_argument("--pp", type=int, default=None, help="pipeline-parallel size (overrides parallel.pp)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides train.steps)")
@@ -60,19 +63,25 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace, params: dict[str, Any]):
     """Recipe + params.yaml overrides + CLI flags -> validated TrainConfig."""
     from trainer.config import apply_overrides, parse_override  # noqa: PLC0415
-    from trainer.recipes import get_recipe  # noqa: PLC0415
+    from trainer.pretrained import use_pretrained_model  # noqa: PLC0415
+    from trainer.recipes import PRETRAINED_DEFAULT_RECIPE, get_recipe  # noqa: PLC0415
 
     section = params.get("train") or {}
     unknown = sorted(set(section) - {"recipe", "overrides"})
     if unknown:
         raise ValueError(f"train: unknown key(s) {unknown}; known: ['overrides', 'recipe']")
-    config = get_recipe(args.recipe or section.get("recipe") or "tiny")
     overrides: dict[str, Any] = dict(section.get("overrides") or {})
     for key, value in (("parallel.tp", args.tp), ("parallel.pp", args.pp), ("steps", args.steps),
                        ("pretrained", args.pretrained)):
         if value is not None:
             overrides[key] = value
     overrides.update(parse_override(text) for text in args.overrides)
+    pretrained = overrides.get("pretrained")
+    # --pretrained without --recipe: continued pretraining, not the params file's from-scratch recipe
+    default = PRETRAINED_DEFAULT_RECIPE if pretrained and not args.recipe else section.get("recipe") or "tiny"
+    config = get_recipe(args.recipe or default)
+    if pretrained:  # the model shape comes from the checkpoint; the recipe sets training only
+        config = use_pretrained_model(config, pretrained, overrides)
     return apply_overrides(config, overrides) if overrides else config
 
 

@@ -1,0 +1,174 @@
+"""Read whole model-space tensors from a ``torch_dist`` (torch.distributed.checkpoint) checkpoint
+without a process group, each chunk read once straight into its place in the result.
+
+``torch.distributed.checkpoint.load`` deserialises every stored chunk into a temporary tensor and
+then copies it into the destination: two passes over the bytes and twice the memory of the
+largest chunk. Each chunk of the default (``torch.save``) serialisation is an uncompressed zip
+archive whose ``data/0`` record holds the tensor's bytes; :class:`CheckpointTensors` reads its
+pickle to check the layout (dense, offset 0, the chunk's shape and dtype) and then ``readinto``
+the destination region (via one chunk-sized buffer when the region is not contiguous, as for a
+row-parallel TP split). A chunk in any other form (another serialisation, a strided tensor, a
+transform such as compression) is loaded with ``torch.distributed.checkpoint`` instead.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+_LOCAL_HEADER = 0x04034B50
+
+
+class _LayoutUnpickler(pickle.Unpickler):
+    """Reads a single-tensor ``data.pkl`` into (storage dtype, numel, storage offset, size, stride)."""
+
+    def find_class(self, module, name):
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
+            return lambda storage, offset, size, stride, *_: (storage, offset, tuple(size), tuple(stride))
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and (name.endswith("Storage") or name in ("bfloat16", "float32", "float16")):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"unexpected {module}.{name}")
+
+    def persistent_load(self, pid):
+        return pid  # ('storage', storage type or dtype, key, location, numel)
+
+
+def _dense_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(size):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
+def _storage_dtype(kind) -> torch.dtype | None:
+    if isinstance(kind, torch.dtype):
+        return kind
+    with warnings.catch_warnings():  # TypedStorage classes warn that they are deprecated
+        warnings.simplefilter("ignore")
+        return getattr(kind, "dtype", None) if kind is not None else None
+
+
+class CheckpointTensors:
+    """Whole tensors of checkpoint directory ``path`` by key (``get``), their shapes and dtypes."""
+
+    def __init__(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+
+        self.path, self._dcp = Path(path), dcp
+        self.metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        meta = self.metadata.state_dict_metadata
+        self.shapes = {k: (tuple(v.size), v.properties.dtype) for k, v in meta.items() if hasattr(v, "size")}
+        self.fallbacks = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.shapes
+
+    def get(self, key: str) -> torch.Tensor:
+        """The full tensor ``key``."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex  # noqa: PLC0415
+
+        shape, dtype = self.shapes[key]
+        out = torch.empty(shape, dtype=dtype)
+        for chunk in self.metadata.state_dict_metadata[key].chunks:
+            info = self.metadata.storage_data[MetadataIndex(key, chunk.offsets)]
+            region = out
+            for dim, (start, size) in enumerate(zip(chunk.offsets, chunk.sizes)):
+                region = region.narrow(dim, start, size)
+            if not self._read_chunk(info, region):
+                self.fallbacks += 1
+                return self._dcp_get(key)
+        return out
+
+    def _dcp_get(self, key: str) -> torch.Tensor:
+        shape, dtype = self.shapes[key]
+        out = {key: torch.empty(shape, dtype=dtype)}
+        self._dcp.load(out, storage_reader=self._dcp.FileSystemReader(str(self.path)), no_dist=True)
+        return out[key]
+
+    def _read_chunk(self, info, region: torch.Tensor) -> bool:
+        """Read one stored chunk into ``region``; False when it is not in the expected form."""
+        if getattr(info, "transform_descriptors", None):
+            return False
+        with open(self.path / info.relative_path, "rb", buffering=0) as f:
+            try:
+                archive = zipfile.ZipFile(_FileSlice(f, info.offset, info.length))
+                names = {i.filename.rsplit("/", 1)[-1] if not i.filename.endswith("/data/0") else "data/0": i
+                         for i in archive.infolist()}
+                pickled, data = names.get("data.pkl"), names.get("data/0")
+                if pickled is None or data is None or data.compress_type != zipfile.ZIP_STORED:
+                    return False
+                layout = _LayoutUnpickler(io.BytesIO(archive.read(pickled))).load()
+            except (zipfile.BadZipFile, pickle.UnpicklingError, TypeError, ValueError, AttributeError, EOFError):
+                return False
+            if not self._layout_matches(layout, region) or data.file_size != region.numel() * region.element_size():
+                return False
+            f.seek(info.offset + data.header_offset)
+            header = f.read(30)
+            if struct.unpack("<I", header[:4])[0] != _LOCAL_HEADER:
+                return False
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            f.seek(info.offset + data.header_offset + 30 + name_len + extra_len)
+            target = region if region.is_contiguous() else torch.empty(region.shape, dtype=region.dtype)
+            view = memoryview(target.view(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    return False
+                done += n
+        if target is not region:
+            region.copy_(target)
+        return True
+
+    @staticmethod
+    def _layout_matches(layout, region: torch.Tensor) -> bool:
+        if layout is None or not isinstance(layout, tuple) or len(layout) != 4:
+            return False
+        pid, offset, size, stride = layout
+        if not (isinstance(pid, tuple) and len(pid) >= 5):
+            return False
+        numel = 1
+        for dim in region.shape:
+            numel *= dim
+        return (offset == 0 and size == tuple(region.shape) and stride == _dense_strides(size)
+                and int(pid[4]) == numel and _storage_dtype(pid[1]) == region.dtype)
+
+
+class _FileSlice(io.RawIOBase):
+    """Bytes [start, start + length) of an open file as a seekable file (one stored archive)."""
+
+    def __init__(self, f, start: int, length: int) -> None:
+        super().__init__()
+        self._f, self._start, self._length, self._pos = f, start, length, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self._length - self._pos)
+        if want <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        n = self._f.readinto(memoryview(buffer)[:want])
+        self._pos += n
+        return n

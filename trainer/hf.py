@@ -1,0 +1,321 @@
+"""Hugging Face import and export: ``python -m trainer.hf import|export SRC DST``.
+
+``import <hf dir or hub id> <checkpoint dir>`` reads config.json, the safetensors (one file or
+shards with an index) and the tokenizer, and writes a dist_checkpointing checkpoint in model
+space (``<dst>/iter_0000000`` + ``latest``) that ``trainer.train --pretrained`` loads into any
+TP/PP/DP layout, plus ``<dst>/hf/`` (the original config.json, generation_config.json and
+tokenizer files). The checkpoint's common state holds the model config (so ``--pretrained``
+needs no model recipe) and the tokenizer's vocabulary size and EOS id (checked against the
+shards at the start of training).
+
+``export <checkpoint dir> <hf dir>`` reads any trainer checkpoint (any TP/PP layout, with or
+without the distributed optimizer; LoRA runs have their adapters merged) and writes
+config.json, generation_config.json, safetensors shards of at most 5 GB with an index, and the
+tokenizer files, loadable by ``AutoModelForCausalLM.from_pretrained``.
+
+Both directions stream: the importer reads each Hugging Face tensor straight into its place in
+the megatron tensors (peak memory about one copy of the model in its dtype, which one
+``torch.distributed.checkpoint`` save needs); the exporter reads one parameter kind at a time
+from the checkpoint and writes it into the planned safetensors files. Neither needs
+``torch.distributed`` to be initialised, so both run as plain processes (and inside tests).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from etl.config import build_config, config_to_dict
+from trainer.config import ModelConfig
+from trainer.dcp_reader import CheckpointTensors
+from trainer.hf_config import UnsupportedModelError, architecture_of, hf_config_from_model, model_config_from_hf
+from trainer.hf_weights import (EMBEDDING, EXTRA_STATE_MODULES, FC1, FINAL_NORM, OUTPUT, QKV, TORCH_DTYPES,
+                                SafetensorsReader, SafetensorsShardWriter, hf_global_names, hf_layer_names,
+                                hf_tensor_shapes, layer_to_hf, layer_to_megatron, megatron_key_shapes,
+                                merge_lora_delta, unused_tensor_names)
+from trainer.pretrained import checkpoint_path, read_common
+
+logger = logging.getLogger(__name__)
+HF_DIR = "hf"
+ITERATION = "iter_0000000"
+#: files copied along with the weights: configs and every tokenizer format transformers reads
+META_PATTERNS = ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
+                 "added_tokens.json", "vocab.*", "merges.txt", "*.model", "*.tiktoken", "chat_template.*")
+TOKENIZER_PATTERNS = META_PATTERNS[2:]
+
+
+# ----------------------------------------------------------------------------- sources
+
+def resolve_source(source: str) -> Path:
+    """A local Hugging Face directory, or a hub id downloaded (configs, tokenizer, safetensors)."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{source}: no config.json (not a save_pretrained directory)")
+        return path
+    if path.exists() or source.count("/") != 1:
+        raise ValueError(f"{source}: neither a directory with config.json nor a hub id (owner/name)")
+    from huggingface_hub import snapshot_download  # noqa: PLC0415
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.safetensors.index.json",
+                                                              *META_PATTERNS]))
+    except Exception as exc:  # offline, unknown repo, gated model: one line, not a traceback
+        raise ValueError(f"{source}: not a local directory and the hub download failed "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def copy_meta_files(src: Path, dst: Path, patterns=META_PATTERNS) -> list[str]:
+    """Copy the config/tokenizer files of ``src`` matching ``patterns`` into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    names = sorted({p.name for pattern in patterns for p in src.glob(pattern) if p.is_file()})
+    for name in names:
+        shutil.copyfile(src / name, dst / name)
+    return names
+
+
+def tokenizer_info(directory: Path) -> dict[str, Any] | None:
+    """Vocabulary size, EOS id and fingerprint of the tokenizer in ``directory`` (as the shards
+    manifest records them), or None when there is no tokenizer there."""
+    if not any(directory.glob("tokenizer*")):
+        return None
+    from shards.tokenizer import load_tokenizer, tokenizer_fingerprint  # noqa: PLC0415
+
+    tok = load_tokenizer(directory)
+    return {"vocab_size": len(tok), "eos_id": int(tok.eos_token_id), "fingerprint": tokenizer_fingerprint(tok),
+            "bos_id": tok.bos_token_id}
+
+
+# ----------------------------------------------------------------------------- import
+
+def _read_into(reader: SafetensorsReader, name: str, out: torch.Tensor) -> None:
+    entry = reader.entries.get(name)
+    if entry is not None and entry.dtype == out.dtype and out.is_contiguous():
+        reader.get(name, out=out)
+    else:
+        out.copy_(reader.get(name))
+
+
+def megatron_state_from_hf(reader: SafetensorsReader, model: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """Checkpoint-space tensors of ``model`` from the Hugging Face tensors of ``reader``; each
+    tensor read once into its final place (the q/k/v heads through one layer's buffer)."""
+    state: dict[str, Any] = {}
+    shapes = megatron_key_shapes(model)
+    for key, name in hf_global_names(model).items():
+        state[key] = torch.zeros(shapes[key], dtype=dtype)
+        rows = reader.entries[name].shape[0] if name in reader else model.vocab_size
+        _read_into(reader, name, state[key][:rows] if key != FINAL_NORM else state[key])
+    for key in shapes:
+        if key in state:
+            continue
+        stacked = torch.empty(shapes[key], dtype=dtype)
+        for i in range(model.num_layers):
+            names = hf_layer_names(i, model)[key]
+            if key in (QKV + "weight", QKV + "bias"):
+                stacked[i] = layer_to_megatron(key, [reader.get(n) for n in names], model)
+            elif key.startswith(FC1) and key != FC1 + "layer_norm_weight":
+                for half, name in zip(stacked[i].chunk(2), names):
+                    _read_into(reader, name, half)
+            else:
+                _read_into(reader, names[0], stacked[i])
+        state[key] = stacked
+    return state
+
+
+def _extra_state_objects(model: ModelConfig) -> dict[str, list]:
+    """The per-layer ``_extra_state`` objects megatron's linear layers save (``None``; megatron
+    stores a list of the shard's objects), under dist_checkpointing's ShardedObject keys, so
+    loading finds every key it asks for. torch.distributed.checkpoint pickles the list."""
+    return {f"{module}_extra_state/shard_{i}_{model.num_layers}": [None]
+            for module in EXTRA_STATE_MODULES for i in range(model.num_layers)}
+
+
+def write_model_checkpoint(path: Path, tensors: dict[str, Any], common: dict[str, Any]) -> Path:
+    """A model-only dist_checkpointing (torch_dist) directory at ``path``, written to a
+    temporary sibling and renamed (``common.pt`` and ``metadata.json`` as megatron writes them)."""
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+
+    tmp = path.parent / f".{path.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(tmp), thread_count=1), no_dist=True)
+    torch.save({"common": common}, tmp / "common.pt")
+    (tmp / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
+                                                   "common_backend": "torch", "common_backend_version": 1}))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def import_hf(source: str, out: str | os.PathLike, *, seq_len: int = 4096, dtype: str | None = None) -> Path:
+    """Import Hugging Face model ``source`` into checkpoint directory ``out``; returns the
+    iteration directory. ``dtype`` (float32/bfloat16/float16) casts; default: the tensors' own."""
+    src = resolve_source(source)
+    hf = json.loads((src / "config.json").read_text())
+    model = model_config_from_hf(hf, seq_len)
+    reader = SafetensorsReader(src)
+    unused = unused_tensor_names(set(reader.entries), model)
+    if unused:
+        raise UnsupportedModelError(f"{architecture_of(hf)}: {len(unused)} tensors have no mapping "
+                                    f"(e.g. {unused[:3]}); the variant is not supported")
+    source_dtype = reader.entries["model.embed_tokens.weight"].dtype
+    target = TORCH_DTYPES[dtype] if dtype else source_dtype
+    tensors = megatron_state_from_hf(reader, model, target)
+    tensors.update(_extra_state_objects(model))
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    copy_meta_files(src, root / HF_DIR)
+    common = {"config": {"model": config_to_dict(model)}, "step": 0, "layout": {"tp": 1, "pp": 1, "dp": 1},
+              "vocab_size": model.vocab_size, "adam_steps": [], "scheduler": None,
+              "hf": {"source": str(source), "architecture": architecture_of(hf),
+                     "dtype": str(target).removeprefix("torch."), "tokenizer": tokenizer_info(src)}}
+    path = write_model_checkpoint(root / ITERATION, tensors, common)
+    (root / "latest").write_text(ITERATION)
+    logger.info("imported %s (%s, %d layers, vocab %d padded to %d) -> %s", source, architecture_of(hf),
+                model.num_layers, model.vocab_size, model.padded_vocab_size, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- export
+
+def hf_meta_dir(path: Path) -> Path | None:
+    """The ``hf/`` directory of the run holding iteration ``path`` (copied there by import/training)."""
+    for candidate in (path / HF_DIR, path.parent / HF_DIR):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _lora_scale(common: dict[str, Any]) -> float:
+    lora = common["config"].get("lora") or {}
+    return float(lora.get("alpha", 32.0)) / float(lora.get("rank", 16))
+
+
+def _load_layer_key(ckpt: CheckpointTensors, key: str, common: dict[str, Any]) -> tuple[torch.Tensor, bool]:
+    """A stacked layer tensor with any LoRA adapters of it merged; (tensor, merged?)."""
+    tensor = ckpt.get(key)
+    base = key.rsplit(".", 1)[0]
+    if not key.endswith(".weight") or f"{base}.lora_a" not in ckpt:
+        return tensor, False
+    lora_a, lora_b = ckpt.get(f"{base}.lora_a"), ckpt.get(f"{base}.lora_b")
+    tp = int(common.get("layout", {}).get("tp", 1))
+    for i in range(tensor.shape[0]):
+        tensor[i] = merge_lora_delta(tensor[i], lora_a[i], lora_b[i], _lora_scale(common), key, tp)
+    return tensor, True
+
+
+def export_hf(source: str | os.PathLike, out: str | os.PathLike, *, dtype: str | None = None,
+              tokenizer: str | None = None, max_shard_bytes: int | None = None) -> Path:
+    """Export trainer checkpoint ``source`` as a Hugging Face model directory ``out``."""
+    path = checkpoint_path(source)
+    common = read_common(path)
+    model = build_config(ModelConfig, dict(common["config"]["model"]), "model")
+    if model.vocab_size is None:
+        model = build_config(ModelConfig, {**common["config"]["model"], "vocab_size": common["vocab_size"]}, "model")
+    meta = hf_meta_dir(path)
+    hf_info = common.get("hf") or {}
+    ckpt = CheckpointTensors(path)
+    stored = ckpt.shapes[EMBEDDING][1]
+    out_dtype = TORCH_DTYPES[dtype or hf_info.get("dtype") or str(stored).removeprefix("torch.")]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = {name: (shape, out_dtype) for name, shape in hf_tensor_shapes(model).items()}
+    writer = SafetensorsShardWriter(out_dir, specs, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}))
+    for key, name in hf_global_names(model).items():
+        tensor = ckpt.get(key)
+        writer.write(name, tensor[:model.vocab_size] if key in (EMBEDDING, OUTPUT) else tensor)
+    merged = 0
+    for key in megatron_key_shapes(model):
+        if not key.startswith("decoder.layers."):
+            continue
+        stacked, was_merged = _load_layer_key(ckpt, key, common)
+        merged += was_merged
+        for i in range(model.num_layers):
+            for name, tensor in zip(hf_layer_names(i, model)[key], layer_to_hf(key, stacked[i], model)):
+                writer.write(name, tensor)
+        del stacked
+    writer.close()
+    _write_configs(out_dir, model, out_dtype, meta, hf_info)
+    if meta is not None:
+        copy_meta_files(meta, out_dir, TOKENIZER_PATTERNS)
+    if tokenizer:
+        copy_meta_files(resolve_source_tokenizer(tokenizer), out_dir, TOKENIZER_PATTERNS)
+    logger.info("exported %s (%d LoRA-merged kinds) -> %s", path, merged, out_dir)
+    return out_dir
+
+
+def resolve_source_tokenizer(tokenizer: str) -> Path:
+    """A tokenizer directory (``--tokenizer`` of export, for models trained from scratch)."""
+    path = Path(tokenizer)
+    if not path.is_dir():
+        raise ValueError(f"--tokenizer {tokenizer}: not a directory")
+    return path
+
+
+def _write_configs(out_dir: Path, model: ModelConfig, dtype: torch.dtype, meta: Path | None,
+                   hf_info: dict[str, Any]) -> None:
+    base = json.loads((meta / "config.json").read_text()) if meta and (meta / "config.json").exists() else None
+    tok = hf_info.get("tokenizer") or {}
+    config = hf_config_from_model(model, str(dtype).removeprefix("torch."), base,
+                                  bos_id=tok.get("bos_id"), eos_id=tok.get("eos_id"))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    generation = meta / "generation_config.json" if meta else None
+    if generation is not None and generation.exists():
+        shutil.copyfile(generation, out_dir / "generation_config.json")
+    else:
+        gen = {k: config.get(k) for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None}
+        (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """``import`` and ``export`` subcommands (every flag documented)."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.hf", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="Hugging Face model -> trainer checkpoint (model space)")
+    imp.add_argument("source", help="a save_pretrained directory or a hub id (owner/name)")
+    imp.add_argument("out", help="checkpoint directory to write (iter_0000000/, latest, hf/)")
+    imp.add_argument("--seq-len", type=int, default=4096,
+                     help="training sequence length recorded in the model config (capped at "
+                          "max_position_embeddings; a recipe or --set model.seq_len changes it)")
+    imp.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
+                     help="store the weights in this dtype (default: the safetensors' own)")
+    exp = sub.add_parser("export", help="trainer checkpoint -> Hugging Face model directory")
+    exp.add_argument("source", help="a run directory (its 'latest') or an iter_* directory")
+    exp.add_argument("out", help="Hugging Face directory to write")
+    exp.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
+                     help="safetensors dtype (default: the imported model's, else the checkpoint's)")
+    exp.add_argument("--tokenizer", default=None,
+                     help="tokenizer directory to include (models trained from scratch; imported "
+                          "models carry theirs)")
+    exp.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors file, in GB (1e9 bytes)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``import`` or ``export``."""
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        if args.command == "import":
+            import_hf(args.source, args.out, seq_len=args.seq_len, dtype=args.dtype)
+        else:
+            export_hf(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
+                      max_shard_bytes=int(args.max_shard_gb * 1e9))
+    except ValueError as exc:  # config/input errors: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
