@@ -121,11 +121,17 @@ def test_import_refuses_an_unmapped_tensor_and_cli_answers_one_line(tmp_path):
     (source / "config.json").write_text(json.dumps({**config, "num_local_experts": 8}))
     result = subprocess.run([sys.executable, "-m", "trainer.hf", "import", str(source), str(tmp_path / "ck")],
                             capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "mixture of experts" in result.stderr, result.stderr
     missing = subprocess.run([sys.executable, "-m", "trainer.hf", "export", str(tmp_path / "none"), str(tmp_path / "o")],
                              capture_output=True, text=True, timeout=120, check=False)
-    assert missing.returncode == 2 and "no checkpoint there" in missing.stderr
+    assert missing.returncode == 1 and "no checkpoint there" in missing.stderr
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    refused = subprocess.run([sys.executable, "-m", "trainer.hf", "import", str(make_model("llama", tmp_path / "hf2")), str(users)],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 1 and "not a jinglian output" in refused.stderr and sorted(p.name for p in users.iterdir()) == ["notes.txt"]
 
 
 def test_tokenizer_mismatch_names_both_sides():

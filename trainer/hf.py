@@ -32,6 +32,9 @@ from typing import Any
 
 import torch
 
+from etl.atomic import check_output, write_output_marker
+from etl.cli import ArgumentParser
+from etl.errors import run_main
 from etl.config import build_config, config_to_dict
 from trainer.config import ModelConfig
 from trainer.dcp_reader import CheckpointTensors
@@ -279,11 +282,12 @@ def _write_configs(out_dir: Path, model: ModelConfig, dtype: torch.dtype, meta: 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     """``import`` and ``export`` subcommands (every flag documented)."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.hf", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m trainer.hf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="Hugging Face model -> trainer checkpoint (model space)")
     imp.add_argument("source", help="a save_pretrained directory or a hub id (owner/name)")
-    imp.add_argument("out", help="checkpoint directory to write (iter_0000000/, latest, hf/)")
+    imp.add_argument("out", help="checkpoint directory to write (iter_0000000/, latest, hf/); it must not exist, be empty, "
+                                 "or be an earlier import (a user's other files are never overwritten)")
     imp.add_argument("--seq-len", type=int, default=4096,
                      help="training sequence length recorded in the model config (capped at "
                           "max_position_embeddings; a recipe or --set model.seq_len changes it)")
@@ -291,7 +295,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                      help="store the weights in this dtype (default: the safetensors' own)")
     exp = sub.add_parser("export", help="trainer checkpoint -> Hugging Face model directory")
     exp.add_argument("source", help="a run directory (its 'latest') or an iter_* directory")
-    exp.add_argument("out", help="Hugging Face directory to write")
+    exp.add_argument("out", help="Hugging Face directory to write; it must not exist, be empty, or be an earlier export")
     exp.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                      help="safetensors dtype (default: the imported model's, else the checkpoint's)")
     exp.add_argument("--tokenizer", default=None,
@@ -305,17 +309,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``import`` or ``export``."""
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
-    try:
-        if args.command == "import":
-            import_hf(args.source, args.out, seq_len=args.seq_len, dtype=args.dtype)
-        else:
-            export_hf(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
-                      max_shard_bytes=int(args.max_shard_gb * 1e9))
-    except ValueError as exc:  # config/input errors: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # the output must be new, empty or an earlier import/export: a user's other files are never mixed in or replaced
+    sources = [args.source] if Path(args.source).exists() else []
+    if args.command == "import":
+        check_output(args.out, sources, flag="import OUT", extra_markers=("latest", HF_DIR))
+        import_hf(args.source, args.out, seq_len=args.seq_len, dtype=args.dtype)
+        write_output_marker(args.out, "checkpoint")
+    else:
+        check_output(args.out, sources, flag="export OUT")
+        for stale in Path(args.out).glob("model*.safetensors*"):  # an earlier export's shards (their count may differ)
+            stale.unlink()
+        export_hf(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
+                  max_shard_bytes=int(args.max_shard_gb * 1e9))
+        write_output_marker(args.out, "hf-export")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, prog="trainer.hf")
