@@ -309,6 +309,7 @@ class ShardReader:
         shuffle window at a time: a window is a contiguous byte range, found in the index."""
         window = self.shuffle_buffer
         check_samples = self.verify_checksums and index.shape[1] > LEGACY_INDEX_COLUMNS
+        crcs = index[:, 4].tolist() if check_samples else None  # Python ints: no NumPy scalar per sample
         with self._open_shard(shard, whole_file_check=not check_samples) as handle:
             for lo in range(first - first % window, len(index), window):
                 hi = min(lo + window, len(index))
@@ -320,7 +321,7 @@ class ShardReader:
                     i = lo + int(order[p - lo])
                     where = f"shard {shard['name']} in {self.root} (sample {i})"
                     sample = memoryview(data)[int(index[i, 0]) - base:int(index[i, 1]) - base]
-                    if check_samples and zlib.crc32(sample) != int(index[i, 4]):
+                    if crcs is not None and zlib.crc32(sample) != crcs[i]:
                         raise ShardError(f"{where}: {_describe_sample(sample)} fail the CRC-32 check of the shard index (the "
                                          f"shard is corrupt); `python -m shards verify {self.root}` checks the whole set")
                     key, members = parse_sample_members(sample, where)
