@@ -28,6 +28,9 @@ TMP_MARK = ".tmp-"
 OUTPUT_MARKER = ".jinglian-output"
 #: What a stage output of a version without the marker held (recognised as replaceable).
 LEGACY_OUTPUT_ENTRIES = frozenset({"kept", "rejected", "stats.json"})
+#: Housekeeping files of version control and DVC (DVC lists a stage's outs in a .gitignore beside
+#: them): they do not make a directory someone's data, and a replaced output keeps them.
+HOUSEKEEPING = frozenset({".gitignore", ".dvcignore", ".DS_Store"})
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -76,7 +79,7 @@ def is_jinglian_output(path: str | os.PathLike, extra_markers: Iterable[str] = (
     p = Path(path)
     if not p.is_dir() or p.is_symlink():
         return False
-    names = {c.name for c in p.iterdir()}
+    names = {c.name for c in p.iterdir()} - HOUSEKEEPING
     if OUTPUT_MARKER in names or any(m in names for m in extra_markers):
         return True
     return "stats.json" in names and "kept" in names and names <= LEGACY_OUTPUT_ENTRIES
@@ -133,7 +136,7 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] 
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputRefused(f"{flag} {raw_out} exists and is not a directory; jinglian will not replace it (remove it yourself "
                             "or choose another path)")
-    if out.is_dir() and any(out.iterdir()) and not is_jinglian_output(out, extra_markers):
+    if out.is_dir() and any(c.name not in HOUSEKEEPING for c in out.iterdir()) and not is_jinglian_output(out, extra_markers):
         raise OutputRefused(f"{flag} {raw_out} is a non-empty directory that is not a jinglian output; jinglian replaces only "
                             "its own outputs (remove it yourself or choose another path)")
 
@@ -168,6 +171,9 @@ def atomic_dir(path: str | os.PathLike, kind: str | None = "stage") -> Iterator[
         raise
     if kind is not None:
         check_output(final)  # nothing appeared there meanwhile
+    for name in HOUSEKEEPING:  # e.g. DVC's .gitignore beside its outs: kept, so git stays clean
+        if (final / name).is_file() and not (tmp / name).exists():
+            shutil.copy2(final / name, tmp / name)
     replace_path(tmp, final)
 
 

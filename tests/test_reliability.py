@@ -332,3 +332,12 @@ def test_spark_rejects_hostile_inputs_like_local_and_refuses_outputs(spark, tmp_
     with pytest.raises(OutputRefused):
         spark_main(["--input", str(data), "--output", str(data / "out")])
     assert not (data / "out").exists()
+
+
+def test_vcs_housekeeping_files_do_not_block_an_output_and_are_kept(tmp_path):
+    src = _jsonl(tmp_path / "in" / "a.jsonl", [{"id": "1", "text": GOOD}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".gitignore").write_text("/kept\n")  # what DVC leaves beside a stage's outs
+    clean_main(["--input", str(src), "--output", str(out), "--no-progress"])
+    assert (out / ".gitignore").read_text() == "/kept\n" and (out / "kept").is_dir()
