@@ -108,8 +108,9 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] 
     Refused (:class:`OutputRefused`, one line naming the paths): an existing file; an existing
     directory that is neither empty nor a jinglian output (:func:`is_jinglian_output`); an
     output equal to an input, inside an input directory (the next run would read it back), or
-    holding an input. ``inputs`` may be files, directories or globs (compared by their
-    directory part before the first wildcard); ``GROUP=PATH`` values are understood.
+    holding an input. ``inputs`` may be files, directories or globs (compared by what they
+    match; a recursive ``**`` glob by its directory too); ``GROUP=PATH`` values are understood.
+    DVC's and git's housekeeping files (:data:`HOUSEKEEPING`) do not count as content.
     Remote URIs (``hdfs://``, ``s3a://``) are not checked here.
     """
     raw_out = os.fspath(output)
