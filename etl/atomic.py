@@ -116,12 +116,11 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] 
     raw_out = os.fspath(output)
     if _has_scheme(raw_out):
         return
+    from etl.io import split_labelled_input  # etl.io imports this module
+
     out = _local(raw_out)
     for raw in inputs:
-        raw = os.fspath(raw)
-        group, sep, rest = raw.partition("=")
-        if sep and group and "/" not in group and not os.path.exists(raw):
-            raw = rest
+        raw = split_labelled_input(os.fspath(raw))[1]
         if _has_scheme(raw):
             continue
         for path in _input_paths(raw):

@@ -41,13 +41,10 @@ class ArgumentParser(argparse.ArgumentParser):
 def check_inputs(inputs: Sequence[str]) -> None:
     """Fail before any work when an input (a path, a directory or a glob; ``GROUP=PATH``
     understood) does not exist or matches no file. Remote URIs are left to the engine."""
-    import os
-
-    from etl.io import list_input_files
+    from etl.io import list_input_files, split_labelled_input
 
     for raw in inputs:
-        group, sep, rest = raw.partition("=")
-        path = rest if sep and group and "/" not in group and not os.path.exists(raw) else raw
+        path = split_labelled_input(raw)[1]
         if "://" in path and not path.startswith("file://"):
             continue
         list_input_files([path[len("file://"):] if path.startswith("file://") else path])

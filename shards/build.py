@@ -62,14 +62,9 @@ def tokenizer_info(path: str) -> TokenizerInfo:
 
 def parse_inputs(inputs: Sequence[str]) -> list[tuple[str | None, str]]:
     """``--input`` values: ``DIR`` or ``GROUP=DIR`` (the whole input belongs to GROUP)."""
-    out = []
-    for value in inputs:
-        group, sep, path = value.partition("=")
-        if sep and group and "/" not in group and not os.path.exists(value):
-            out.append((group, path))
-        else:
-            out.append((None, value))
-    return out
+    from etl.io import split_labelled_input
+
+    return [split_labelled_input(value) for value in inputs]
 
 
 def group_of(doc: Document, forced_group: str | None, cfg: ShardsConfig) -> str | None:
