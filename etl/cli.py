@@ -40,14 +40,23 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def check_inputs(inputs: Sequence[str]) -> None:
     """Fail before any work when an input (a path, a directory or a glob; ``GROUP=PATH``
-    understood) does not exist or matches no file. Remote URIs are left to the engine."""
-    from etl.io import list_input_files, split_labelled_input
+    understood) does not exist or matches no file. Only existence is checked (the stage lists
+    the files itself, so a large directory is not walked twice); remote URIs are left to the engine."""
+    import glob
+    import os
+
+    from etl.io import split_labelled_input
 
     for raw in inputs:
         path = split_labelled_input(raw)[1]
         if "://" in path and not path.startswith("file://"):
             continue
-        list_input_files([path[len("file://"):] if path.startswith("file://") else path])
+        path = path[len("file://"):] if path.startswith("file://") else path
+        if glob.has_magic(path):
+            if next(glob.iglob(path, recursive=True), None) is None:
+                raise FileNotFoundError(f"input {path!r} matches no file")
+        elif not os.path.exists(path):
+            raise FileNotFoundError(f"input {path!r} does not exist")
 
 
 def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True) -> argparse.ArgumentParser:

@@ -68,21 +68,22 @@ class Document:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Document":
         """Inverse of :meth:`to_row`; accepts ``meta`` as a dict or a JSON string."""
-        meta = row.get("meta")
+        raw = meta = row.get("meta")
         if isinstance(meta, str):
             try:
                 meta = json.loads(meta) if meta else {}
-            except (ValueError, RecursionError) as exc:  # a hand-made Parquet file: reject the row, keep the string
-                meta = {"meta_raw": meta, "error": f"'meta' is not a JSON object: {type(exc).__name__}",
-                        "drop_reason": "invalid_record", "drop_step": "read"}
+            except (ValueError, RecursionError):  # a hand-made Parquet file: reject the row, keep the string
+                meta = None
         elif meta is None:
             meta = {}
-        if not isinstance(meta, dict):
+        if meta is not None and not isinstance(meta, dict):
             try:
                 meta = dict(meta)
             except (TypeError, ValueError):
-                meta = {"meta_raw": str(meta)[:100_000], "error": f"'meta' must be an object, got {type(meta).__name__}",
-                        "drop_reason": "invalid_record", "drop_step": "read"}
+                meta = None
+        if meta is None:
+            meta = {"meta_raw": raw if isinstance(raw, str) else str(raw)[:100_000], "error": "'meta' is not a JSON object",
+                    "drop_reason": "invalid_record", "drop_step": "read"}
         return cls(
             id=str(row["id"]),
             text=row.get("text") or "",
