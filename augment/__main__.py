@@ -14,11 +14,11 @@ from typing import Iterable, Iterator, Mapping
 
 from augment.config import AugmentConfig, load_augment_config
 from augment.pipeline import StatsTap, build_pipeline
-from etl.cli import ArgumentParser
-from etl.config import config_to_dict, load_params, load_section, params_hash
-from etl.errors import run_main
-from etl.document import Document
-from etl.io import read_inputs
+from etl.core.cli import ArgumentParser
+from etl.core.config import config_to_dict, load_params, load_section, params_hash
+from etl.core.errors import run_main
+from etl.core.document import Document
+from etl.io.records import read_inputs
 from etl.runner import run_pipeline, write_stage_output
 
 

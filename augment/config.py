@@ -12,8 +12,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from etl.config import build_config
-from etl.step import ON_ERROR_CHOICES
+from etl.core.config import build_config
+from etl.core.step import ON_ERROR_CHOICES
 
 METHODS = ("back_translation", "masked_lm", "entity_swap")
 #: Short codes used in variant ids: ``<parent>~bt0``, ``<parent>~mlm1``, ``<parent>~es0``.

@@ -37,7 +37,7 @@ from augment.config import AugmentConfig, EntitySwapConfig
 from augment.facts import FactExtractor
 from augment.lineage import error_variant, guard_variant, is_variant, make_variant, num_variants, variant_rng
 from augment.words import Word, pos_tokenizer, segment
-from etl.document import Document
+from etl.core.document import Document
 
 logger = logging.getLogger(__name__)
 METHOD = "entity_swap"

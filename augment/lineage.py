@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from augment.config import METHOD_CODES, AugmentConfig
 from augment.guard import check_variant
-from etl.document import Document
+from etl.core.document import Document
 
 if TYPE_CHECKING:
     import collections

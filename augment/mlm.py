@@ -31,8 +31,8 @@ from augment.entity_swap import EntityFinder, KnowledgeGraph, load_graph
 from augment.lineage import derive_seed, error_variant, guard_variant, is_variant, make_variant, num_variants, variant_rng
 from augment.sentences import rebuild, split_sentences
 from augment.words import Word, is_number, segment
-from etl.document import Document
-from etl.tokenize import HAN
+from etl.core.document import Document
+from etl.clean.tokenize import HAN
 
 logger = logging.getLogger(__name__)
 METHOD = "masked_lm"

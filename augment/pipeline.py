@@ -1,6 +1,6 @@
 """The augment stage as steps, and its per-method statistics.
 
-:func:`build_pipeline` returns a :class:`etl.step.Pipeline` with one step per method in
+:func:`build_pipeline` returns a :class:`etl.core.step.Pipeline` with one step per method in
 ``augment.methods``.  Each step takes batches of ``batch_docs`` documents, yields every input
 document unchanged, and after each parent the variants it made (kept, or rejected by the
 guard with ``changed_fact`` / ``too_similar`` / ``too_different``).  Variants are never
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from augment.config import AugmentConfig
-from etl.document import Document
-from etl.step import Pipeline, batch_step
+from etl.core.document import Document
+from etl.core.step import Pipeline, batch_step
 
 
 def build_augmenters(config: AugmentConfig) -> list[Any]:

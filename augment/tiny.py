@@ -13,8 +13,8 @@ import json
 import os
 from pathlib import Path
 from typing import Iterable
-from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
 
 
 def _bert_tokenizer(texts: Iterable[str], vocab_size: int):

@@ -20,11 +20,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from etl.atomic import atomic_dir, write_json
-from etl.document import Document
-from etl.io import write_parquet
-from etl.stats import StageStats
-from etl.step import Pipeline, batched
+from etl.core.atomic import atomic_dir, write_json
+from etl.core.document import Document
+from etl.io.records import write_parquet
+from etl.core.stats import StageStats
+from etl.core.step import Pipeline, batched
 
 logger = logging.getLogger(__name__)
 

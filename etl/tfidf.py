@@ -1,6 +1,6 @@
 """TF-IDF information filter: the pure core and the local runner.
 
-Every live document is tokenised with the shared tokenizer (``etl.tokenize.words``: jieba
+Every live document is tokenised with the shared tokenizer (``etl.clean.tokenize.words``: jieba
 words for Chinese, NLTK for Latin; word tokens only, Latin lower-cased when
 ``tfidf.lowercase``).  Over the corpus of ``N`` live documents, with ``df(t)`` the number of
 documents containing token ``t`` and ``tf(t, d)`` its count in ``d``:
@@ -32,12 +32,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from etl.cli import add_io_args
-from etl.config import config_to_dict, load_sections
-from etl.document import Document
-from etl.tokenize import TokenizerConfig, words
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
+from etl.core.cli import add_io_args
+from etl.core.config import config_to_dict, load_sections
+from etl.core.document import Document
+from etl.clean.tokenize import TokenizerConfig, words
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Local runner: read, score, write kept/ rejected/ stats.json."""
-    from etl.io import read_inputs
+    from etl.io.records import read_inputs
     from etl.runner import write_stage_output
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from etl.document import Document
+from etl.core.document import Document
 from shards.chat import ChatRenderer, record_messages
 from shards.config import ShardsConfig
 from shards.mix import MixPlan, assign_group, plan_mix
@@ -62,7 +62,7 @@ def tokenizer_info(path: str) -> TokenizerInfo:
 
 def parse_inputs(inputs: Sequence[str]) -> list[tuple[str | None, str]]:
     """``--input`` values: ``DIR`` or ``GROUP=DIR`` (the whole input belongs to GROUP)."""
-    from etl.io import split_labelled_input
+    from etl.core.atomic import split_labelled_input
 
     return [split_labelled_input(value) for value in inputs]
 
@@ -256,7 +256,7 @@ def _write_packed(writer: ShardWriter, chunk, cfg: ShardsConfig, info: Tokenizer
 def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_section: dict, *,
                 tokenizer_path: str | None = None, num_partitions: int = 1, reader_config=None) -> dict[str, Any]:
     """Build a shard set in this process (tests, the demo, small corpora)."""
-    from etl.io import ReaderConfig, read_inputs
+    from etl.io.records import ReaderConfig, read_inputs
     from shards.manifest import finish_output, prepare_output
 
     tokenizer_path = tokenizer_path or cfg.tokenizer

@@ -21,7 +21,7 @@ rendered with it through ``transformers``' ``apply_chat_template``:
 A template whose renderings of successive prefixes do not extend each other cannot mark the
 spans; such a record is rejected as ``chat_template_mismatch`` (never silently trained on a
 wrong mask). Without a template (or with ``chat_template: default``) records keep the
-project's documented template (see ``shards/sft.py`` and ``etl/dialogue.py``).
+project's documented template (see ``shards/sft.py`` and ``etl/io/dialogue.py``).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def has_chat_template(path_or_hub_id: str) -> bool | None:
 
 def record_messages(text: str, meta: dict[str, Any]) -> list[dict[str, str]] | None:
     """The chat messages of a fine-tuning record, or None for plain text."""
-    from etl.dialogue import DialogueConfig, _side, chat_turns, main_path
+    from etl.io.dialogue import DialogueConfig, _side, chat_turns, main_path
 
     nodes = meta.get("dialogue")
     if isinstance(nodes, list) and nodes and all(isinstance(n, dict) and "role" in n and "text" in n for n in nodes):

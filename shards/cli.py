@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from typing import Sequence
-from etl.cli import ArgumentParser
+from etl.core.cli import ArgumentParser
 
 EXIT_OK, EXIT_BAD, EXIT_MISSING = 0, 1, 2
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
         from shards.build import build_local
-        from etl.config import load_section
+        from etl.core.config import load_section
         from shards.config import load_shards_config
 
         cfg, section = load_shards_config(args.params)
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "verify":
         return verify_command(args.directory, args.deep)
-    from etl.io import read_inputs
+    from etl.io.records import read_inputs
     from shards.samples import sample_inputs
     from shards.tokenizer import train_bpe_tokenizer
 

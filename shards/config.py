@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-from etl.config import load_params, load_section
+from etl.core.config import load_params, load_section
 
 DEFAULT_WEIGHTS = {"general": 7.0, "domain": 2.0, "expert": 1.0}
 DEFAULT_GROUPS = {

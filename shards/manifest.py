@@ -24,8 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from etl.atomic import TMP_MARK, write_json, write_output_marker
-from etl.config import config_to_dict, params_hash
+from etl.core.atomic import TMP_MARK, write_json, write_output_marker
+from etl.core.config import config_to_dict, params_hash
 
 logger = logging.getLogger(__name__)
 FORMAT = "jinglian-shards/1"
@@ -47,7 +47,7 @@ def prepare_output(output: str | os.PathLike) -> Path:
 def finish_output(out: Path, output: str, entries: list[dict[str, Any]], plan, cfg, params_section: dict, info,
                   rejected: Sequence[Any]) -> dict[str, Any]:
     """Write rejected records and the manifest (last); returns the manifest."""
-    from etl.io import write_parquet
+    from etl.io.records import write_parquet
     from shards.build import copy_tokenizer
 
     reasons = Counter(d.drop_reason for d in rejected)

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from etl.atomic import TMP_MARK
+from etl.core.atomic import TMP_MARK
 
 INDEX_SUFFIX = ".idx"
 INDEX_COLUMNS = ("start", "end", "num_tokens", "group", "crc32")

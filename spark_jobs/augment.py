@@ -24,9 +24,9 @@ if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
 from augment.__main__ import make_config  # noqa: E402
 from augment.config import AugmentConfig
 from augment.pipeline import AugmentStats, build_pipeline
-from etl.errors import run_main  # noqa: E402
-from etl.config import config_to_dict, load_params, load_section, params_hash
-from etl.document import Document
+from etl.core.errors import run_main  # noqa: E402
+from etl.core.config import config_to_dict, load_params, load_section, params_hash
+from etl.core.document import Document
 from spark_jobs.common import RECORD_SCHEMA, base_arg_parser, map_documents, print_summary, read_documents_df, stage_session, write_stage_output
 
 STAGE = "augment"

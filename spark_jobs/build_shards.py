@@ -33,10 +33,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from etl.errors import JinglianError, run_main
-from etl.document import DOC_COLUMNS, Document, rows_to_batch
-from etl.config import load_section
-from etl.io import ReaderConfig
+from etl.core.errors import JinglianError, run_main
+from etl.core.document import DOC_COLUMNS, Document, rows_to_batch
+from etl.core.config import load_section
+from etl.io.records import ReaderConfig
 from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, tokenizer_info, write_partition
 from shards.cli import ShardsArgumentParser, add_build_args, summary_line
 from shards.config import ShardsConfig, load_shards_config

@@ -2,7 +2,7 @@
 
     spark-submit --master local[2] spark_jobs/clean.py --input data/sample --output runs/clean [--params params.yaml]
 
-Reads raw JSON Lines / Parquet / text / HTML, runs :func:`etl.clean.build_clean_pipeline`
+Reads raw JSON Lines / Parquet / text / HTML, runs :func:`etl.clean.pipeline.build_clean_pipeline`
 inside partitions (the very steps ``python -m etl.clean`` runs), and writes ``kept/``,
 ``rejected/`` (with ``drop_reason``) and ``stats.json`` atomically.  The master is the
 launcher's choice.
@@ -15,8 +15,8 @@ from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # spark-submit from a checkout
 
-from etl.clean import STAGE, CleanPipelineFactory, resolve_configs, stats_extra  # noqa: E402
-from etl.errors import run_main  # noqa: E402
+from etl.clean.pipeline import STAGE, CleanPipelineFactory, resolve_configs, stats_extra  # noqa: E402
+from etl.core.errors import run_main  # noqa: E402
 from spark_jobs.common import base_arg_parser, map_documents, print_summary, read_documents_df, stage_session, write_stage_output  # noqa: E402
 
 

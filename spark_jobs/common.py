@@ -3,7 +3,7 @@
 * :func:`get_spark` builds the session; the master is the launcher's choice
   (``spark-submit --master local[2]`` on a laptop, the cluster's master in production).
 * :func:`read_documents_df` reads raw inputs with the same readers as the local runner,
-  one task per file, and marks repeated ids exactly as :func:`etl.io.read_inputs` does.
+  one task per file, and marks repeated ids exactly as :func:`etl.io.records.read_inputs` does.
 * :func:`map_documents` runs a step pipeline inside partitions with ``mapInArrow``; the
   pipeline is built once per executor process and cached.
 * :func:`write_stage_output` writes ``kept/``, ``rejected/`` and ``stats.json`` atomically.
@@ -22,13 +22,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from etl.atomic import atomic_dir, write_json
-from etl.cli import ArgumentParser, add_io_args
-from etl.errors import JinglianError
-from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
-from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
-from etl.stats import StageStats
-from etl.step import Pipeline
+from etl.core.atomic import atomic_dir, write_json
+from etl.core.cli import ArgumentParser, add_io_args
+from etl.core.errors import JinglianError
+from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
+from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
+from etl.core.stats import StageStats
+from etl.core.step import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _with_derived(batch: pa.RecordBatch, derive: Derive | None) -> pa.RecordBatc
 
 def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = None, batch_rows: int = 4096):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from etl.io import InputFile
+        from etl.io.records import InputFile
 
         for batch in batches:
             columns = ("file_index", "path", "name", "domain")

@@ -3,7 +3,7 @@
     spark-submit spark_jobs/dedup.py --input <dir> --output <dir> [--params params.yaml]
                                      [--against <index> [--update-index]] [--partitions N]
 
-Same decisions as the local runner (``python -m etl.dedup``, see etl/dedup.py for the rules):
+Same decisions as the local runner (``python -m etl.dedup``, see etl/dedup/cluster.py for the rules):
 signatures and band keys are computed by the compiled core in the same Python pass that
 reads the records (``extract``), exact duplicates are found with a ``groupBy`` on the exact key, LSH
 buckets with a ``groupBy`` on ``(band, key)``, candidate edges are verified on the
@@ -29,12 +29,12 @@ import pyarrow as pa
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.errors import run_main  # noqa: E402
-from etl.config import config_to_dict, load_sections
-from etl.dedup import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, binary_rows_as_matrix, check_fingerprint,
+from etl.core.errors import run_main  # noqa: E402
+from etl.core.config import config_to_dict, load_sections
+from etl.dedup.cluster import (EXACT_STEP, NEAR_STEP, STEP_NAMES, DedupConfig, add_dedup_flags, binary_rows_as_matrix, check_fingerprint,
                        features_of, matrix_rows_as_binary, matrix_rows_as_list, rank_of)
-from etl.document import Document
-from etl.io import READ_STEP, ReaderConfig
+from etl.core.document import Document
+from etl.io.records import READ_STEP, ReaderConfig
 from spark_jobs.common import base_arg_parser, hint_small, print_summary, read_documents_df, stage_session, write_stage_output
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def apply_marks_to_arrays(id_: pa.Array, meta: pa.Array, drop_reason: pa.Array, 
 
 def candidate_edges(spark, bands, max_pairs_bucket_size: int):
     """Edges ``(a, b)``, ``a < b``, from LSH buckets (cached) and their count; the rule of
-    :func:`etl.dedup.bucket_edges`.
+    :func:`etl.dedup.cluster.bucket_edges`.
 
     ``bands``: ``id, band, key, is_index``.  Buckets without a batch document, and edges
     between two index documents, are skipped (history is already deduplicated).
@@ -396,7 +396,7 @@ def load(out: tuple[Any, Any], output: str, report: dict[str, Any], kept_feats=N
 
 def append_index_df(kept_feats, index_dir: str, config: DedupConfig) -> int:
     """Write the kept documents' features as new ``part-*.parquet`` files of the index."""
-    from etl.atomic import write_json
+    from etl.core.atomic import write_json
 
     index_path = Path(index_dir)
     index_path.mkdir(parents=True, exist_ok=True)

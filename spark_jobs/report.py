@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import pyarrow as pa
 if __package__ in (None, ""):  # spark-submit runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.errors import run_main  # noqa: E402
-from etl.config import config_to_dict, load_sections
-from etl.document import Document, rows_to_batch
-from etl.io import READ_STEP
+from etl.core.errors import run_main  # noqa: E402
+from etl.core.config import config_to_dict, load_sections
+from etl.core.document import Document, rows_to_batch
+from etl.io.records import READ_STEP
 from etl.tfidf import STEP, TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
-from etl.tokenize import TokenizerConfig
+from etl.clean.tokenize import TokenizerConfig
 from spark_jobs.common import RECORD_SCHEMA, _spark_schema, base_arg_parser, print_summary, stage_session, write_stage_output
 from spark_jobs.dedup import extract, live_records
 

@@ -21,7 +21,7 @@ from augment.mlm import MaskedLMAugmenter, eligible_words, encode_row, _Row, loa
 from augment.pipeline import AugmentStats, build_pipeline  # noqa: E402
 from augment.sentences import rebuild, split_sentences  # noqa: E402
 from augment.words import pos_tokenizer, segment  # noqa: E402
-from etl.document import Document  # noqa: E402
+from etl.core.document import Document  # noqa: E402
 
 
 def _docs(data_dir, name, n, max_chars=160):
@@ -408,10 +408,10 @@ def test_local_runner_writes_stage_output(tiny, data_dir, tmp_path):
     import yaml
 
     from augment.__main__ import main
-    from etl.io import read_parquet_dir
+    from etl.io.records import read_parquet_dir
 
     config = _params(tiny, data_dir)
-    from etl.config import config_to_dict
+    from etl.core.config import config_to_dict
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"augment": config_to_dict(config)}, allow_unicode=True), encoding="utf-8")

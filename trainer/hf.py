@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
-from etl.atomic import check_output, write_output_marker
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from etl.config import build_config, config_to_dict
+from etl.core.atomic import check_output, write_output_marker
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
+from etl.core.config import build_config, config_to_dict
 from trainer.config import ModelConfig
 from trainer.dcp_reader import CheckpointTensors
 from trainer.hf_config import UnsupportedModelError, architecture_of, hf_config_from_model, model_config_from_hf

@@ -39,7 +39,7 @@ DATA = ROOT / "tests" / "data"
 
 
 def load_docs(n: int, max_chars: int):
-    from etl.document import Document
+    from etl.core.document import Document
 
     docs = []
     for name in ("domain_medical.jsonl", "expert.jsonl"):

@@ -40,8 +40,8 @@ from typing import Any
 import psutil
 
 from benchmarks.dedup.generate import write_corpus
-from etl.dedup import DedupConfig, UnionFind, load_dedup_config, shingle_strings
-from etl.io import read_parquet_dir
+from etl.dedup.cluster import DedupConfig, UnionFind, load_dedup_config, shingle_strings
+from etl.io.records import read_parquet_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -111,8 +111,8 @@ def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[s
 
 def run_local(texts: dict[str, str], config: DedupConfig) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """jinglian's local runner core (exact + near dedup in one process, in memory)."""
-    from etl.dedup import dedup_documents
-    from etl.document import Document
+    from etl.dedup.cluster import dedup_documents
+    from etl.core.document import Document
 
     started, cpu_started = time.time(), time.process_time()
     out, _ = dedup_documents([Document(i, t) for i, t in texts.items()], config)

@@ -34,8 +34,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from etl.atomic import atomic_dir
-from etl.tokenize import count_han
+from etl.core.atomic import atomic_dir
+from etl.clean.tokenize import count_han
 
 CORPORA = Path("/work/shared/corpora")
 SOURCES = ("general_zh.jsonl", "general_en.jsonl", "domain_medical.jsonl", "expert.jsonl")

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from etl.document import Document
+from etl.core.document import Document
 
 logger = logging.getLogger(__name__)
 

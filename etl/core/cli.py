@@ -1,18 +1,18 @@
 """Command-line flags every stage shares, for the Spark jobs and the local runners alike.
 
 :class:`ArgumentParser` is the parser of every jinglian command: it lists ``--debug`` in
-``--help`` (the flag itself is handled by :func:`etl.errors.run_main`) and, for commands with
+``--help`` (the flag itself is handled by :func:`etl.core.errors.run_main`) and, for commands with
 ``--input``/``--output``, refuses an output that would destroy or re-read data
-(:func:`etl.atomic.check_output`) right after parsing, before any work.
+(:func:`etl.core.atomic.check_output`) right after parsing, before any work.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Sequence
 
-from etl.atomic import check_output
-from etl.errors import DEBUG_ENV, DEBUG_FLAG
-from etl.step import ON_ERROR_CHOICES
+from etl.core.atomic import check_output
+from etl.core.errors import DEBUG_ENV, DEBUG_FLAG
+from etl.core.step import ON_ERROR_CHOICES
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,7 +45,7 @@ def check_inputs(inputs: Sequence[str]) -> None:
     import glob
     import os
 
-    from etl.io import split_labelled_input
+    from etl.core.atomic import split_labelled_input
 
     for raw in inputs:
         path = split_labelled_input(raw)[1]

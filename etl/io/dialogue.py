@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from etl.document import Document
+from etl.core.document import Document
 
 DEFAULT_PROMPT_ROLES = ("a", "user", "human", "patient", "guest_family", "guest_clinician", "system", "question", "tool")
 DEFAULT_RESPONSE_ROLES = ("b", "assistant", "gpt", "bot", "doctor", "answer")

@@ -10,7 +10,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from etl.document import Document
+from etl.core.document import Document
 
 
 def _counter() -> collections.Counter:

@@ -25,10 +25,10 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 
-from etl.errors import JinglianError
+from etl.core.errors import JinglianError
 
 T = TypeVar("T")
-DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 class FrozenDict(dict):
@@ -83,15 +83,15 @@ class TrainParams:
 #: Every section params.yaml may have, and the dataclass (``module:name``) it is loaded into.
 #: Imported lazily: validating the file does not need Spark, torch or megatron.
 SECTIONS: dict[str, str] = {
-    "pipeline": "etl.config:PipelineParams",
-    "read": "etl.io:ReaderConfig",
-    "tokenizer": "etl.tokenize:TokenizerConfig",
-    "clean": "etl.clean:CleanConfig",
-    "dedup": "etl.dedup:DedupConfig",
+    "pipeline": "etl.core.config:PipelineParams",
+    "read": "etl.io.records:ReaderConfig",
+    "tokenizer": "etl.clean.tokenize:TokenizerConfig",
+    "clean": "etl.clean.pipeline:CleanConfig",
+    "dedup": "etl.dedup.cluster:DedupConfig",
     "tfidf": "etl.tfidf:TfidfConfig",
     "augment": "augment.config:AugmentConfig",
     "shards": "shards.config:ShardsConfig",
-    "train": "etl.config:TrainParams",
+    "train": "etl.core.config:TrainParams",
 }
 
 

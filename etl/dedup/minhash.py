@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 import xxhash
 
-from etl.tokenize import HAN
+from etl.clean.tokenize import HAN
 
 SCHEMES = ("affine32", "legacy")
 HASH_FUNCTIONS = ("fast", "sha1")
@@ -97,7 +97,7 @@ def fast_shingle_hash(shingle: str) -> int:
     """The ``fast`` hash of one shingle string (a datasketch-compatible ``hashfunc``).
 
     A shingle of Han characters is a character n-gram; anything else is a word n-gram whose
-    words are separated by single spaces (see :func:`etl.dedup.shingle_strings`).
+    words are separated by single spaces (see :func:`etl.dedup.cluster.shingle_strings`).
     """
     if _han_only().match(shingle):
         units, seed = char_units(shingle), CHAR_KIND_SEED

@@ -1,6 +1,6 @@
 """The cleaning stage: configuration, the step pipeline, and the local command line.
 
-Steps, in order (each a pure function under the step contract, :mod:`etl.step`)::
+Steps, in order (each a pure function under the step contract, :mod:`etl.core.step`)::
 
     html        HTML records -> main text                          html_no_text
     dialogue    turns / instruction -> text + segments + tree      dialogue_* / instruction_*
@@ -26,23 +26,23 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from etl.cli import ArgumentParser
-from etl.errors import JinglianError, run_main
-from etl.charfilter import CharFilterConfig, filter_chars
-from etl.cli import add_io_args
-from etl.config import config_to_dict, load_sections, params_hash
-from etl.dialogue import DialogueConfig, chat_turns, flatten_document
-from etl.document import Document
-from etl.html import HtmlConfig, strip_html
-from etl.io import ReaderConfig, read_inputs
-from etl.langid import LangIdConfig, identify_language
-from etl.normalize import NormalizeConfig, normalize_text, unwrap_lines
-from etl.pii import PiiConfig, mask_pii
-from etl.quality import QualityConfig, check_quality
-from etl.repetition import RepetitionRemovalConfig, remove_repetition
+from etl.core.cli import ArgumentParser
+from etl.core.errors import JinglianError, run_main
+from etl.clean.charfilter import CharFilterConfig, filter_chars
+from etl.core.cli import add_io_args
+from etl.core.config import config_to_dict, load_sections, params_hash
+from etl.io.dialogue import DialogueConfig, chat_turns, flatten_document
+from etl.core.document import Document
+from etl.clean.html import HtmlConfig, strip_html
+from etl.io.records import ReaderConfig, read_inputs
+from etl.clean.langid import LangIdConfig, identify_language
+from etl.clean.normalize import NormalizeConfig, normalize_text, unwrap_lines
+from etl.clean.pii import PiiConfig, mask_pii
+from etl.clean.quality import QualityConfig, check_quality
+from etl.clean.repetition import RepetitionRemovalConfig, remove_repetition
 from etl.runner import run_pipeline, write_stage_output
-from etl.step import ON_ERROR_CHOICES, FunctionStep, Pipeline, filter_step, map_step
-from etl.tokenize import TokenizerConfig
+from etl.core.step import ON_ERROR_CHOICES, FunctionStep, Pipeline, filter_step, map_step
+from etl.clean.tokenize import TokenizerConfig
 
 logger = logging.getLogger(__name__)
 STAGE = "clean"

@@ -7,7 +7,7 @@ Pipeline (identical in ``spark_jobs/dedup.py``, which is the scalable path)::
          -> one kept per key by the keep rule; the others: drop_reason=exact_duplicate
       -> shingles: Han character n-grams (char_ngram, default 5) + Latin word n-grams
          (word_ngram, default 3) from the shared tokenizer's Latin path
-      -> MinHash signature (datasketch-identical, etl/minhash.py) -> b band keys of r rows
+      -> MinHash signature (datasketch-identical, etl/dedup/minhash.py) -> b band keys of r rows
       -> candidate edges: documents sharing a band key; all pairs in a bucket of at most
          max_pairs_bucket_size members, a star from the smallest id in larger buckets
       -> verify (optional): keep an edge if the estimated Jaccard >= threshold
@@ -54,12 +54,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.cli import ArgumentParser
-from etl.errors import JinglianError, run_main
-from etl import minhash
-from etl.config import config_to_dict, load_section, load_sections
-from etl.document import Document
-from etl.tokenize import HAN, TokenizerConfig, is_word, tokenize
+from etl.core.cli import ArgumentParser
+from etl.core.errors import JinglianError, run_main
+from etl.dedup import minhash
+from etl.core.config import config_to_dict, load_section, load_sections
+from etl.core.document import Document
+from etl.clean.tokenize import HAN, TokenizerConfig, is_word, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def normalize_texts(texts: Sequence[str]) -> list[str]:
 
 def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(normalized, cps, offsets)``: :func:`normalize_text` of each text, and the same as
-    concatenated code points (``etl.minhash_jit.code_points``) for the shingle kernel.
+    concatenated code points (``etl.dedup.minhash_jit.code_points``) for the shingle kernel.
 
     One compiled pass per batch (``minhash_jit.normalize_code_points``) instead of three
     string calls per text: about 34 -> 14 us per document on the dedup benchmark's mixed
@@ -196,7 +196,7 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
     point (no context rules).  Texts with a combining mark, a composing starter or a
     multi-code-point casefold (ß) -- 15 in 10,000 here -- take :func:`normalize_text`.
     """
-    from etl import minhash_jit
+    from etl.dedup import minhash_jit
 
     if not texts:
         return [], np.empty(0, np.uint32), np.zeros(1, np.int64)
@@ -348,10 +348,10 @@ def features_of(ids: list[str], texts: Sequence[str], ranks: list[float], config
     """:func:`compute_features` from columns (the Spark job passes Arrow columns' values).
 
     The default settings (``hash_function: fast``, ``english: wordpunct``, ``scheme:
-    affine32``) run the compiled kernels of :mod:`etl.minhash_jit`; other settings run the
+    affine32``) run the compiled kernels of :mod:`etl.dedup.minhash_jit`; other settings run the
     NumPy reference code, which gives the same values (tested) more slowly.
     """
-    from etl import minhash_jit
+    from etl.dedup import minhash_jit
 
     normalized, cps, cp_offsets = normalize_batch(texts)
     b, r = config.bands
@@ -514,7 +514,7 @@ def load_index(index_dir: str | os.PathLike, config: DedupConfig) -> DedupIndex:
 
 def write_index_part(table: pa.Table, index_dir: str | os.PathLike, config: DedupConfig) -> Path:
     """Append one Parquet part (atomically) to an index directory; creates it with index.json."""
-    from etl.atomic import atomic_file, write_json
+    from etl.core.atomic import atomic_file, write_json
 
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
@@ -700,7 +700,7 @@ def add_dedup_flags(parser: argparse.ArgumentParser, with_base: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Local runner: read, dedup in memory, write kept/ rejected/ stats.json."""
-    from etl.io import read_inputs
+    from etl.io.records import read_inputs
     from etl.runner import write_stage_output
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
