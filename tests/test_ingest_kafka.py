@@ -48,7 +48,7 @@ def _produce(broker: EmbeddedBroker, topic: str, values: list[bytes], partitions
 
 
 def _ingest(broker, topic, out, *extra, group="g") -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "etl.kafka.ingest", "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic,
+    cmd = [sys.executable, "-m", "etl.ingest", "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic,
            "--output", str(out), "--group-id", group, "--session-timeout-ms", SESSION_MS, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 

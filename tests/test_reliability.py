@@ -56,7 +56,7 @@ def test_output_equal_to_input_is_refused_and_nothing_is_touched(tmp_path):
     _jsonl(data / "a.jsonl", [{"id": "1", "text": GOOD}])
     (data / "notes.txt").write_text("my notes")
     before = _tree(data)
-    proc = _run(["-m", "etl.clean.pipeline", "--input", str(data), "--output", str(data), "--no-progress"])
+    proc = _run(["-m", "etl.clean", "--input", str(data), "--output", str(data), "--no-progress"])
     assert proc.returncode != 0
     lines = _error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("jinglian: ") and "is also an input" in lines[0], proc.stderr
@@ -237,7 +237,7 @@ def test_train_overrides_name_the_closest_field():
 
 
 ENTRY_POINTS = [
-    ["-m", "etl.clean.pipeline"], ["-m", "etl.dedup.cluster"], ["-m", "etl.tfidf"], ["-m", "augment"],
+    ["-m", "etl.clean"], ["-m", "etl.dedup"], ["-m", "etl.tfidf"], ["-m", "augment"],
     ["spark_jobs/clean.py"], ["spark_jobs/dedup.py"], ["spark_jobs/tfidf_filter.py"], ["spark_jobs/augment.py"],
 ]
 
@@ -267,17 +267,17 @@ def test_other_entry_points_and_debug(tmp_path):
         # the repository's params validated from a job script (spark_jobs/augment.py must not shadow the augment package)
         (["spark_jobs/build_shards.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "s")], "no tokenizer given"),
         (["-m", "trainer.train", "--shards", str(tmp_path / "no-shards"), "--params", missing_params], "missing.yaml"),
-        (["-m", "etl.kafka.ingest", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--output", str(tmp_path / "land"),
+        (["-m", "etl.ingest", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--output", str(tmp_path / "land"),
           "--params", missing_params], "missing.yaml"),
-        (["-m", "etl.kafka.produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--input", str(tmp_path / "nope.jsonl")], "nope.jsonl"),
+        (["-m", "etl.produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--input", str(tmp_path / "nope.jsonl")], "nope.jsonl"),
     ]
     for args, expected in cases:
         proc = _run(args)
         lines = _error_lines(proc.stderr)
         assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], (args, proc.stderr)
-    proc = _run(["-m", "etl.clean.pipeline", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--debug"])
+    proc = _run(["-m", "etl.clean", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--debug"])
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
-    proc = _run(["-m", "etl.clean.pipeline", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")], {"JINGLIAN_DEBUG": "1"})
+    proc = _run(["-m", "etl.clean", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")], {"JINGLIAN_DEBUG": "1"})
     assert "Traceback (most recent call last)" in proc.stderr
 
 
@@ -300,7 +300,7 @@ def test_one_line_picks_the_root_cause_of_spark_errors():
 
 @pytest.mark.kafka
 def test_unreachable_broker_is_one_line(tmp_path):
-    proc = _run(["-m", "etl.kafka.ingest", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--output", str(tmp_path / "land")], timeout=120)
+    proc = _run(["-m", "etl.ingest", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--output", str(tmp_path / "land")], timeout=120)
     lines = _error_lines(proc.stderr)
     assert proc.returncode == 1 and len(lines) == 1 and "no Kafka broker reachable at 127.0.0.1:1" in lines[0], proc.stderr
 
