@@ -43,7 +43,7 @@ from shards.config import ShardsConfig, load_shards_config
 from shards.manifest import finish_output, prepare_output
 from shards.mix import slot_positions
 from shards.samples import Sample, order_key
-from spark_jobs.common import _spark_schema, get_spark, read_documents_df, rows_to_documents
+from spark_jobs.common import spark_schema, get_spark, read_documents_df, rows_to_documents
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partit
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    encoded = records.mapInArrow(_encode_partition(cfg, info.path, info.eos_id), _spark_schema(ENCODED_SCHEMA))
+    encoded = records.mapInArrow(_encode_partition(cfg, info.path, info.eos_id), spark_schema(ENCODED_SCHEMA))
     encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
     kept = encoded.filter(F.col("drop_reason").isNull())
     rejected = encoded.filter(F.col("drop_reason").isNotNull())

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -23,7 +22,6 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 
 from etl.core.atomic import atomic_dir, write_json
-from etl.core.cli import ArgumentParser, add_io_args
 from etl.core.errors import JinglianError
 from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
 from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
@@ -94,20 +92,6 @@ def stage_session(app_name: str):
         yield spark
     finally:
         spark.catalog.clearCache()
-
-
-def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
-    epilog = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
-              f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
-              "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
-              "                                   instead of shuffling the documents")
-    parser = ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description, epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_io_args(parser)
-    parser.add_argument("--partitions", type=int, default=None, metavar="N",
-                        help="number of Spark partitions for the per-document work (default: two per core, or one per 64 MB of input if that is more)")
-    return parser
 
 
 # ----------------------------------------------------------------------------- reading
@@ -199,7 +183,7 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
         native = native.repartition(num_partitions, "id")
         if derive is not None:
             schema = pa.unify_schemas([pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string())]), derive[1]])
-            native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), _spark_schema(schema))
+            native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), spark_schema(schema))
         return native.persist(StorageLevel.MEMORY_AND_DISK) if cache else native
     return _read_with_python(spark, files, reader_config, num_partitions, derive)
 
@@ -251,7 +235,7 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     if len(files) > num_partitions:
         listing = listing.coalesce(num_partitions)
     schema = _READ_SCHEMA if derive is None else pa.unify_schemas([_READ_SCHEMA, derive[1]])
-    records = listing.mapInArrow(_read_files_partition(reader_config, derive), _spark_schema(schema))
+    records = listing.mapInArrow(_read_files_partition(reader_config, derive), spark_schema(schema))
     if len(files) < num_partitions:
         records = records.repartition(num_partitions, "file_index", "line")
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
@@ -325,7 +309,7 @@ def read_stage_parquet(spark, files) -> Any:
                      null.alias("drop_reason"), null.alias("drop_step"), null.alias("dup_first"))
 
 
-def _spark_schema(schema: pa.Schema):
+def spark_schema(schema: pa.Schema):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)
@@ -371,7 +355,7 @@ def map_documents(df, key: str, factory: Callable[[], Pipeline], batch_rows: int
         if out:
             yield documents_to_batch(out)
 
-    return df.mapInArrow(run, _spark_schema(RECORD_SCHEMA))
+    return df.mapInArrow(run, spark_schema(RECORD_SCHEMA))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -459,12 +443,5 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-def print_summary(stage: str, report: dict[str, Any]) -> None:
-    """One human-readable summary line per stage (the full report is stats.json)."""
-    reasons = ", ".join(f"{k}={v}" for k, v in report.get("drop_reasons", {}).items()) or "none"
-    print(f"[{stage}] in={report['num_in']} kept={report['num_kept']} rejected={report['num_rejected']} "
-          f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", flush=True)
-
-
-__all__ = ["get_spark", "stage_session", "check_java", "base_arg_parser", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output",
-           "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch"]
+__all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
+           "compute_stats", "rows_to_documents", "documents_to_batch"]

@@ -28,7 +28,7 @@ from etl.core.document import Document, rows_to_batch
 from etl.io.records import READ_STEP
 from etl.tfidf import STEP, TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
 from etl.clean.tokenize import TokenizerConfig
-from spark_jobs.common import RECORD_SCHEMA, _spark_schema, base_arg_parser, print_summary, stage_session, write_stage_output
+from spark_jobs.common import RECORD_SCHEMA, spark_schema, base_arg_parser, print_summary, stage_session, write_stage_output
 from spark_jobs.dedup import extract, live_records
 
 logger = logging.getLogger(__name__)
@@ -101,10 +101,10 @@ def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[An
     repeated = docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNotNull())
     dropped = docs.filter(F.col("drop_reason").isNotNull()).select(*RECORD_SCHEMA.names)
     num_docs = live.count()
-    tf = live.select("id", "text").mapInArrow(term_counts_fn(config, tokenizer), _spark_schema(TF_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
+    tf = live.select("id", "text").mapInArrow(term_counts_fn(config, tokenizer), spark_schema(TF_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
     doc_freq = tf.groupBy("token").agg(F.count("*").alias("df"))
     pairs = tf.join(doc_freq, "token").groupBy("id").agg(F.collect_list(F.struct("tf", "df")).alias("pairs"))
-    scored = live.select("id").join(pairs, "id", "left").mapInArrow(score_fn(num_docs), _spark_schema(SCORED_SCHEMA))
+    scored = live.select("id").join(pairs, "id", "left").mapInArrow(score_fn(num_docs), spark_schema(SCORED_SCHEMA))
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     cut = None
     if config.min_percentile is not None and num_docs:
@@ -112,7 +112,7 @@ def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[An
     limit = threshold(config, cut)
     joined = live.join(scored.select("id", F.col("score").alias("_score")), "id").select(*RECORD_SCHEMA.names, "dup_first", "_score")
     joined = joined.unionByName(repeated.select(*RECORD_SCHEMA.names, "dup_first", F.lit(None).cast("double").alias("_score")))
-    out = joined.mapInArrow(mark_fn(limit), _spark_schema(RECORD_SCHEMA)).unionByName(dropped)
+    out = joined.mapInArrow(mark_fn(limit), spark_schema(RECORD_SCHEMA)).unionByName(dropped)
     summary = {"num_scored": num_docs, "vocab_size": doc_freq.count(), "percentile_cut": cut,
                "threshold": limit if limit > -math.inf else None, "config": config_to_dict(config)}
     return out, summary

@@ -335,14 +335,10 @@ def default_factory(params: str | None, on_error: str | None = None) -> Callable
 
 
 def _build_clean(params: str | None, on_error: str | None) -> Pipeline:
-    import dataclasses
+    from etl.clean.pipeline import CLEAN
+    from etl.core.stage import load_stage_configs
 
-    from etl.clean.pipeline import build_clean_pipeline, load_clean_config
-
-    clean_config, tokenizer_config, _ = load_clean_config(params)
-    if on_error is not None:
-        clean_config = dataclasses.replace(clean_config, on_error=on_error)
-    return build_clean_pipeline(clean_config, tokenizer_config)
+    return CLEAN.pipeline(load_stage_configs(CLEAN, params, on_error))()
 
 
 class IndexDedup:
