@@ -315,6 +315,14 @@ def spark_schema(schema: pa.Schema):
     return from_arrow_schema(schema)
 
 
+def live_records(docs):
+    """Records neither rejected by the reader nor repeated ids."""
+    from pyspark.sql import functions as F
+
+    return docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNull())
+
+
+
 # ----------------------------------------------------------------------------- mapping
 
 
@@ -444,4 +452,4 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
 
 
 __all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
-           "compute_stats", "rows_to_documents", "documents_to_batch"]
+           "compute_stats", "live_records", "rows_to_documents", "documents_to_batch"]

@@ -111,7 +111,7 @@ def test_spark_against_index_equals_local(spark, tmp_path, data_dir):
 
 
 def test_connected_components_match_union_find(spark):
-    from spark_jobs.dedup import connected_components
+    from spark_jobs.corpus.dedup import connected_components
 
     rng = random.Random(3)
     ids = [f"n{rng.randrange(10**6):06d}" for _ in range(300)]

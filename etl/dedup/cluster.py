@@ -54,11 +54,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.core.cli import ArgumentParser
-from etl.core.errors import JinglianError, run_main
+from etl.core.errors import JinglianError
 from etl.dedup import minhash
-from etl.core.config import config_to_dict, load_section, load_sections
+from etl.core.config import config_to_dict, load_section
 from etl.core.document import Document
+from etl.core.stage import Stage, StageRun
+from etl.runner import run_stage
 from etl.clean.tokenize import HAN, TokenizerConfig, is_word, tokenize
 
 logger = logging.getLogger(__name__)
@@ -677,47 +678,50 @@ def cluster_report(clusters: dict[str, list[str]], kept_of: dict[str, str], text
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_arg_parser(prog: str = "python -m etl.dedup") -> argparse.ArgumentParser:
-    """Flags shared by the local runner and ``spark_jobs/dedup.py``."""
-    parser = ArgumentParser(prog=prog, description="Exact and MinHash-LSH near-duplicate removal (local, in memory).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dedup_flags(parser, with_base=True)
-    return parser
-
-
-def add_dedup_flags(parser: argparse.ArgumentParser, with_base: bool) -> None:
-    """--against / --update-index (and, for the local runner, the base flags)."""
-    if with_base:
-        parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                            help="input files, directories or globs (JSON Lines, Parquet, ...); a stage output dir is read from its kept/")
-        parser.add_argument("--output", required=True, metavar="DIR", help="output directory: kept/, rejected/, stats.json (atomic)")
-        parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
+    """The dedup stage's own flags: --against, --update-index."""
     parser.add_argument("--against", default=None, metavar="INDEX",
                         help="dedup index directory (Parquet signatures and band keys) to deduplicate the input against; "
                              "its documents are never dropped; a missing directory is an empty index")
     parser.add_argument("--update-index", action="store_true", help="append the input's kept documents to the --against index")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Local runner: read, dedup in memory, write kept/ rejected/ stats.json."""
-    from etl.io.records import read_inputs
-    from etl.runner import write_stage_output
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_arg_parser().parse_args(argv)
+def check_dedup_flags(args: argparse.Namespace) -> None:
     if args.update_index and not args.against:
         raise JinglianError("--update-index needs --against INDEX")
-    config, reader = load_sections(args.params, "dedup", "read")
-    index = load_index(args.against, config) if args.against else None
-    docs, result = dedup_documents(read_inputs(args.input, reader), config, index)
-    extra = {"dedup": {"config": config_to_dict(config), "bands": list(config.bands), "against": args.against,
-                       "num_candidate_edges": result.num_candidate_edges, "num_verified_edges": result.num_verified_edges,
-                       "clusters": cluster_report(result.clusters, result.kept_of_cluster, result.texts, config)}}
-    report = write_stage_output(docs, args.output, STEP_NAMES, extra_stats=extra, total=len(docs), desc="dedup")
-    if args.update_index:
-        extra["dedup"]["num_indexed"] = append_to_index(docs, args.against, config)
-    return report
 
 
-if __name__ == "__main__":
-    run_main(main)
+def dedup_corpus(docs: Iterable[Document], run: StageRun) -> tuple[list[Document], dict[str, Any]]:
+    """The local whole-corpus operation: dedup in memory (against ``--against`` if given)."""
+    config = run.config
+    index = load_index(run.args.against, config) if run.args.against else None
+    docs, result = dedup_documents(docs, config, index)
+    report = {"dedup": {"config": config_to_dict(config), "bands": list(config.bands), "against": run.args.against,
+                        "num_candidate_edges": result.num_candidate_edges, "num_verified_edges": result.num_verified_edges,
+                        "clusters": cluster_report(result.clusters, result.kept_of_cluster, result.texts, config)}}
+    return docs, report
+
+
+def update_index(docs: Sequence[Document], report: dict[str, Any], run: StageRun) -> None:
+    """With ``--update-index``, append the kept documents to the ``--against`` index."""
+    if run.args.update_index:
+        report["dedup"]["num_indexed"] = append_to_index(docs, run.args.against, run.config)
+
+
+DEDUP = Stage(
+    name="dedup",
+    description="Exact and MinHash-LSH near-duplicate removal.",
+    sections=("dedup",),
+    corpus=dedup_corpus,
+    spark_corpus="spark_jobs.corpus.dedup:run_dedup",
+    step_names=lambda configs: STEP_NAMES,
+    add_flags=add_dedup_flags,
+    check_args=check_dedup_flags,
+    after_write=update_index,
+    on_error_flag=False,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``python -m etl.dedup``: the dedup stage, run locally (in memory)."""
+    return run_stage(DEDUP, argv)
