@@ -1,6 +1,5 @@
-"""TF-IDF low-information filter as a Spark job (the scalable path).
-
-    spark-submit spark_jobs/tfidf_filter.py --input <dir> --output <dir> [--params params.yaml]
+"""TF-IDF low-information filter on Spark: the tfidf stage's whole-corpus operation
+(:func:`run_tfidf`, named by :data:`etl.tfidf.TFIDF`; the job file is ``spark_jobs/tfidf_filter.py``).
 
 Tokens come from the shared tokenizer inside ``mapInArrow`` (one pass); document
 frequencies are a ``groupBy`` on the token; each document's ``(tf, df)`` pairs are joined
@@ -13,23 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import pyarrow as pa
 
-if __package__ in (None, ""):  # spark-submit runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from etl.core.errors import run_main  # noqa: E402
-from etl.core.config import config_to_dict, load_sections
+from etl.core.config import config_to_dict
 from etl.core.document import Document, rows_to_batch
-from etl.io.records import READ_STEP
-from etl.tfidf import STEP, TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
+from etl.core.stage import StageRun
 from etl.clean.tokenize import TokenizerConfig
-from spark_jobs.common import RECORD_SCHEMA, spark_schema, base_arg_parser, print_summary, stage_session, write_stage_output
-from spark_jobs.dedup import extract, live_records
+from etl.io.records import READ_STEP
+from etl.tfidf import TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
+from spark_jobs.common import RECORD_SCHEMA, live_records, read_documents_df, spark_schema
+from spark_jobs.executor import SparkResult
 
 logger = logging.getLogger(__name__)
 
@@ -118,22 +112,9 @@ def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[An
     return out, summary
 
 
-def load(out, output: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write kept/ rejected/ stats.json atomically."""
-    return write_stage_output(out, output, [STEP], extra_stats={"tfidf": summary})
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """spark-submit entry point: extract, transform, load."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = base_arg_parser("tfidf_filter", "TF-IDF low-information filter (Spark).").parse_args(argv)
-    config, tokenizer, reader = load_sections(args.params, "tfidf", "tokenizer", "read")
-    with stage_session("tfidf_filter") as spark:
-        out, summary = transform(extract(spark, args.input, reader, args.partitions), config, tokenizer)
-        report = load(out, args.output, summary)
-    print_summary("tfidf_filter", report)
-    return report
-
-
-if __name__ == "__main__":
-    run_main(main)
+def run_tfidf(spark, run: StageRun) -> SparkResult:
+    """The tfidf stage on Spark: read (cached: scored, then joined back), score, mark."""
+    args = run.args
+    docs = read_documents_df(spark, args.input, run.reader, args.partitions, cache=True)
+    out, summary = transform(docs, run.config, run.configs["tokenizer"])
+    return SparkResult(records=out, stats={"tfidf": summary})
