@@ -9,16 +9,20 @@ augmented again.
 :class:`AugmentStats` counts, per method, variants made, kept and rejected by reason, which
 fact kinds changed, the entity-swap kinds (``alias`` / ``counterfactual`` / ``non_graph``) of
 kept and rejected variants and the masked-LM words left as they were, from the output records
-alone, so the local runner and the Spark job report the same numbers.
+alone, so the local and the Spark executor report the same numbers.
+
+:data:`AUGMENT` declares the stage (``python -m augment``, ``spark-submit spark_jobs/augment.py``).
 """
 from __future__ import annotations
 
 import collections
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Mapping
 
 from augment.config import AugmentConfig
 from etl.core.document import Document
+from etl.core.stage import Stage
 from etl.core.step import Pipeline, batch_step
 
 
@@ -118,13 +122,16 @@ class AugmentStats:
         return {"augment": {"num_originals": self.num_originals, "by_method": report}}
 
 
-class StatsTap:
-    """Counts documents into an :class:`AugmentStats` as they stream past (local runner)."""
+def augment_factory(configs: Mapping[str, Any]) -> functools.partial:
+    """The stage's pipeline factory from its loaded configs (picklable: workers and executors)."""
+    return functools.partial(build_pipeline, configs["augment"])
 
-    def __init__(self) -> None:
-        self.stats = AugmentStats()
 
-    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
-        for doc in docs:
-            self.stats.add(doc)
-            yield doc
+AUGMENT = Stage(
+    name="augment",
+    description="Augment documents: back-translation, masked-LM substitution, entity swap (originals kept).",
+    sections=("augment",),
+    pipeline=augment_factory,
+    counter=AugmentStats,
+    batch_docs=lambda configs: configs["augment"].batch_docs,
+)

@@ -31,7 +31,7 @@ from etl.core.atomic import atomic_dir, write_json
 from etl.core.document import Document
 from etl.io.records import write_parquet
 from etl.core.errors import JinglianError
-from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, summary_line
+from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline, batched
 from etl.io.records import read_inputs
@@ -171,7 +171,7 @@ def _local_flags(parser: argparse.ArgumentParser) -> None:
 def parse_stage_args(stage: Stage, argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
     """The local command line of ``stage`` (the shared flags, the stage's, --workers, --no-progress)."""
     args = stage_parser(stage, prog or f"python -m etl.{stage.name}", _local_flags).parse_args(argv)
-    if args.workers < 1:
+    if getattr(args, "workers", 1) < 1:
         raise JinglianError(f"--workers must be >= 1, got {args.workers}")
     return args
 
@@ -190,10 +190,12 @@ class _Tap:
 
 def execute(stage: Stage, run: StageRun) -> dict[str, Any]:
     """Run ``stage`` locally with resolved configs; returns the statistics report."""
+    if stage.write is not None:
+        return stage.write(run)
     args = run.args
     docs: Iterable[Document] = read_inputs(args.input, run.reader)
     if stage.pipeline is not None:
-        batch_size = stage.batch_size(run.configs) if stage.batch_size else 256
+        batch_size = 4 * stage.batch_docs(run.configs) if stage.batch_docs else 256
         docs = run_pipeline(docs, stage.pipeline(run.configs), workers=getattr(args, "workers", 1), batch_size=batch_size)
     extra: dict[str, Any] = base_stats(run)
     total = None
@@ -217,5 +219,5 @@ def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None 
     args = parse_stage_args(stage, argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     report = execute(stage, resolve_run(stage, args, "local"))
-    print(summary_line(stage.name, report), flush=True)
+    print(stage_summary(stage, report), flush=True)
     return report

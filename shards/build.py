@@ -14,8 +14,6 @@ Layout of ``<output>``::
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -298,12 +296,3 @@ def _slot_stream(plan: MixPlan, samples: dict[str, list[Sample]], lo: int, hi: i
         k = int(plan.item[slot])
         items = samples[group]
         yield slot, k // len(items), items[k % len(items)]
-
-
-def copy_tokenizer(path: str, out_dir: Path) -> str:
-    """Copy a local tokenizer directory into the shard set; returns the recorded path."""
-    if os.path.isdir(path):
-        dest = out_dir / "tokenizer"
-        shutil.copytree(path, dest, dirs_exist_ok=True)
-        return "tokenizer"
-    return path

@@ -53,12 +53,12 @@ def has_chat_template(path_or_hub_id: str) -> bool | None:
 
 def record_messages(text: str, meta: dict[str, Any]) -> list[dict[str, str]] | None:
     """The chat messages of a fine-tuning record, or None for plain text."""
-    from etl.io.dialogue import DialogueConfig, _side, chat_turns, main_path
+    from etl.io.dialogue import DialogueConfig, chat_turns, role_side, main_path
 
     nodes = meta.get("dialogue")
     if isinstance(nodes, list) and nodes and all(isinstance(n, dict) and "role" in n and "text" in n for n in nodes):
         path = main_path(nodes) if all("id" in n and "parent" in n for n in nodes) else nodes
-        return [_message(n["role"], n["text"], n.get("side") or _side(str(n["role"]), DialogueConfig())) for n in path]
+        return [_message(n["role"], n["text"], n.get("side") or role_side(str(n["role"]), DialogueConfig())) for n in path]
     if meta.get("instruction") and meta.get("output"):
         user = str(meta["instruction"]).strip()
         if str(meta.get("input") or "").strip():
@@ -68,7 +68,7 @@ def record_messages(text: str, meta: dict[str, Any]) -> list[dict[str, str]] | N
         turns, _, reason, _ = chat_turns(meta)
         if reason is None:
             config = DialogueConfig()
-            return [_message(t["role"], t["text"], _side(str(t["role"]), config)) for t in turns]
+            return [_message(t["role"], t["text"], role_side(str(t["role"]), config)) for t in turns]
     return None
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +49,6 @@ def finish_output(out: Path, output: str, entries: list[dict[str, Any]], plan, c
                   rejected: Sequence[Any]) -> dict[str, Any]:
     """Write rejected records and the manifest (last); returns the manifest."""
     from etl.io.records import write_parquet
-    from shards.build import copy_tokenizer
 
     reasons = Counter(d.drop_reason for d in rejected)
     if rejected:
@@ -168,3 +168,12 @@ def _deep_check(path: Path, shard: dict, manifest: dict) -> list[str]:
     if not manifest["pack_seq_len"] and counts != shard["tokens_by_group"]:
         problems.append(f"{shard['name']}: tokens per group {counts}, manifest says {shard['tokens_by_group']}")
     return problems
+
+
+def copy_tokenizer(path: str, out_dir: Path) -> str:
+    """Copy a local tokenizer directory into the shard set; returns the recorded path."""
+    if os.path.isdir(path):
+        dest = out_dir / "tokenizer"
+        shutil.copytree(path, dest, dirs_exist_ok=True)
+        return "tokenizer"
+    return path

@@ -84,6 +84,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from shards.manifest import load_manifest
+from shards.mix import most_behind
 from shards.samples import Row, num_packed_rows, pack_samples, row_to_arrays
 from shards.tario import LEGACY_INDEX_COLUMNS, ShardError, file_sha256, load_npy, parse_members, parse_sample_members, read_index
 
@@ -451,12 +452,7 @@ def interleave_by_deficit(groups: np.ndarray, sizes: np.ndarray, rng: np.random.
     share = [t / max(1.0, sum(totals)) for t in totals]
     heads, consumed, total, out = [0] * len(queues), [0.0] * len(queues), 0.0, []
     for _ in range(len(groups)):
-        best, best_err = -1, 0.0
-        for g, q in enumerate(queues):
-            if heads[g] < len(q):
-                err = share[g] * (total + sizes_py[q[heads[g]]]) - consumed[g]
-                if best < 0 or err > best_err + 1e-12:
-                    best, best_err = g, err
+        best = most_behind(share, [sizes_py[q[heads[g]]] if heads[g] < len(q) else None for g, q in enumerate(queues)], consumed, total)
         item = queues[best][heads[best]]
         heads[best] += 1
         consumed[best] += sizes_py[item]

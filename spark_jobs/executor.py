@@ -15,13 +15,15 @@ executor's (:mod:`etl.core.stage`); what differs is where the work runs:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from etl.core.config import config_to_dict, params_hash
 from etl.core.document import Document
-from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, summary_line
+from etl.core.errors import JinglianError
+from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from spark_jobs.common import (BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session,
                                write_stage_output)
 
@@ -63,7 +65,7 @@ def map_stage(spark, run: StageRun) -> SparkResult:
     stage = run.stage
     df = read_documents_df(spark, run.args.input, run.reader, run.args.partitions)
     key = f"{stage.name}:{params_hash({k: config_to_dict(v) for k, v in sorted(run.configs.items())})}"
-    batch_rows = stage.batch_size(run.configs) if stage.batch_size else 512
+    batch_rows = stage.batch_docs(run.configs) if stage.batch_docs else 512
     return SparkResult(records=map_documents(df, key, stage.pipeline(run.configs), batch_rows=batch_rows))
 
 
@@ -88,6 +90,8 @@ def execute(spark, run: StageRun) -> dict[str, Any]:
     from pyspark import StorageLevel
 
     stage = run.stage
+    if stage.write is not None:  # the operation writes the stage's own outputs (the shard set)
+        return stage.spark_operation()(spark, run)
     result = stage.spark_operation()(spark, run) if stage.spark_corpus else map_stage(spark, run)
     extra = {**base_stats(run), **result.stats}
     records = result.records
@@ -105,12 +109,25 @@ def execute(spark, run: StageRun) -> dict[str, Any]:
     return report
 
 
+def check_import_path() -> None:
+    """Fail with one line when ``spark_jobs/augment.py`` shadows the ``augment`` package.
+
+    A script's folder comes first on ``sys.path`` (``spark-submit spark_jobs/clean.py`` puts
+    ``spark_jobs/`` there) unless ``PYTHONSAFEPATH=1`` (Python >= 3.11; scripts/env.sh sets it).
+    The params check imports ``augment.config``, so every job needs the package, not the file."""
+    spec = importlib.util.find_spec("augment")
+    if spec is None or spec.submodule_search_locations is None:
+        raise JinglianError("spark_jobs/augment.py shadows the augment package: run with PYTHONSAFEPATH=1 "
+                            "(source scripts/env.sh; on a cluster set it in the driver's environment)")
+
+
 def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
     """``spark-submit spark_jobs/<stage>.py``: parse, load the configs, run, print the summary line."""
+    check_import_path()
     args = parse_stage_args(stage, argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run = resolve_run(stage, args, "spark")
     with stage_session(stage.name) as spark:
         report = execute(spark, run)
-    print(summary_line(stage.name, report), flush=True)
+    print(stage_summary(stage, report), flush=True)
     return report

@@ -11,7 +11,8 @@ import torch
 
 from trainer.config import apply_overrides, parse_override
 from trainer.data import SyntheticReader, attention_mask_from_segments, to_torch_batch
-from trainer.metrics import (StepMetrics, gpu_peak_tflops, read_metrics, throughput,
+from etl.core.metrics import read_metrics
+from trainer.metrics import (StepMetrics, gpu_peak_tflops, throughput,
                              training_flops_per_token)
 from trainer.recipes import RECIPES, get_recipe
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from etl.core.cli import ArgumentParser
 from etl.core.errors import run_main
-from trainer.metrics import read_metrics
+from etl.core.metrics import read_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -59,14 +59,15 @@ def check_inputs(inputs: Sequence[str]) -> None:
             raise FileNotFoundError(f"input {path!r} does not exist")
 
 
-def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True) -> argparse.ArgumentParser:
+def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True, input_help: str | None = None,
+                output_help: str | None = None) -> argparse.ArgumentParser:
     """Add --input, --output, --params (and --on-error) with one wording everywhere."""
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
-                             "a stage output directory is read from its kept/")
+                        help=input_help or "input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
+                                           "a stage output directory is read from its kept/")
     parser.add_argument("--output", required=True, metavar="DIR",
-                        help="output directory; receives kept/, rejected/ and stats.json, written atomically. It must not exist, "
-                             "be empty, or be a previous jinglian output (which is replaced); it may not overlap an input")
+                        help=output_help or "output directory; receives kept/, rejected/ and stats.json, written atomically. It must not "
+                                            "exist, be empty, or be a previous jinglian output (which is replaced); it may not overlap an input")
     parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
     if on_error:
         parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=None,

@@ -53,6 +53,8 @@ class StageRun:
     args: argparse.Namespace
     configs: dict[str, Any]
     runner: str
+    params: dict[str, Any] = field(default_factory=dict)
+    """The whole params file (validated), for a stage that records a raw section."""
 
     @property
     def config(self) -> Any:
@@ -94,10 +96,21 @@ class Stage:
     """Extra statistics counted over the output records (``to_dict`` merged into ``stats.json``)."""
     after_write: Callable[[Sequence[Document], dict[str, Any], StageRun], None] | None = None
     """Local: called with the records and the report once the outputs are written."""
+    write: Callable[[StageRun], dict[str, Any]] | None = None
+    """Local, for a stage whose outputs are not records (the shard set): read, plan and write
+    ``outputs`` itself and return the report; its Spark twin (``spark_corpus``) returns the
+    report too.  Such a stage declares every flag it takes (no executor flags are added)."""
+    summary: Callable[[dict[str, Any]], str] | None = None
+    """The summary line (default :func:`summary_line`)."""
+    input_help: str | None = None
+    """``--input`` help when the shared wording does not fit."""
+    output_help: str | None = None
+    """``--output`` help when the shared wording does not fit."""
     on_error_flag: bool = True
     """Whether the stage takes ``--on-error`` (its own section has an ``on_error`` field)."""
-    batch_size: Callable[[Mapping[str, Any]], int] | None = None
-    """Documents per batch handed to a worker process (local) or an Arrow batch (Spark)."""
+    batch_docs: Callable[[Mapping[str, Any]], int] | None = None
+    """The pipeline's natural batch (documents per model call): Spark's Arrow batches hold
+    this many, a local worker process gets four at a time. Default: 512 (Spark), 256 (local)."""
     outputs: tuple[str, ...] = STAGE_OUTPUTS
     """What the stage writes under ``--output``."""
     parser_class: type[ArgumentParser] = field(default=ArgumentParser)
@@ -128,10 +141,10 @@ def stage_parser(stage: Stage, prog: str, executor_flags: Callable[[argparse.Arg
     then the executor's (``--workers`` locally, ``--partitions`` on Spark)."""
     parser = stage.parser_class(prog=prog, description=stage.description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_io_args(parser, on_error=stage.on_error_flag)
+    add_io_args(parser, on_error=stage.on_error_flag, input_help=stage.input_help, output_help=stage.output_help)
     if stage.add_flags is not None:
         stage.add_flags(parser)
-    if executor_flags is not None:
+    if executor_flags is not None and stage.write is None:
         executor_flags(parser)
     return parser
 
@@ -142,7 +155,8 @@ def resolve_run(stage: Stage, args: argparse.Namespace, runner: str) -> StageRun
         raise ValueError(f"runner must be one of {list(EXECUTORS)}, got {runner!r}")
     if stage.check_args is not None:
         stage.check_args(args)
-    return StageRun(stage, args, load_stage_configs(stage, args.params, getattr(args, "on_error", None)), runner)
+    params = load_params(args.params)
+    return StageRun(stage, args, load_stage_configs(stage, params, getattr(args, "on_error", None)), runner, params)
 
 
 def load_stage_configs(stage: Stage, params: str | os.PathLike | dict | None, on_error: str | None = None) -> dict[str, Any]:
@@ -160,6 +174,11 @@ def load_stage_configs(stage: Stage, params: str | os.PathLike | dict | None, on
 def base_stats(run: StageRun) -> dict[str, Any]:
     """What every ``stats.json`` records besides the counts: stage, runner, params hash."""
     return {"stage": run.stage.name, "runner": run.runner, "params_hash": params_hash(config_to_dict(run.config))}
+
+
+def stage_summary(stage: Stage, report: dict[str, Any]) -> str:
+    """The stage's summary line (its own, or :func:`summary_line`)."""
+    return stage.summary(report) if stage.summary is not None else summary_line(stage.name, report)
 
 
 def summary_line(stage_name: str, report: dict[str, Any]) -> str:

@@ -175,18 +175,19 @@ def load_dedup_config(params_path: str | os.PathLike | None = None) -> DedupConf
 # ----------------------------------------------------------------------------- per document
 
 
-def normalize_text(text: str) -> str:
-    """NFKC, casefold, every whitespace run to one space, stripped."""
+def dedup_normalize(text: str) -> str:
+    """The dedup key normalisation: NFKC, casefold, every whitespace run to one space, stripped
+    (not the cleaning stage's :func:`etl.clean.normalize.normalize_text`)."""
     return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def normalize_texts(texts: Sequence[str]) -> list[str]:
-    """:func:`normalize_text` of many texts, equal result (tested), faster (:func:`normalize_batch`)."""
+def dedup_normalize_all(texts: Sequence[str]) -> list[str]:
+    """:func:`dedup_normalize` of many texts, equal result (tested), faster (:func:`normalize_batch`)."""
     return normalize_batch(texts)[0]
 
 
 def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(normalized, cps, offsets)``: :func:`normalize_text` of each text, and the same as
+    """``(normalized, cps, offsets)``: :func:`dedup_normalize` of each text, and the same as
     concatenated code points (``etl.dedup.minhash_jit.code_points``) for the shingle kernel.
 
     One compiled pass per batch (``minhash_jit.normalize_code_points``) instead of three
@@ -195,7 +196,7 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
     ``unicodedata.normalize``'s slow path (124 us).  NFKC maps every code point to its own
     NFKC image, which keeps the text's NFKD and so its NFKC; ``str.casefold`` is per code
     point (no context rules).  Texts with a combining mark, a composing starter or a
-    multi-code-point casefold (ß) -- 15 in 10,000 here -- take :func:`normalize_text`.
+    multi-code-point casefold (ß) -- 15 in 10,000 here -- take :func:`dedup_normalize`.
     """
     from etl.dedup import minhash_jit
 
@@ -207,7 +208,7 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
     if flagged.any():  # splice the few Python-normalised texts into the code points
         parts, lengths, previous = [], np.diff(offsets), 0
         for d in np.flatnonzero(flagged).tolist():
-            normalized[d] = normalize_text(texts[d])
+            normalized[d] = dedup_normalize(texts[d])
             parts += [cps[bounds[previous]:bounds[d]], minhash_jit.code_points([normalized[d]])[0]]
             lengths[d], previous = len(normalized[d]), d + 1
         parts.append(cps[bounds[previous]:])
@@ -217,7 +218,7 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
 
 def exact_key(text: str) -> str:
     """Hex blake2b-128 of the normalised text: equal keys = exact duplicates."""
-    return _key_of_normalized(normalize_text(text))
+    return _key_of_normalized(dedup_normalize(text))
 
 
 def _key_of_normalized(norm: str) -> str:
@@ -231,7 +232,7 @@ def shingle_units(text: str, config: DedupConfig) -> tuple[str, list[str]]:
     skipped); Latin words come from the shared tokenizer's Latin path on the text with Han
     runs replaced by spaces, keeping only word tokens (letters or digits).
     """
-    return _units_of_normalized(normalize_text(text), config)
+    return _units_of_normalized(dedup_normalize(text), config)
 
 
 def _units_of_normalized(norm: str, config: DedupConfig) -> tuple[str, list[str]]:
@@ -266,7 +267,7 @@ def _strings_of_units(han: str, words: list[str], config: DedupConfig) -> set[st
 
 def shingle_hashes(text: str, config: DedupConfig) -> np.ndarray:
     """32-bit hashes of the document's shingles (with repeats; MinHash ignores them)."""
-    return _hashes_of_normalized(normalize_text(text), config)
+    return _hashes_of_normalized(dedup_normalize(text), config)
 
 
 def _hashes_of_normalized(norm: str, config: DedupConfig) -> np.ndarray:

@@ -1,7 +1,6 @@
-"""Spark job: tokenise records, plan the mix globally, write WebDataset shards in parallel.
-
-    spark-submit spark_jobs/build_shards.py --input general=data/sample/general domain=data/sample/domain \\
-        expert=data/sample/expert --output out/shards [--params params.yaml] [--tokenizer DIR] [--partitions N]
+"""The shards stage on Spark (:func:`run_shards`, named by :data:`shards.stage.SHARDS`; the job
+file is ``spark_jobs/build_shards.py``): tokenise records, plan the mix globally, write
+WebDataset shards in parallel.
 
 * extract: read the inputs (``GROUP=DIR`` tags a whole input with its mix group).
 * transform: encode records in partitions (``mapInArrow``; the tokenizer loads once per executor
@@ -16,15 +15,6 @@
 """
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder (spark_jobs/) comes first on sys.path, where augment.py would
-# shadow the `augment` package (params validation imports augment.config): the repository root instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
-    sys.path[0] = os.path.dirname(_HERE)
-
 import bisect
 import logging
 import time
@@ -33,17 +23,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from etl.core.errors import JinglianError, run_main
 from etl.core.document import DOC_COLUMNS, Document, rows_to_batch
-from etl.core.config import load_section
+from etl.core.errors import JinglianError
+from etl.core.stage import StageRun
 from etl.io.records import ReaderConfig
 from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, tokenizer_info, write_partition
-from shards.cli import ShardsArgumentParser, add_build_args, summary_line
-from shards.config import ShardsConfig, load_shards_config
+from shards.config import ShardsConfig
 from shards.manifest import finish_output, prepare_output
 from shards.mix import slot_positions
 from shards.samples import Sample, order_key
-from spark_jobs.common import spark_schema, get_spark, read_documents_df, rows_to_documents
+from spark_jobs.common import read_documents_df, rows_to_documents, spark_schema
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +42,13 @@ ENCODED_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source
                             ("tokens", pa.binary()), ("target", pa.binary())])
 
 
-def parse_args(argv: Sequence[str] | None):
-    import argparse
-
-    parser = ShardsArgumentParser(prog="spark_jobs/build_shards.py", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_build_args(parser)
-    return parser.parse_args(argv)
-
-
-def extract(spark, inputs: Sequence[str], reader_config: ReaderConfig | None = None):
+def extract(spark, inputs: Sequence[str], reader_config: ReaderConfig):
     """All input records, with the input's forced group (or null); read with the ``read:`` params."""
     from pyspark.sql import functions as F
 
     frames = []
     for group, path in parse_inputs(inputs):
-        df = read_documents_df(spark, [path], reader_config or ReaderConfig())
+        df = read_documents_df(spark, [path], reader_config)
         frames.append(df.withColumn("forced_group", F.lit(group).cast("string")))
     out = frames[0]
     for df in frames[1:]:
@@ -186,32 +166,23 @@ def load(ordered, rejected, plan, cuts, cfg: ShardsConfig, section: dict, info: 
     return finish_output(out, output, entries, plan, cfg, section, info, rejected_docs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``spark-submit spark_jobs/build_shards.py --help``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parse_args(argv)
-    cfg, section = load_shards_config(args.params)
+def run_shards(spark, run: StageRun) -> dict:
+    """The shards stage on Spark: extract, transform (plan), load; returns the manifest."""
+    args, cfg = run.args, run.config
     tokenizer_path = args.tokenizer or cfg.tokenizer
     if not tokenizer_path:
         raise JinglianError("shards.tokenizer: no tokenizer given (params shards.tokenizer or --tokenizer)")
     info = tokenizer_info(tokenizer_path)
-    spark = get_spark("build_shards")
     num_partitions = args.partitions or spark.sparkContext.defaultParallelism
     started_s = time.perf_counter()
-    records = extract(spark, args.input, load_section(args.params, "read"))
+    records = extract(spark, args.input, run.reader)
     plan, cuts, ordered, rejected, cached = transform(spark, records, cfg, info, num_partitions)
     planned_s = time.perf_counter()
     logger.info("encoded, numbered and planned %d slots in %.1f s", len(plan), planned_s - started_s)
     try:
-        manifest = load(ordered, rejected, plan, cuts, cfg, section, info, args.output)
+        manifest = load(ordered, rejected, plan, cuts, cfg, run.params.get("shards") or {}, info, args.output)
         logger.info("wrote %d shards in %.1f s", len(manifest["shards"]), time.perf_counter() - planned_s)
     finally:
         for frame in cached:
             frame.unpersist()
-        spark.catalog.clearCache()  # and the reader's cache of raw inputs (common.read_documents_df)
-    print(summary_line(manifest), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    run_main(main)
+    return manifest
