@@ -6,7 +6,7 @@ process or a process pool (each worker loads the models once); the same steps as
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from augment.pipeline import AUGMENT
 from etl.core.errors import run_main

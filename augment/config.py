@@ -9,8 +9,9 @@ document for each method.  A rate of 1.5 gives one variant plus a second with pr
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from etl.core.config import build_config
 from etl.core.step import ON_ERROR_CHOICES

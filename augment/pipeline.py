@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from augment.config import AugmentConfig
 from etl.core.document import Document
@@ -91,12 +92,12 @@ class AugmentStats:
             self.word_counts[(method, "num_changed")] += len(params.get("changes") or ())
             self.word_counts[(method, "num_not_interchangeable")] += params.get("num_not_interchangeable", 0)
 
-    def add_all(self, docs: Iterable[Document]) -> "AugmentStats":
+    def add_all(self, docs: Iterable[Document]) -> AugmentStats:
         for doc in docs:
             self.add(doc)
         return self
 
-    def merge(self, other: "AugmentStats") -> "AugmentStats":
+    def merge(self, other: AugmentStats) -> AugmentStats:
         self.num_originals += other.num_originals
         for name in ("made", "kept", "rejected", "similarity_sum", "changed_facts", "swap_kinds", "word_counts"):
             getattr(self, name).update(getattr(other, name))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+
 from etl.core.cli import ArgumentParser
 from etl.core.errors import run_main
 

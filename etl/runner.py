@@ -22,19 +22,19 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
 from etl.core.atomic import atomic_dir, write_json
 from etl.core.document import Document
-from etl.io.records import write_parquet
 from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline, batched
-from etl.io.records import read_inputs
+from etl.io.records import read_inputs, write_parquet
 
 logger = logging.getLogger(__name__)
 

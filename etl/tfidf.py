@@ -29,8 +29,9 @@ import collections
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from etl.clean.tokenize import TokenizerConfig, words
 from etl.core.config import config_to_dict, load_sections

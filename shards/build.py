@@ -14,9 +14,10 @@ Layout of ``<output>``::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def _write_shard(out_dir: str, partition: int, index: int, chunk: list[tuple[int
     docs_by_group = {g: 0 for g in group_names}
     max_doc_tokens = 0
     try:
-        for slot, _, sample in chunk:
+        for _slot, _, sample in chunk:
             tokens_by_group[sample.group] += sample.num_tokens
             docs_by_group[sample.group] += 1
             max_doc_tokens = max(max_doc_tokens, sample.num_tokens)

@@ -26,8 +26,9 @@ project's documented template (see ``shards/sft.py`` and ``etl/io/dialogue.py``)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from shards.sft import PROMPT, RESPONSE
 
@@ -53,7 +54,7 @@ def has_chat_template(path_or_hub_id: str) -> bool | None:
 
 def record_messages(text: str, meta: dict[str, Any]) -> list[dict[str, str]] | None:
     """The chat messages of a fine-tuning record, or None for plain text."""
-    from etl.io.dialogue import DialogueConfig, chat_turns, role_side, main_path
+    from etl.io.dialogue import DialogueConfig, chat_turns, main_path, role_side
 
     nodes = meta.get("dialogue")
     if isinstance(nodes, list) and nodes and all(isinstance(n, dict) and "role" in n and "text" in n for n in nodes):
@@ -90,7 +91,7 @@ class ChatRenderer:
         self.tok = tokenizer
 
     @classmethod
-    def load(cls, path_or_hub_id: str, mode: str) -> "ChatRenderer | None":
+    def load(cls, path_or_hub_id: str, mode: str) -> ChatRenderer | None:
         """The renderer for ``shards.chat_template`` = ``mode``; None means the default template."""
         if mode not in CHAT_TEMPLATE_CHOICES:
             raise ValueError(f"shards.chat_template must be one of {list(CHAT_TEMPLATE_CHOICES)}, got {mode!r}")

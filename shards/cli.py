@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from etl.runner import run_stage
 from shards.stage import SHARDS, ShardsArgumentParser

@@ -1,9 +1,10 @@
 """The ``shards:`` section of params.yaml as a frozen, validated dataclass."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 from etl.core.config import load_params, load_section
 

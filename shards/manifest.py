@@ -22,8 +22,9 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from etl.core.atomic import TMP_MARK, write_json, write_output_marker
 from etl.core.config import config_to_dict, params_hash

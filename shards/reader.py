@@ -78,8 +78,9 @@ import os
 import sys
 import tarfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -304,7 +305,7 @@ class ShardReader:
         stream = self._indexed_items(shard, index, orders, lo + at, offset)
         yield from pack_samples(stream, self.seq_len, int(self.manifest["tokenizer"]["pad_id"]))
 
-    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, orders: "_WindowOrders", first: int,
+    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, orders: _WindowOrders, first: int,
                        offset: int = 0) -> Iterator:
         """Items at shuffled positions ``first..`` (the first cut at token ``offset``), read one
         shuffle window at a time: a window is a contiguous byte range, found in the index."""
@@ -416,7 +417,7 @@ class _WindowOrders:
     the group sequence but move tokens: a window of big documents could drift by a whole window).
     """
 
-    def __init__(self, reader: "ShardReader", epoch: int, shard_id: int, groups: np.ndarray | None, tokens: np.ndarray | None):
+    def __init__(self, reader: ShardReader, epoch: int, shard_id: int, groups: np.ndarray | None, tokens: np.ndarray | None):
         self.reader, self.epoch, self.shard_id = reader, epoch, shard_id
         self.groups = groups
         unit_tokens = reader.manifest.get("unit", "tokens") == "tokens"

@@ -8,7 +8,8 @@ Loss is taken only on tokens that overlap a ``response`` segment.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -17,16 +17,17 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 
 from etl.core.atomic import atomic_dir, write_json
-from etl.core.errors import JinglianError
 from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
-from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
+from etl.core.errors import JinglianError
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline
+from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -451,5 +452,6 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-__all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
+__all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
+           "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
            "compute_stats", "live_records", "rows_to_documents", "documents_to_batch"]

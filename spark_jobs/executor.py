@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from etl.core.config import config_to_dict, params_hash
 from etl.core.document import Document
 from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
-from spark_jobs.common import (BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session,
-                               write_stage_output)
+from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session, write_stage_output
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from etl.core.cli import ArgumentParser
 from etl.core.errors import run_main
 from etl.core.metrics import read_metrics

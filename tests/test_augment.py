@@ -12,12 +12,14 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from augment.config import load_augment_config  # noqa: E402
+from augment.config import (
+    GuardConfig,  # noqa: E402
+    load_augment_config,  # noqa: E402
+)
 from augment.entity_swap import EntityFinder, EntitySwapAugmenter, KnowledgeGraph  # noqa: E402
 from augment.guard import bigram_similarity, check_variant  # noqa: E402
-from augment.config import GuardConfig  # noqa: E402
 from augment.lineage import num_variants  # noqa: E402
-from augment.mlm import MaskedLMAugmenter, eligible_words, encode_row, _Row, load_stop_words  # noqa: E402
+from augment.mlm import MaskedLMAugmenter, _Row, eligible_words, encode_row, load_stop_words  # noqa: E402
 from augment.pipeline import AugmentStats, build_pipeline  # noqa: E402
 from augment.sentences import rebuild, split_sentences  # noqa: E402
 from augment.words import pos_tokenizer, segment  # noqa: E402

@@ -9,8 +9,8 @@ import pytest
 
 from etl.clean.pipeline import CleanConfig, build_clean_pipeline, main
 from etl.core.document import Document
-from etl.io.records import read_inputs, read_parquet_dir
 from etl.core.step import split_kept_rejected
+from etl.io.records import read_inputs, read_parquet_dir
 
 SLICES = ("general_zh", "general_en", "domain_medical", "expert", "dialogues", "html_pages")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from etl.core.document import Document
 from etl.clean.quality import QualityConfig, check_quality, dup_ngram_chars, top_ngram_chars
+from etl.core.document import Document
 
 GOOD_EN = ("The committee met on Tuesday to review the budget and the plans that have been proposed for the new library. "
            "Members of the public were invited to speak, and several of them raised concerns about the cost of the building. "

@@ -5,13 +5,28 @@ import datasketch
 import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
-
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, THRESHOLD, crafted_documents, write_jsonl, write_params
-from etl.dedup import minhash
-from etl.dedup.cluster import (DedupConfig, UnionFind, append_to_index, bucket_edges, dedup_against_index, dedup_documents, exact_key,
-                       features_of, keep_rank, load_index, main, dedup_normalize, dedup_normalize_all, shingle_hashes, shingle_strings,
-                       shingle_units)
+
 from etl.core.document import Document
+from etl.dedup import minhash
+from etl.dedup.cluster import (
+    DedupConfig,
+    UnionFind,
+    append_to_index,
+    bucket_edges,
+    dedup_against_index,
+    dedup_documents,
+    dedup_normalize,
+    dedup_normalize_all,
+    exact_key,
+    features_of,
+    keep_rank,
+    load_index,
+    main,
+    shingle_hashes,
+    shingle_strings,
+    shingle_units,
+)
 from etl.io.records import read_parquet_dir
 
 
@@ -241,8 +256,8 @@ def test_local_runner_cli(tmp_path, data_dir):
 
 
 def test_word_fast_path_equals_shared_tokenizer(sample_texts):
-    from etl.dedup.cluster import _HAN_RUN, dedup_normalize
     from etl.clean.tokenize import TokenizerConfig, is_word, tokenize
+    from etl.dedup.cluster import _HAN_RUN, dedup_normalize
 
     config = DedupConfig(english="wordpunct")
     for text in sample_texts:

@@ -5,10 +5,11 @@ import json
 import random
 
 import pytest
-
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, crafted_documents, write_jsonl, write_params
-from etl.dedup.cluster import DedupConfig, UnionFind, main as local_main
+
 from etl.core.document import Document
+from etl.dedup.cluster import DedupConfig, UnionFind
+from etl.dedup.cluster import main as local_main
 from etl.io.records import read_parquet_dir
 
 pytestmark = pytest.mark.spark

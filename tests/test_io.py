@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from etl.core.document import Document
-from etl.io.records import (ReaderConfig, list_input_files, read_inputs, read_parquet_dir,
-                    sniff_encoding, write_jsonl, write_parquet)
+from etl.io.records import ReaderConfig, list_input_files, read_inputs, read_parquet_dir, sniff_encoding, write_jsonl, write_parquet
 
 
 def _jsonl(path: Path, rows: list) -> Path:

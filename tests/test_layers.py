@@ -120,7 +120,7 @@ def test_no_private_names_across_packages():
 
 def test_no_sys_path_edits():
     bad = []
-    for module, (path, tree) in sorted(PACKAGE_CODE.items()):
+    for _module, (path, tree) in sorted(PACKAGE_CODE.items()):
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) and node.value.id == "sys":
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")

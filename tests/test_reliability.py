@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.core.atomic import OUTPUT_MARKER, check_output
 from etl.clean.pipeline import main as clean_main
+from etl.core.atomic import OUTPUT_MARKER, check_output
 from etl.core.config import ParamsError, load_params
 from etl.core.errors import OutputRefused, one_line
 from etl.io.records import ReaderConfig, parse_json_record, read_inputs, read_parquet_dir

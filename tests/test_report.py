@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from etl.core.document import Document
-from etl.io.records import write_parquet
 from etl.core.stats import StageStats
+from etl.io.records import write_parquet
 from spark_jobs.report import achieved_shares, domain_share_series, write_report
 
 

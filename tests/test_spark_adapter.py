@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from etl.core.document import Document
-from etl.io.records import ReaderConfig, list_input_files, write_parquet
 from etl.core.stats import StageStats
+from etl.io.records import ReaderConfig, list_input_files, write_parquet
 
 pytestmark = pytest.mark.spark
 

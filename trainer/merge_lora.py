@@ -10,8 +10,8 @@ import logging
 import sys
 
 from etl.core.cli import ArgumentParser
-from etl.core.errors import run_main
 from etl.core.config import load_params
+from etl.core.errors import run_main
 
 logger = logging.getLogger("trainer.merge_lora")
 

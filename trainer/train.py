@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from etl.core.cli import ArgumentParser
-from etl.core.errors import run_main
 from etl.core.config import load_params
+from etl.core.errors import run_main
 
 logger = logging.getLogger("trainer.train")
 

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from etl.clean.pipeline import CleanConfig, build_clean_pipeline
-from etl.core.document import Document
-from etl.io.records import read_inputs, write_jsonl
 from etl.clean.quality import QualityConfig, c4_rules, gopher_quality, repetition
 from etl.clean.tokenize import TokenizerConfig, tokenize
+from etl.core.document import Document
+from etl.io.records import read_inputs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 

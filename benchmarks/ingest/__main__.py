@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from benchmarks.ingest import workers
+from benchmarks.ingest.workers import WINDOW
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPORA = ROOT.parent / "shared" / "corpora"
-from benchmarks.ingest.workers import WINDOW
 
 
 def load_messages(n: int, corpora: Path) -> list[bytes]:

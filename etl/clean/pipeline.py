@@ -22,8 +22,9 @@ the first step so the statistics report characters in and out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from etl.clean.charfilter import CharFilterConfig, filter_chars
 from etl.clean.html import HtmlConfig, strip_html

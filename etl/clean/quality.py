@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
+from etl.clean.tokenize import CJK_PUNCT, DEFAULT_TOKENIZER, HAN, TokenizerConfig, tokenize
 from etl.core.document import Document
-from etl.clean.tokenize import CJK_PUNCT, HAN, DEFAULT_TOKENIZER, TokenizerConfig, tokenize
 
 CJK_LANGS = ("zh", "ja", "ko")
 _PARAGRAPHS = re.compile(r"\n{2,}")

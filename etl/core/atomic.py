@@ -18,8 +18,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from etl.core.errors import OutputRefused
 

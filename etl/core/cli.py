@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from etl.core.atomic import check_output
 from etl.core.errors import DEBUG_ENV, DEBUG_FLAG

@@ -19,8 +19,9 @@ import argparse
 import dataclasses
 import importlib
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from etl.core.cli import ArgumentParser, add_io_args
 from etl.core.config import config_to_dict, load_params, load_section, params_hash

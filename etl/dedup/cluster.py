@@ -46,21 +46,22 @@ import os
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.core.errors import JinglianError
-from etl.dedup import minhash
+from etl.clean.tokenize import HAN, TokenizerConfig, is_word, tokenize
 from etl.core.config import config_to_dict, load_section
 from etl.core.document import Document
+from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun
+from etl.dedup import minhash
 from etl.runner import run_stage
-from etl.clean.tokenize import HAN, TokenizerConfig, is_word, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -574,7 +575,7 @@ def dedup_documents(docs: Iterable[Document], config: DedupConfig, index: DedupI
                                                        bands=np.empty((0, config.bands[0]), np.int64))
     result = DedupResult(clusters={}, kept_of_cluster={}, texts={d.id: d.text for d in live})
     exact_of = _exact_duplicates(feats, index) if config.exact else {}
-    for i, doc in enumerate(live):
+    for doc in live:
         if doc.id in exact_of:
             doc.drop("exact_duplicate", EXACT_STEP, duplicate_of=exact_of[doc.id])
             result.num_exact += 1

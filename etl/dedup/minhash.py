@@ -27,8 +27,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import xxhash
@@ -226,8 +226,8 @@ def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float 
     best, best_error = (0, 0), float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp, _ = quad(lambda s: _probability_collide(s, b, r), 0.0, threshold)
-            fn, _ = quad(lambda s: 1.0 - _probability_collide(s, b, r), threshold, 1.0)
+            fp, _ = quad(lambda s, b=b, r=r: _probability_collide(s, b, r), 0.0, threshold)
+            fn, _ = quad(lambda s, b=b, r=r: 1.0 - _probability_collide(s, b, r), threshold, 1.0)
             error = fp * false_positive_weight + fn * false_negative_weight
             if error < best_error:
                 best, best_error = (b, r), error

@@ -38,8 +38,9 @@ so the offsets stay valid.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from etl.core.document import Document
 
@@ -115,7 +116,7 @@ def chat_turns(meta: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str |
     """``(turns, format, reason, error)``: the record's dialogue as ``[{"role", "text", ...}]``
     from ``turns``, ``messages`` or ``conversations`` (first found), or a drop reason and what
     is wrong. Roles of ``messages``/``conversations`` go through :data:`ROLE_ALIASES`."""
-    for key, fmt in CHAT_KEYS:
+    for key, fmt in CHAT_KEYS:  # noqa: B007 - fmt is the format of the key found (used after the break)
         if key in meta:
             raw = meta[key]
             break

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
 from etl.core.cli import ArgumentParser
 from etl.core.errors import JinglianError, run_main
 
@@ -60,7 +61,7 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         """Launch the broker and wait until it accepts connections."""
         url = f"tcp://{self.host}:{self.port}"
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
@@ -97,7 +98,7 @@ class EmbeddedBroker:
         finally:
             admin.close()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -34,18 +34,19 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from etl.core.cli import ArgumentParser
-from etl.core.errors import JinglianError, run_main
 from etl.core.atomic import atomic_file, write_json, write_output_marker
+from etl.core.cli import ArgumentParser
 from etl.core.document import Document
-from etl.io.records import InputFile, ReaderConfig, bad_record, parse_json_record, record_to_document, write_parquet
-from etl.runner import PipelinePool
+from etl.core.errors import JinglianError, run_main
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline
+from etl.io.records import InputFile, ReaderConfig, bad_record, parse_json_record, record_to_document, write_parquet
+from etl.runner import PipelinePool
 
 logger = logging.getLogger(__name__)
 
@@ -401,7 +402,8 @@ def parse_args(argv: list[str] | None) -> IngestConfig:
     parser.add_argument("--idle-exit-s", type=float, default=10.0, help="with --once: seconds without records that mean drained")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer-group session timeout (joins take half of it on the embedded broker)")
     parser.add_argument("--dead-letter-topic", default=None, help="also send malformed messages, with the reason, to this topic")
-    parser.add_argument("--dedup-index", default=None, metavar="DIR", help="drop records that duplicate this corpus index (etl.dedup.cluster incremental dedup; a missing DIR is an empty index)")
+    parser.add_argument("--dedup-index", default=None, metavar="DIR", help="drop records that duplicate this corpus index (etl.dedup.cluster incremental dedup; "
+                                                                                 "a missing DIR is an empty index)")
     parser.add_argument("--update-index", action="store_true", help="with --dedup-index: append each window's kept records to the index after its commit")
     parser.add_argument("--params", default=None, help="params.yaml (default: the repository's); the clean: section applies")
     parser.add_argument("--workers", type=int, default=1, help="processes cleaning each window (a persistent pool; 1 = in the consumer process)")

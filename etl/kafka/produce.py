@@ -12,6 +12,7 @@ import argparse
 import json
 
 from tqdm import tqdm
+
 from etl.core.cli import ArgumentParser
 from etl.core.errors import run_main
 

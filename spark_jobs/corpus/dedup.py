@@ -18,8 +18,9 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +28,17 @@ import pyarrow as pa
 from etl.core.config import config_to_dict
 from etl.core.document import Document
 from etl.core.stage import StageRun
-from etl.dedup.cluster import (EXACT_STEP, NEAR_STEP, DedupConfig, binary_rows_as_matrix, check_fingerprint, features_of,
-                               matrix_rows_as_binary, matrix_rows_as_list, rank_of)
+from etl.dedup.cluster import (
+    EXACT_STEP,
+    NEAR_STEP,
+    DedupConfig,
+    binary_rows_as_matrix,
+    check_fingerprint,
+    features_of,
+    matrix_rows_as_binary,
+    matrix_rows_as_list,
+    rank_of,
+)
 from etl.io.records import READ_STEP, ReaderConfig
 from spark_jobs.common import hint_small, live_records, read_documents_df
 from spark_jobs.executor import SparkResult

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa

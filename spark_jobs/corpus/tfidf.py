@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 
+from etl.clean.tokenize import TokenizerConfig
 from etl.core.config import config_to_dict
 from etl.core.document import Document, rows_to_batch
 from etl.core.stage import StageRun
-from etl.clean.tokenize import TokenizerConfig
 from etl.io.records import READ_STEP
 from etl.tfidf import TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
 from spark_jobs.common import RECORD_SCHEMA, live_records, read_documents_df, spark_schema
