@@ -90,6 +90,7 @@ SECTIONS: dict[str, str] = {
     "clean": "etl.clean.pipeline:CleanConfig",
     "dedup": "etl.dedup.cluster:DedupConfig",
     "tfidf": "etl.tfidf:TfidfConfig",
+    "quality_model": "etl.quality_model.config:QualityModelConfig",
     "augment": "augment.config:AugmentConfig",
     "shards": "shards.config:ShardsConfig",
     "train": "etl.core.config:TrainParams",

@@ -93,6 +93,9 @@ class Stage:
     """The stage's own flags, beyond the shared ones."""
     check_args: Callable[[argparse.Namespace], None] | None = None
     """Validates the stage's own flags (raise :class:`JinglianError`)."""
+    apply_flags: Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]] | None = None
+    """Applies the stage's own flags over its loaded configs (``--model``, ``--threshold``) and
+    checks what the driver can check before any work; returns the configs."""
     counter: Callable[[], CorpusCounter] | None = None
     """Extra statistics counted over the output records (``to_dict`` merged into ``stats.json``)."""
     after_write: Callable[[Sequence[Document], dict[str, Any], StageRun], None] | None = None
@@ -157,7 +160,10 @@ def resolve_run(stage: Stage, args: argparse.Namespace, runner: str) -> StageRun
     if stage.check_args is not None:
         stage.check_args(args)
     params = load_params(args.params)
-    return StageRun(stage, args, load_stage_configs(stage, params, getattr(args, "on_error", None)), runner, params)
+    configs = load_stage_configs(stage, params, getattr(args, "on_error", None))
+    if stage.apply_flags is not None:
+        configs = stage.apply_flags(args, configs)
+    return StageRun(stage, args, configs, runner, params)
 
 
 def load_stage_configs(stage: Stage, params: str | os.PathLike | dict | None, on_error: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""The linear n-gram kind: fastText's features (word n-grams and character n-grams inside
+words, hashed) with a logistic regression, in scikit-learn.
+
+Words come from the project's shared tokenizer (:mod:`etl.clean.tokenize`: jieba for Chinese,
+NLTK for the rest), lower-cased.  A document's features are its word 1..``word_max``-grams and
+the character ``char_min``..``char_max``-grams of each word with ``<``/``>`` marking the word's
+ends (fastText's subword scheme), hashed into ``features`` buckets (scikit-learn's
+``HashingVectorizer``, signed murmur3, L2-normalised).  The weights are saved as their non-zero
+entries (``weights.npz``), not as a pickle, so a model loads in any scikit-learn version and
+scoring is a sparse dot product: one document's score never depends on the others in its batch.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from etl.clean.tokenize import TokenizerConfig, tokenize
+
+WEIGHTS = "weights.npz"
+
+
+def feature_strings(text: str, settings: dict[str, Any]) -> list[str]:
+    """The n-gram features of ``text`` (before hashing)."""
+    tokens = tokenize(text[: settings["max_chars"]], _tokenizer(settings.get("english", "wordpunct")))
+    feats = list(tokens)
+    for n in range(2, settings["word_max"] + 1):
+        feats.extend("\x01".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    lo, hi = settings["char_min"], settings["char_max"]
+    for tok in tokens:
+        word = f"<{tok}>"
+        for n in range(lo, min(hi, len(word)) + 1):
+            feats.extend("\x02" + word[i:i + n] for i in range(len(word) - n + 1))
+    return feats
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(english: str) -> TokenizerConfig:
+    return TokenizerConfig(lowercase=True, english=english)
+
+
+def ngram_settings(train) -> dict[str, Any]:
+    """The manifest settings of an n-gram model trained with ``train`` (a QualityTrainConfig)."""
+    return {"features": train.ngram_features, "word_max": train.ngram_word_max, "char_min": train.ngram_char_min,
+            "char_max": train.ngram_char_max, "max_chars": train.max_chars, "english": "wordpunct"}
+
+
+class _Analyzer:
+    """A picklable analyzer for HashingVectorizer."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+    def __call__(self, text: str) -> list[str]:
+        return feature_strings(text, self.settings)
+
+
+def vectorizer(settings: dict[str, Any]):
+    """The hashing vectorizer of ``settings`` (stateless: nothing to save)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(analyzer=_Analyzer(settings), n_features=settings["features"], alternate_sign=True, norm="l2")
+
+
+class NgramClassifier:
+    """Hashed n-grams -> logistic regression (see the module docstring)."""
+
+    kind = "ngram"
+
+    def __init__(self, settings: dict[str, Any], weights: np.ndarray, bias: float):
+        self.settings = dict(settings)
+        self.weights = weights
+        self.bias = float(bias)
+        self._vectorizer = vectorizer(self.settings)
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], train) -> "NgramClassifier":
+        """Fit on ``texts`` with ``labels`` (1 = high quality) using ``train`` (QualityTrainConfig)."""
+        from sklearn.linear_model import LogisticRegression
+
+        settings = ngram_settings(train)
+        features = vectorizer(settings).transform(texts)
+        model = LogisticRegression(C=train.ngram_c, solver="liblinear", class_weight="balanced",
+                                   max_iter=1000, random_state=train.seed)
+        model.fit(features, np.asarray(labels))
+        return cls(settings, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
+
+    def decision(self, texts: Sequence[str]) -> np.ndarray:
+        """The linear model's logits."""
+        if not texts:
+            return np.zeros(0)
+        return self._vectorizer.transform(list(texts)) @ self.weights + self.bias
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.decision(texts)))
+
+    def save(self, directory: Path) -> None:
+        nonzero = np.flatnonzero(self.weights)
+        np.savez_compressed(directory / WEIGHTS, index=nonzero.astype(np.int64), value=self.weights[nonzero],
+                            bias=np.array([self.bias]), size=np.array([self.weights.size]))
+
+    @classmethod
+    def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto") -> "NgramClassifier":
+        with np.load(directory / WEIGHTS) as data:
+            size = int(data["size"][0])
+            if size != settings["features"]:
+                raise ValueError(f"{WEIGHTS} has {size} weights, the manifest says {settings['features']}")
+            weights = np.zeros(size)
+            weights[data["index"]] = data["value"]
+            return cls(settings, weights, float(data["bias"][0]))
