@@ -7,8 +7,9 @@ below the threshold as ``low_quality_score``.
     spark-submit spark_jobs/quality_filter.py --input runs/tfidf --output runs/quality --model models/quality
 
 The model is loaded once per process (a local worker, a Spark executor's Python worker) by
-:func:`etl.quality_model.classifier.load_classifier`; the driver only reads its manifest, so a
-missing or corrupt model directory stops the run in one line before any work.
+:func:`etl.quality_model.classifier.load_classifier`; the driver checks it first, so a
+missing or corrupt model directory stops the run in one line before any work (the driver loads
+a local model once to check its files).
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def apply_flags(args: argparse.Namespace, configs: dict[str, Any]) -> dict[str, 
     if config.enabled:
         model = config.model if "://" in config.model else os.path.abspath(config.model)
         read_manifest(model)
+        if "://" not in model:
+            # load it here once: a corrupt weights file is one error line now, not a rejection of
+            # every record by the workers (the local executor's processes reuse this load)
+            load_classifier(model, config.device, config.dtype)
         config = dataclasses.replace(config, model=model)
     return {**configs, STAGE: config}
 
