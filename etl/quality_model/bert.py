@@ -15,8 +15,9 @@ torch and transformers are imported lazily, here only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class BertClassifier:
 
     @classmethod
     def fit(cls, texts: Sequence[str], labels: Sequence[int], train, device: str = "auto", dtype: str = "auto",
-            progress: bool = False) -> "BertClassifier":
+            progress: bool = False) -> BertClassifier:
         """Fine-tune ``train.bert_base`` on ``texts``/``labels`` (AdamW, linear decay, seeded)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -153,7 +154,7 @@ class BertClassifier:
 
     @classmethod
     def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto",
-             batch_size: int = 64) -> "BertClassifier":
+             batch_size: int = 64) -> BertClassifier:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         _quiet_transformers()

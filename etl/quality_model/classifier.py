@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,7 +34,7 @@ VERSION = 1
 #: Class names: index 1 is the high-quality class whose probability is the score.
 LABELS = ("lq", "hq")
 
-_CACHE: dict[tuple[str, float, str, str], "QualityClassifier"] = {}
+_CACHE: dict[tuple[str, float, str, str], QualityClassifier] = {}
 _LOCK = threading.Lock()
 
 

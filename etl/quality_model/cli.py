@@ -2,7 +2,8 @@
 (or with ``filter``) it runs the filter stage locally (``spark_jobs/quality_filter.py`` on Spark)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from etl.runner import run_stage
 

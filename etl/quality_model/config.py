@@ -1,8 +1,8 @@
 """The ``quality_model:`` section of params.yaml: the filter stage and the train command."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from etl.core.config import FrozenDict
 from etl.core.step import ON_ERROR_CHOICES

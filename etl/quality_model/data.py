@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from etl.clean.tokenize import TokenizerConfig, tokenize
 from etl.core.document import Document

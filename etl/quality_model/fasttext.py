@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class FastTextClassifier:
             raise ValueError(f"{MODEL_FILE} has labels {labels}, expected __label__hq and __label__lq")
 
     @classmethod
-    def fit(cls, texts: Sequence[str], labels: Sequence[int], train) -> "FastTextClassifier":
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], train) -> FastTextClassifier:
         import fasttext
 
         settings = {"max_chars": train.max_chars, "word_max": train.ngram_word_max, "char_min": train.ngram_char_min,
@@ -75,7 +76,7 @@ class FastTextClassifier:
         self.model.save_model(str(directory / MODEL_FILE))
 
     @classmethod
-    def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto") -> "FastTextClassifier":
+    def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto") -> FastTextClassifier:
         import fasttext
 
         path = directory / MODEL_FILE

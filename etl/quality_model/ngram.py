@@ -12,8 +12,9 @@ scoring is a sparse dot product: one document's score never depends on the other
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class NgramClassifier:
         self._vectorizer = vectorizer(self.settings)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], labels: Sequence[int], train) -> "NgramClassifier":
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], train) -> NgramClassifier:
         """Fit on ``texts`` with ``labels`` (1 = high quality) using ``train`` (QualityTrainConfig)."""
         from sklearn.linear_model import LogisticRegression
 
@@ -102,7 +103,7 @@ class NgramClassifier:
                             bias=np.array([self.bias]), size=np.array([self.weights.size]))
 
     @classmethod
-    def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto") -> "NgramClassifier":
+    def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto") -> NgramClassifier:
         with np.load(directory / WEIGHTS) as data:
             size = int(data["size"][0])
             if size != settings["features"]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from etl.core.document import Document
 from etl.core.errors import JinglianError
@@ -105,5 +106,5 @@ QUALITY_MODEL = Stage(
     step_names=lambda configs: [STEP] if configs[STAGE].enabled else [],
     add_flags=add_flags,
     apply_flags=apply_flags,
-    batch_size=lambda configs: configs[STAGE].batch_size,
+    batch_docs=lambda configs: configs[STAGE].batch_size,
 )

@@ -11,8 +11,9 @@ import dataclasses
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from etl.core.atomic import atomic_dir, write_json
 from etl.core.cli import ArgumentParser
