@@ -141,7 +141,7 @@ class BertClassifier:
                 optim.step()
                 sched.step()
                 optim.zero_grad(set_to_none=True)
-                total += float(out.loss) * len(rows)
+                total += float(out.loss.detach()) * len(rows)
             logger.info("bert epoch %d/%d: mean loss %.4f", epoch + 1, train.bert_epochs, total / max(1, len(ids)))
         model.eval()
         return clf
