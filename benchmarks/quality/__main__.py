@@ -73,13 +73,16 @@ def labelled_set(corpora: Path, max_docs: int) -> LabelledSet:
 def small_bert(out: Path, texts: list[str]) -> str:
     import torch
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from tokenizers.processors import BertProcessing
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(texts, vocab_size=8000)
-    wp.save_model(str(out))
-    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+    inner = wp._tokenizer  # transformers 5's BertTokenizerFast(vocab_file=...) ignores the file: wrap the trained tokenizer
+    inner.post_processor = BertProcessing(("[SEP]", inner.token_to_id("[SEP]")), ("[CLS]", inner.token_to_id("[CLS]")))
+    PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(out)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=wp.get_vocab_size(), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=512, max_position_embeddings=512, num_labels=2)
