@@ -378,7 +378,9 @@ def params_reference() -> tuple[str, list[str]]:
            "     dataclasses' field docstrings: edit those, then regenerate (tests/test_docs.py checks it) -->", "",
            "Every knob of `params.yaml`, one section per stage, with its type, default and meaning. Each",
            "section is loaded into the frozen dataclass named below; an unknown key or a bad value is an",
-           "error naming the dotted field. Mappings of configs (`<key>`) take one entry per name.", ""]
+           "error naming the dotted field. Mappings of configs (`<key>`) take one entry per name. The",
+           "defaults are the dataclasses'; the committed `params.yaml` sets some others (the demo's",
+           "augmentation runs entity swap only, for example).", ""]
     out += [f"- [`{name}`](#{_anchor(name)}): `{SECTIONS[name]}`" for name in SECTIONS] + [""]
     missing: list[str] = []
     for name in SECTIONS:
@@ -401,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m etl.config``: validate a params file, or write or check the params reference."""
     from etl.cli import ArgumentParser
 
-    parser = ArgumentParser(prog=f"python -m {__name__}", description=main.__doc__)
+    parser = ArgumentParser(prog=f"python -m {__name__}",
+                            description="Validate a params file, or write or check the params reference.")
     parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml)")
     parser.add_argument("--write-docs", metavar="PATH", help=f"write the params reference generated from the config docstrings to PATH (e.g. {PARAMS_DOC})")
     parser.add_argument("--check-docs", metavar="PATH", help="exit 1 when PATH differs from the generated params reference")
