@@ -61,7 +61,12 @@ class _LoraMixin:
             x = torch.nn.functional.dropout(x, self.lora_dropout, self.training)
             h = copy_to_tensor_model_parallel_region(x @ self.lora_a.t())
             return (h @ self.lora_b.t()) * self.lora_scale
-        x = torch.nn.functional.dropout(x, self.lora_dropout, self.training)
+        if self.training and self.lora_dropout > 0:
+            # x is this rank's slice of the input features: draw its mask from the per-TP-rank
+            # stream so the slices get independent masks (the column case above sees the full,
+            # identical x on every rank and uses the shared stream, keeping h identical)
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                x = torch.nn.functional.dropout(x, self.lora_dropout, True)
         h = reduce_from_tensor_model_parallel_region(x @ self.lora_a.t())
         out = (h @ self.lora_b.t()) * self.lora_scale
         return scatter_to_sequence_parallel_region(out) if sp else out
@@ -177,7 +182,8 @@ def save_adapters(models: list[torch.nn.Module], root: str | os.PathLike, step: 
 
     path = Path(root) / "lora" / f"iter_{step:07d}"
     state = adapter_sharded_state_dict(models)
-    state["lora_config"] = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets)}
+    state["lora_config"] = {"rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
+                            "targets": list(cfg.targets)}
     with atomic_checkpoint_dir(path) as tmp_dir:
         dist_checkpointing.save(state, str(tmp_dir))
     return path
