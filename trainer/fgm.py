@@ -18,10 +18,12 @@ import torch
 import torch.distributed as dist
 
 
-def fgm_perturbation(grads: list[torch.Tensor], epsilon: float, group=None) -> list[torch.Tensor]:
+def fgm_perturbation(grads: list[torch.Tensor], epsilon: float, group=None,
+                     device: torch.device | None = None) -> list[torch.Tensor]:
     """epsilon * g / ||g|| for the shards ``grads`` of one vector split over ``group`` (zeros when
     ||g|| is 0 or not finite, e.g. an fp16 overflow: the step is skipped anyway)."""
-    square = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else "cpu")
+    # a stage without the embedding still joins its TP group's all-reduce (with 0), on ``device``
+    square = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else device)
     for g in grads:
         square = square + g.float().pow(2).sum()
     if group is not None and dist.get_world_size(group) > 1:
@@ -57,7 +59,8 @@ def fgm_step(models: list, epsilon: float, tp_group, run: Callable[[], list]) ->
     and leave clean + adversarial gradients; returns the adversarial pass's loss items."""
     embeddings = word_embeddings(models)
     with torch.no_grad():
-        moves = fgm_perturbation([_grad(p) for p in embeddings], epsilon, tp_group)
+        device = next(p for m in models for p in m.parameters()).device
+        moves = fgm_perturbation([_grad(p) for p in embeddings], epsilon, tp_group, device)
         saved_grads = _all_grads(models)
         backups = [p.detach().clone() for p in embeddings]
         for param, move in zip(embeddings, moves):
