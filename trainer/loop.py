@@ -35,6 +35,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E
 from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import lora as lora_lib  # noqa: E402
 from trainer.config import TrainConfig, to_dict  # noqa: E402
+from trainer.extras import StepExtras, build_extras  # noqa: E402
 from trainer.data import open_reader, reader_vocab_size, to_torch_batch  # noqa: E402
 from trainer.metrics import (MetricsWriter, StepMetrics, gpu_peak_tflops, memory_gib,  # noqa: E402
                              throughput, training_flops_per_token)
@@ -102,6 +103,8 @@ class TrainState:
     step: int = 0
     consumed_tokens: int = 0
     losses: list = field(default_factory=list)
+    extras: StepExtras = field(default_factory=StepExtras)
+    """distillation, EWC, FGM, fp16 bookkeeping (trainer/extras.py)"""
 
 
 def build_reader(config: TrainConfig, shards: str, **reader_kwargs: Any):
@@ -122,6 +125,15 @@ def _wrap_ddp(config: TrainConfig, tf_config, models: list) -> list:
             for i, m in enumerate(models)]
 
 
+def _fp16_options(config: TrainConfig) -> dict[str, Any]:
+    """megatron's dynamic loss scaler (DynamicGradScaler) settings for precision=fp16."""
+    if config.precision != "fp16":
+        return {}
+    f = config.fp16
+    return {"fp16": True, "initial_loss_scale": f.initial_loss_scale, "min_loss_scale": f.min_loss_scale,
+            "loss_scale_window": f.loss_scale_window, "hysteresis": f.hysteresis}
+
+
 def _build_optimizer(config: TrainConfig, models: list):
     o = config.optim
     dtype = params_dtype(config)
@@ -129,6 +141,7 @@ def _build_optimizer(config: TrainConfig, models: list):
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
         adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
         bf16=dtype == torch.bfloat16, params_dtype=dtype,
+        **_fp16_options(config),
         use_distributed_optimizer=config.parallel.distributed_optimizer)
     optimizer = get_megatron_optimizer(opt_config, models)
     scheduler = OptimizerParamScheduler(
@@ -166,11 +179,15 @@ def setup(config: TrainConfig, shards: str | None, load: str | None = None, read
         ckpt.load_checkpoint(path, models)
     if config.mode == "lora":
         lora_lib.apply_lora(models, config.lora, seed=config.seed)
+    extras = build_extras(config, models, vocab_size)  # teacher, projection, Fisher
     models = _wrap_ddp(config, tf_config, models)
     tf_config.finalize_model_grads_func = finalize_model_grads
     optimizer, scheduler = _build_optimizer(config, models)
+    if config.precision == "fp16":  # the schedule multiplies each loss by the current scale
+        tf_config.grad_scale_func = optimizer.scale_loss
     state = TrainState(config=config, models=models, optimizer=optimizer, scheduler=scheduler,
-                       reader=reader, tf_config=tf_config, vocab_size=vocab_size, device=device)
+                       reader=reader, tf_config=tf_config, vocab_size=vocab_size, device=device,
+                       extras=extras)
     path = ckpt.latest_checkpoint(load) if load else None
     if path is not None:
         common = ckpt.load_checkpoint(path, models, optimizer, scheduler, reader)
@@ -210,23 +227,38 @@ def _reduce_stats(losses: list[dict], size: int, device) -> torch.Tensor:
     return total
 
 
-def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """One optimizer step over ``batches`` (this DP rank's micro-batches)."""
+def forward_backward(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> list:
+    """Zero the gradient buffers, then forward and backward ``batches`` through megatron's
+    schedule (gradients DP-reduced and divided by the loss tokens); returns the loss items."""
     config = state.config
     for model in state.models:
         model.zero_grad_buffer()
-    state.optimizer.zero_grad()
-    num_domains = len(state.reader.domains)
     iterators = [iter(batches) for _ in state.models]
-    losses = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, num_domains),
+    return get_forward_backward_func()(
+        forward_step_func=state.extras.forward_step_func(forward_step, len(state.reader.domains)),
         data_iterator=iterators if len(iterators) > 1 else iterators[0],
         model=state.models if len(state.models) > 1 else state.models[0],
         num_microbatches=len(batches), seq_length=config.model.seq_len,
         micro_batch_size=config.data.micro_batch_size, forward_only=False)
+
+
+def reduce_loss(state: TrainState, losses: list[dict]) -> float:
+    """The global masked mean loss of one schedule run's loss items."""
+    stats = _reduce_stats(losses, 2 + 2 * len(state.reader.domains), state.device)
+    return float(stats[0] / stats[1].clamp(min=1))
+
+
+def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """One optimizer step over ``batches`` (this DP rank's micro-batches)."""
+    state.optimizer.zero_grad()
+    num_domains = len(state.reader.domains)
+    losses = forward_backward(state, batches)
+    extra = state.extras.after_backward(state, partial(forward_backward, state, batches))
     lr = state.optimizer.param_groups[0]["lr"]  # the rate this step uses (scheduler steps after)
-    _, grad_norm, _ = state.optimizer.step()
-    state.scheduler.step(increment=1)
+    update_successful, grad_norm, _ = state.optimizer.step()
+    if update_successful:  # an fp16 overflow skips the step, and the schedule waits (Megatron-LM)
+        state.scheduler.step(increment=1)
+    extra.update(state.extras.after_step(state, update_successful))
     stats = _reduce_stats(losses, 2 + 2 * num_domains, state.device).tolist()
     num_tokens = max(stats[1], 1.0)
     domain_loss = stats[2:2 + num_domains]
@@ -235,7 +267,8 @@ def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dic
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "loss_by_domain": {d: domain_loss[i] / domain_tokens[i]
                                for i, d in enumerate(state.reader.domains) if domain_tokens[i] > 0},
-            "tokens_by_domain": {d: int(domain_tokens[i]) for i, d in enumerate(state.reader.domains)}}
+            "tokens_by_domain": {d: int(domain_tokens[i]) for i, d in enumerate(state.reader.domains)},
+            "extra": extra}
 
 
 def evaluate(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> float:
@@ -293,7 +326,8 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
                 lr=result["lr"], tokens_per_s=tps, tflops_per_gpu=tflops,
                 mfu=mfu, data_wait_pct=100.0 * data_s / step_s, memory_gib=memory_gib(),
                 step_time_s=step_s, loss_by_domain=result["loss_by_domain"],
-                tokens_by_domain=result["tokens_by_domain"], consumed_tokens=state.consumed_tokens)
+                tokens_by_domain=result["tokens_by_domain"], consumed_tokens=state.consumed_tokens,
+                extra=result["extra"])
             if rank0:
                 logger.info(metrics.line(config.steps))
             writer.write(metrics)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class StepMetrics:
     loss_by_domain: dict[str, float]
     tokens_by_domain: dict[str, int]
     consumed_tokens: int
+    extra: dict[str, float] = field(default_factory=dict)
+    """optional figures: loss_scale and skipped_steps (fp16), ewc_penalty, adv_loss (FGM)"""
 
     def line(self, total_steps: int) -> str:
         """The human metrics line (one per log step)."""
@@ -88,10 +90,13 @@ class StepMetrics:
                 f"lr {self.lr:.3e} | tokens/s {self.tokens_per_s:,.0f} | "
                 f"TFLOP/s/GPU {self.tflops_per_gpu:.2f} | MFU {mfu} | "
                 f"data_wait {self.data_wait_pct:.1f}% | mem {self.memory_gib:.2f} GiB | "
-                f"loss_by_domain {domains or '-'}")
+                f"loss_by_domain {domains or '-'}"
+                + "".join(f" | {k} {v:.4g}" for k, v in self.extra.items()))
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        row = dict(self.__dict__)
+        row.update(row.pop("extra"))
+        return row
 
 
 def throughput(num_tokens: int, step_time_s: float, flops_per_token: float, world_size: int,

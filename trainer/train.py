@@ -25,7 +25,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     """The CLI (every flag documented)."""
     p = ArgumentParser(
         prog="python -m trainer.train",
-        description="Megatron-core pretraining / SFT / LoRA on jinglian shards (run under torchrun).")
+        description="Megatron-core pretraining / SFT / LoRA / distillation on jinglian shards (run under torchrun).")
     p.add_argument("--recipe", default=None,
                    help="recipe name (trainer/recipes.py: tiny, tiny_sft, tiny_lora, tiny_cpt, gpt_125m, llama_1b3, "
                         "llama_7b, sft_1b3, lora_1b3, cpt); default: train.recipe in params.yaml "
@@ -41,6 +41,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="initialise model weights from this checkpoint (any TP/PP layout), e.g. one written "
                         "by 'python -m trainer.hf import'; the model shape comes from it, the recipe "
                         "(default: cpt, continued pretraining) sets optimisation and data")
+    p.add_argument("--mode", default=None, choices=["pretrain", "sft", "lora", "distill"],
+                   help="training mode (overrides the recipe's train.mode); distill needs --teacher")
+    p.add_argument("--teacher", default=None,
+                   help="teacher checkpoint for --mode distill (a jinglian checkpoint, e.g. from "
+                        "'python -m trainer.hf import'; same tokenizer, run under the same TP; docs/distill.md)")
+    p.add_argument("--ewc", default=None,
+                   help="Fisher directory from 'python -m trainer.fisher' of an earlier task: adds the EWC "
+                        "penalty 0.5*lambda*sum F*(theta-theta_old)^2 (set lambda with --set ewc.lambda=...)")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (overrides parallel.tp)")
     p.add_argument("--pp", type=int, default=None, help="pipeline-parallel size (overrides parallel.pp)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides train.steps)")
@@ -72,7 +80,8 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]):
         raise ValueError(f"train: unknown key(s) {unknown}; known: ['overrides', 'recipe']")
     overrides: dict[str, Any] = dict(section.get("overrides") or {})
     for key, value in (("parallel.tp", args.tp), ("parallel.pp", args.pp), ("steps", args.steps),
-                       ("pretrained", args.pretrained)):
+                       ("pretrained", args.pretrained), ("mode", args.mode),
+                       ("distill.teacher", args.teacher), ("ewc.fisher", args.ewc)):
         if value is not None:
             overrides[key] = value
     overrides.update(parse_override(text) for text in args.overrides)
