@@ -290,7 +290,7 @@ def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_se
     tmp = prepare_output(output, keep_valid=cfg.valid_fraction > 0)
     if cfg.valid_fraction > 0:
         valid_sizes = {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in held.items()}
-        valid_plan = holdout_plan(plan_units(cfg, valid_sizes))
+        valid_plan = holdout_plan(plan_units(cfg, valid_sizes), list(cfg.weights))
         _write_set(valid_plan, held, valid_sizes, holdout_config(cfg, valid_plan), params_section, info, [],
                    prepare_output(tmp / VALID_DIR), str(tmp / VALID_DIR), num_partitions)
     token_sizes = {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in samples.items()}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -59,11 +59,12 @@ def is_holdout(doc_id: str, meta: Mapping[str, Any] | None, fraction: float) -> 
     return fraction > 0 and holdout_score(lineage_root(doc_id, meta)) < fraction
 
 
-def holdout_plan(item_units: Mapping[str, np.ndarray]) -> MixPlan:
+def holdout_plan(item_units: Mapping[str, np.ndarray], order: Sequence[str] | None = None) -> MixPlan:
     """Every item of every non-empty group exactly once, each slot going to the group furthest
-    below its share of the whole set (shares = the groups' unit totals): the mix planner's rule
-    without repeats, a pure function of the sizes (the local and Spark paths agree)."""
-    names = tuple(g for g, u in item_units.items() if len(u))
+    below its share of the whole set (shares = the groups' unit totals; ties to the earlier group
+    of ``order``, default ``item_units``' own): the mix planner's rule without repeats, a pure
+    function of the sizes (the local and Spark paths agree)."""
+    names = tuple(g for g in (order or item_units) if len(item_units.get(g, ())))
     sizes = [np.asarray(item_units[g], dtype=np.int64).tolist() for g in names]
     totals = [sum(s) for s in sizes]
     grand = float(sum(totals)) or 1.0
