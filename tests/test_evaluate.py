@@ -169,7 +169,7 @@ def test_evaluate_writes_json_and_markdown_keyed_by_groups(tiny, tmp_path):
     assert [c["figure"] for c in report["checks"]] == ["probe_accuracy", "entity_recall", "tokens_per_s", "attack_success"]
     robust = report["model"]["robustness"]
     # one alias per entity: no other surface to swap in (an alias probe never gets its answer)
-    assert robust["alias"]["changed"] == 0 and robust["char_noise"]["changed"] == 5
+    assert robust["alias"]["changed"] == 0 and 0 < robust["char_noise"]["changed"] <= 5  # an edit may be a no-op (swap of equal letters)
     assert 0 <= robust["all"]["attack_success"] <= 1
     md = (out / "eval.md").read_text()
     assert "| task accuracy (knowledge probes) |" in md and ">= 85.0%" in md and "| general |" in md

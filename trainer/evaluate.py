@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from etl.atomic import write_json
+from etl.atomic import check_output, write_json, write_output_marker
 from etl.cli import ArgumentParser
 from etl.errors import run_main
 
@@ -296,6 +296,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
 def write_report(report: dict[str, Any], out: Path) -> None:
     """eval.json, the plots, then eval.md (each written atomically)."""
     out.mkdir(parents=True, exist_ok=True)
+    write_output_marker(out, "eval")
     write_json(out / "eval.json", report)
     plots = write_plots(report, out)
     text = [f"# Evaluation of `{report['checkpoint']}`", "",
@@ -367,7 +368,9 @@ def write_lm_eval_task(probes_csv: str, out: str, name: str = "jinglian_kg_probe
         "metadata:",
         "  version: 1.0",
         ""])
-    (directory / f"{name}.yaml").write_text(yaml_text, encoding="utf-8")
+    (directory / f"{name}.yaml.tmp").write_text(yaml_text, encoding="utf-8")
+    (directory / f"{name}.yaml.tmp").replace(directory / f"{name}.yaml")
+    write_output_marker(directory, "lm-eval-task")
     return directory / f"{name}.yaml"
 
 
@@ -409,9 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     if argv[:1] == ["lm-eval-task"]:
         args = build_task_parser().parse_args(argv[1:])
+        check_output(args.out, [args.probes], flag="--out")
         print(f"[evaluate] lm-eval task -> {write_lm_eval_task(args.probes, args.out, args.name)}")
         return 0
     args = build_arg_parser().parse_args(argv)
+    check_output(args.out, [p for p in (args.load, args.shards, args.baseline, args.probes) if p], flag="--out")
     report = evaluate(args.load, args.shards, args.out, probes=args.probes, baseline=args.baseline,
                       tokenizer=args.tokenizer, device=args.device, seq_len=args.seq_len, max_rows=args.max_rows,
                       gen_tokens=args.gen_tokens, gen_batch=args.gen_batch)

@@ -12,6 +12,7 @@ the same tokens, which the tests check).
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -34,6 +35,12 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def cache_argument(model: Any) -> str:
+    """The forward argument (and output field) of the KV cache: ``cache`` in transformers 5.x
+    (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def greedy_decode(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, use_cache: bool = True,
                   eos_id: int | None = None, pad_id: int = 0) -> list[list[int]]:
@@ -46,11 +53,12 @@ def greedy_decode(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: 
     out = torch.empty((len(prompts), 0), dtype=torch.long, device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     past, step_ids, step_pos = None, ids, _positions(mask)
+    cache_arg = cache_argument(model)
     for _ in range(max_new_tokens):
         if use_cache:
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                           past_key_values=past, use_cache=True)
-            past = result.past_key_values
+                           **{cache_arg: past}, use_cache=True)
+            past = getattr(result, cache_arg)
         else:
             full = torch.cat([ids, out], dim=1)
             result = model(input_ids=full, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
