@@ -58,10 +58,26 @@ def init_distributed(timeout_s: int = 600) -> torch.device:
     return device
 
 
-def init_parallel(config: TrainConfig) -> None:
-    """(Re)create megatron's TP/PP/DP groups for ``config`` and seed the RNG tracker."""
+def _destroy_groups() -> None:
+    """Destroy megatron's groups and the process groups behind them (the default group stays).
+
+    ``destroy_model_parallel`` only forgets megatron's handles: every gloo/NCCL subgroup it
+    created stays alive with its threads and sockets (about 130 groups per layout), so a process
+    that changes layout many times (the test suite, an evaluation sweep) accumulates thousands
+    of threads.  Every subgroup is destroyed here as well.
+    """
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        world = dist.GroupMember.WORLD
+        for group in list(dist.distributed_c10d._world.pg_map):
+            if group is not world:
+                dist.destroy_process_group(group)
+
+
+def init_parallel(config: TrainConfig) -> None:
+    """(Re)create megatron's TP/PP/DP groups for ``config`` and seed the RNG tracker."""
+    _destroy_groups()
     p = config.parallel
     world = dist.get_world_size()
     if world % (p.tp * p.pp):
@@ -350,6 +366,5 @@ def copy_hf_meta(pretrained: str | None, save: str) -> None:
 
 
 def teardown() -> None:
-    """Destroy megatron's groups (the process group stays for the next layout)."""
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    """Destroy megatron's groups (the default process group stays for the next layout)."""
+    _destroy_groups()
