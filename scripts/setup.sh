@@ -30,5 +30,5 @@ echo "jinglian: installing into .venv (a few minutes the first time; pyspark bui
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 # constraints-cpu.txt pins the CPU build of torch; drop it (-c) on a GPU machine.
-.venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[all,bench,dev]"
+.venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[all,bench,dev,eval]"
 echo "$WANT" > "$STAMP"

@@ -337,9 +337,17 @@ class TrainConfig:
     """Steps between checkpoints (0 = only at the end)."""
     pretrained: str | None = None
     """Checkpoint whose model weights initialise this run (fine-tuning); any TP/PP layout."""
+    eval_interval: int = 0
+    """Steps between validation passes over the shards' ``valid/`` set (and at the last step);
+    0 = none. Validation loss and perplexity per domain go into the metrics line and metrics.jsonl."""
+    eval_iters: int = 10
+    """Global batches (micro_batch_size x accumulation_steps x DP sequences) per validation pass:
+    the same first rows of the validation stream every time, for any TP/PP/DP layout."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        _check(self.eval_interval >= 0, "train.eval_interval", self.eval_interval, "must be >= 0")
+        _check(self.eval_iters >= 1, "train.eval_iters", self.eval_iters, "must be >= 1")
         _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
         _check(self.save_interval >= 0, "train.save_interval", self.save_interval, "must be >= 0")
         m, p = self.model, self.parallel

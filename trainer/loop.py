@@ -34,6 +34,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E
 
 from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import lora as lora_lib  # noqa: E402
+from trainer import validation  # noqa: E402
 from trainer.config import TrainConfig, to_dict  # noqa: E402
 from trainer.extras import StepExtras, build_extras  # noqa: E402
 from trainer.data import open_reader, reader_vocab_size, to_torch_batch  # noqa: E402
@@ -105,6 +106,10 @@ class TrainState:
     losses: list = field(default_factory=list)
     extras: StepExtras = field(default_factory=StepExtras)
     """distillation, EWC, FGM, fp16 bookkeeping (trainer/extras.py)"""
+    valid: str | None = None
+    """Validation shard set (``<shards>/valid``) read every ``eval_interval`` steps, or None."""
+    valid_batches: list | None = None
+    """This rank's validation micro-batches (numpy), read once (trainer/validation.py)."""
 
 
 def build_reader(config: TrainConfig, shards: str, **reader_kwargs: Any):
@@ -154,10 +159,11 @@ def _build_optimizer(config: TrainConfig, models: list):
 
 
 def setup(config: TrainConfig, shards: str | None, load: str | None = None, reader_factory=None,
-          **reader_kwargs: Any) -> TrainState:
+          valid: str | None = None, **reader_kwargs: Any) -> TrainState:
     """Build groups, reader, model (pretrained weights, LoRA), DDP, optimizer; resume from ``load``.
 
-    ``reader_factory(dp_rank, dp_size)`` replaces the shards reader (tests feed fixed batches).
+    ``reader_factory(dp_rank, dp_size)`` replaces the shards reader (tests feed fixed batches);
+    ``valid`` is the validation shard set (see :func:`validate`).
     """
     device = init_distributed()
     init_parallel(config)
@@ -187,7 +193,7 @@ def setup(config: TrainConfig, shards: str | None, load: str | None = None, read
         tf_config.grad_scale_func = optimizer.scale_loss
     state = TrainState(config=config, models=models, optimizer=optimizer, scheduler=scheduler,
                        reader=reader, tf_config=tf_config, vocab_size=vocab_size, device=device,
-                       extras=extras)
+                       extras=extras, valid=valid)
     path = ckpt.latest_checkpoint(load) if load else None
     if path is not None:
         common = ckpt.load_checkpoint(path, models, optimizer, scheduler, reader)
@@ -273,6 +279,13 @@ def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dic
 
 def evaluate(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> float:
     """Forward-only masked mean loss over ``batches`` (this DP rank's part), averaged over DP."""
+    stats = evaluate_stats(state, batches)
+    return float(stats[0] / stats[1].clamp(min=1))
+
+
+def evaluate_stats(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Forward-only ``[loss sum, tokens, per-domain loss sums, per-domain tokens]`` over
+    ``batches`` (this DP rank's part), summed over PP and DP."""
     for model in state.models:
         model.eval()
     num_domains = len(state.reader.domains)
@@ -285,8 +298,24 @@ def evaluate(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> float
             micro_batch_size=state.config.data.micro_batch_size, forward_only=True)
     for model in state.models:
         model.train()
-    stats = _reduce_stats(losses, 2 + 2 * num_domains, state.device)
-    return float(stats[0] / stats[1].clamp(min=1))
+    return _reduce_stats(losses, 2 + 2 * num_domains, state.device)
+
+
+def validate(state: TrainState) -> dict[str, Any]:
+    """Validation loss and perplexity, overall and per domain, over the first ``eval_iters``
+    global batches of ``state.valid``: the same rows and numbers for any TP/PP/DP layout."""
+    c = state.config
+    if state.valid_batches is None:
+        dp_size = parallel_state.get_data_parallel_world_size()
+        num_rows = c.eval_iters * c.data.micro_batch_size * c.data.accumulation_steps * dp_size
+        rows, domains = validation.read_rows(state.valid, num_rows, seq_len=c.model.seq_len, seed=c.data.seed,
+                                             shuffle_buffer=c.data.shuffle_buffer,
+                                             verify_checksums=c.data.verify_checksums)
+        mapping = validation.domain_map(domains, state.reader.domains, state.valid)
+        state.valid_batches = validation.rank_micro_batches(
+            rows, mapping, parallel_state.get_data_parallel_rank(), dp_size, c.data.micro_batch_size)
+    stats = evaluate_stats(state, [to_torch_batch(b, state.device) for b in state.valid_batches])
+    return validation.figures(stats.tolist(), state.reader.domains)
 
 
 def _next_batches(state: TrainState, reader_iter: Iterator) -> list[dict[str, torch.Tensor]]:
@@ -319,7 +348,11 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
         state.step += 1
         state.consumed_tokens += tokens_per_step
         losses.append(result["loss"])
-        if state.step % config.log_interval == 0 or state.step == config.steps:
+        validated = None
+        if state.valid and config.eval_interval and (state.step % config.eval_interval == 0
+                                                     or state.step == last_step):
+            validated = validate(state)
+        if state.step % config.log_interval == 0 or state.step == config.steps or validated:
             tps, tflops, mfu = throughput(tokens_per_step, step_s, flops_per_token, dist.get_world_size(), peak)
             metrics = StepMetrics(
                 step=state.step, loss=result["loss"], grad_norm=result["grad_norm"],
@@ -327,7 +360,7 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
                 mfu=mfu, data_wait_pct=100.0 * data_s / step_s, memory_gib=memory_gib(),
                 step_time_s=step_s, loss_by_domain=result["loss_by_domain"],
                 tokens_by_domain=result["tokens_by_domain"], consumed_tokens=state.consumed_tokens,
-                extra=result["extra"])
+                extra=result["extra"], validation=validated)
             if rank0:
                 logger.info(metrics.line(config.steps))
             writer.write(metrics)

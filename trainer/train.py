@@ -33,6 +33,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True,
                    help="shards directory (or manifest.json) written by the shards stage; 'synthetic' = "
                         "built-in seeded token stream for smoke tests")
+    p.add_argument("--valid", default=None,
+                   help="validation shard set read every train.eval_interval steps (default: <shards>/valid "
+                        "when it exists, as the shards stage writes it with shards.valid_fraction > 0)")
     p.add_argument("--save", default=None, help="checkpoint directory (iter_*/ + latest) and metrics.jsonl")
     p.add_argument("--load", default=None,
                    help="resume from this checkpoint directory (its 'latest') or an iter_* directory; "
@@ -94,6 +97,12 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]):
     return apply_overrides(config, overrides) if overrides else config
 
 
+def default_valid(shards: str) -> str | None:
+    """``<shards>/valid`` when the shards stage wrote a validation set there."""
+    path = Path(shards).parent if shards.endswith(".json") else Path(shards)
+    return str(path / "valid") if (path / "valid" / "manifest.json").is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, resolve the config, train, save, report."""
     args = build_arg_parser().parse_args(argv)
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load = args.save if args.load == "auto" else args.load
     metrics = args.metrics or (str(Path(args.save) / "metrics.jsonl") if args.save else None)
-    state = loop.setup(config, args.shards, load=load)
+    valid = args.valid or default_valid(args.shards)
+    state = loop.setup(config, args.shards, load=load, valid=valid if config.eval_interval else None)
     loop.train(state, save=args.save, metrics_path=metrics, exit_at_step=args.exit_at_step)
     if args.report and rank == 0 and metrics:
         from trainer.report import write_report  # noqa: PLC0415
