@@ -25,8 +25,8 @@ from augment.config import AugmentConfig, BackTranslationConfig
 from augment.entity_swap import KnowledgeGraph, load_graph
 from augment.lineage import derive_seed, error_variant, guard_variant, is_variant, make_variant, num_variants
 from augment.sentences import rebuild, split_sentences
-from etl.document import Document
-from etl.tokenize import HAN
+from etl.clean.tokenize import HAN
+from etl.core.document import Document
 
 logger = logging.getLogger(__name__)
 METHOD = "back_translation"

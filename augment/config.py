@@ -9,11 +9,12 @@ document for each method.  A rate of 1.5 gives one variant plus a second with pr
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from etl.config import build_config
-from etl.step import ON_ERROR_CHOICES
+from etl.core.config import build_config
+from etl.core.step import ON_ERROR_CHOICES
 
 METHODS = ("back_translation", "masked_lm", "entity_swap")
 #: Short codes used in variant ids: ``<parent>~bt0``, ``<parent>~mlm1``, ``<parent>~es0``.

@@ -29,15 +29,15 @@ import os
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from augment.config import AugmentConfig, EntitySwapConfig
 from augment.facts import FactExtractor
 from augment.lineage import error_variant, guard_variant, is_variant, make_variant, num_variants, variant_rng
 from augment.words import Word, pos_tokenizer, segment
-from etl.document import Document
+from etl.core.document import Document
 
 logger = logging.getLogger(__name__)
 METHOD = "entity_swap"
@@ -93,7 +93,7 @@ class KnowledgeGraph:
         return len(self.entities)
 
     @classmethod
-    def load(cls, paths: Iterable[str | os.PathLike]) -> "KnowledgeGraph":
+    def load(cls, paths: Iterable[str | os.PathLike]) -> KnowledgeGraph:
         """Load CSV (header ``entity,type,aliases``) or JSON / JSON Lines files."""
         graph = cls()
         for path in paths:
@@ -122,7 +122,7 @@ def _read_entities(path: Path) -> Iterable[Entity]:
             yield _entity(row, f"{path}: line {i}")
         return
     stripped = text.lstrip()
-    rows = json.loads(stripped) if stripped.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    rows = json.loads(stripped) if stripped.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
     for i, row in enumerate(rows, start=1):
         yield _entity(row, f"{path}: record {i}")
 

@@ -38,9 +38,9 @@ import collections
 import functools
 import re
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Iterable, Mapping
 
 from augment.config import FACT_KINDS
 

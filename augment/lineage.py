@@ -20,11 +20,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from augment.config import METHOD_CODES, AugmentConfig
 from augment.guard import check_variant
-from etl.document import Document
+from etl.core.document import Document
 
 if TYPE_CHECKING:
     import collections

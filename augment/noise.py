@@ -10,7 +10,7 @@ augment stage's entity-preserving substitutions.
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

@@ -1,6 +1,6 @@
 """The augment stage as steps, and its per-method statistics.
 
-:func:`build_pipeline` returns a :class:`etl.step.Pipeline` with one step per method in
+:func:`build_pipeline` returns a :class:`etl.core.step.Pipeline` with one step per method in
 ``augment.methods``.  Each step takes batches of ``batch_docs`` documents, yields every input
 document unchanged, and after each parent the variants it made (kept, or rejected by the
 guard with ``changed_fact`` / ``too_similar`` / ``too_different``).  Variants are never
@@ -9,17 +9,22 @@ augmented again.
 :class:`AugmentStats` counts, per method, variants made, kept and rejected by reason, which
 fact kinds changed, the entity-swap kinds (``alias`` / ``counterfactual`` / ``non_graph``) of
 kept and rejected variants and the masked-LM words left as they were, from the output records
-alone, so the local runner and the Spark job report the same numbers.
+alone, so the local and the Spark executor report the same numbers.
+
+:data:`AUGMENT` declares the stage (``python -m augment``, ``spark-submit spark_jobs/augment.py``).
 """
 from __future__ import annotations
 
 import collections
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from augment.config import AugmentConfig
-from etl.document import Document
-from etl.step import Pipeline, batch_step
+from etl.core.document import Document
+from etl.core.stage import Stage
+from etl.core.step import Pipeline, batch_step
 
 
 def build_augmenters(config: AugmentConfig) -> list[Any]:
@@ -87,12 +92,12 @@ class AugmentStats:
             self.word_counts[(method, "num_changed")] += len(params.get("changes") or ())
             self.word_counts[(method, "num_not_interchangeable")] += params.get("num_not_interchangeable", 0)
 
-    def add_all(self, docs: Iterable[Document]) -> "AugmentStats":
+    def add_all(self, docs: Iterable[Document]) -> AugmentStats:
         for doc in docs:
             self.add(doc)
         return self
 
-    def merge(self, other: "AugmentStats") -> "AugmentStats":
+    def merge(self, other: AugmentStats) -> AugmentStats:
         self.num_originals += other.num_originals
         for name in ("made", "kept", "rejected", "similarity_sum", "changed_facts", "swap_kinds", "word_counts"):
             getattr(self, name).update(getattr(other, name))
@@ -118,13 +123,16 @@ class AugmentStats:
         return {"augment": {"num_originals": self.num_originals, "by_method": report}}
 
 
-class StatsTap:
-    """Counts documents into an :class:`AugmentStats` as they stream past (local runner)."""
+def augment_factory(configs: Mapping[str, Any]) -> functools.partial:
+    """The stage's pipeline factory from its loaded configs (picklable: workers and executors)."""
+    return functools.partial(build_pipeline, configs["augment"])
 
-    def __init__(self) -> None:
-        self.stats = AugmentStats()
 
-    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
-        for doc in docs:
-            self.stats.add(doc)
-            yield doc
+AUGMENT = Stage(
+    name="augment",
+    description="Augment documents: back-translation, masked-LM substitution, entity swap (originals kept).",
+    sections=("augment",),
+    pipeline=augment_factory,
+    counter=AugmentStats,
+    batch_docs=lambda configs: configs["augment"].batch_docs,
+)

@@ -20,7 +20,7 @@ Spans cover the sentence text without surrounding whitespace; the text between s
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 _ZH_TERMINATORS = "。！？；…!?"
 _CLOSERS = "”’」』）)】》\"'"

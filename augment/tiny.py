@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
-from etl.cli import ArgumentParser
-from etl.errors import run_main
+
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
 
 
 def _bert_tokenizer(texts: Iterable[str], vocab_size: int):

@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from etl.tokenize import HAN
+from etl.clean.tokenize import HAN
 
 _HAN_RUN = re.compile(f"[{HAN}]+")
 _LATIN = re.compile(r"[A-Za-z]+(?:['\-][A-Za-z]+)*|\d+(?:[.,:]\d+)*%?")

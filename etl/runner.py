@@ -1,4 +1,10 @@
-"""The local runner: the same steps as the Spark jobs, in one process or a worker pool.
+"""The local executor: runs any :class:`etl.core.stage.Stage` in one process or a worker pool.
+
+:func:`run_stage` is ``python -m etl.<stage>`` / ``python -m augment``: it parses the stage's
+flags, loads its configs, reads the inputs, runs the per-document pipeline
+(:func:`run_pipeline`) and the whole-corpus operation, and writes the outputs
+(:func:`write_stage_output`).  The Spark executor (``spark_jobs/executor.py``) does the same
+with Spark.
 
 Output layout (shared with the Spark jobs)::
 
@@ -11,20 +17,24 @@ never leaves a half-written output; a rerun starts again from scratch.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
-from etl.atomic import atomic_dir, write_json
-from etl.document import Document
-from etl.io import write_parquet
-from etl.stats import StageStats
-from etl.step import Pipeline, batched
+from etl.core.atomic import atomic_dir, write_json
+from etl.core.document import Document
+from etl.core.errors import JinglianError
+from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
+from etl.core.stats import StageStats
+from etl.core.step import Pipeline, batched
+from etl.io.records import read_inputs, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +137,12 @@ class PartWriter:
                 self._flush(name)
 
 
-def write_stage_output(docs: Iterable[Document], output: str | os.PathLike, step_names: list[str], extra_stats: dict[str, Any] | None = None,
+def write_stage_output(docs: Iterable[Document], output: str | os.PathLike, step_names: list[str],
+                       extra_stats: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
                        progress: bool = True, total: int | None = None, desc: str = "docs", rows_per_part: int = 100_000) -> dict[str, Any]:
-    """Consume ``docs``, write ``kept/``, ``rejected/`` and ``stats.json`` atomically; return the stats."""
+    """Consume ``docs``, write ``kept/``, ``rejected/`` and ``stats.json`` atomically; return the stats.
+
+    ``extra_stats`` (or what it returns, called once the stream is consumed) is added to the report."""
     started = time.time()
     stats = StageStats()
     with atomic_dir(output) as tmp:
@@ -140,7 +153,71 @@ def write_stage_output(docs: Iterable[Document], output: str | os.PathLike, step
         writer.close()
         report = stats.to_dict(step_names)
         report["elapsed_s"] = round(time.time() - started, 3)
-        report.update(extra_stats or {})
+        report.update((extra_stats() if callable(extra_stats) else extra_stats) or {})
         write_json(tmp / "stats.json", report)
     logger.info("wrote %s: %d kept, %d rejected", output, stats.num_kept, stats.num_rejected)
+    return report
+
+
+# ----------------------------------------------------------------------------- the executor
+
+
+def _local_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes for the per-document steps (default: 1; output is identical for any N)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_stage_args(stage: Stage, argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
+    """The local command line of ``stage`` (the shared flags, the stage's, --workers, --no-progress)."""
+    args = stage_parser(stage, prog or f"python -m etl.{stage.name}", _local_flags).parse_args(argv)
+    if getattr(args, "workers", 1) < 1:
+        raise JinglianError(f"--workers must be >= 1, got {args.workers}")
+    return args
+
+
+class _Tap:
+    """Counts documents into a stage's extra counter as they stream past."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        for doc in docs:
+            self.counter.add(doc)
+            yield doc
+
+
+def execute(stage: Stage, run: StageRun) -> dict[str, Any]:
+    """Run ``stage`` locally with resolved configs; returns the statistics report."""
+    if stage.write is not None:
+        return stage.write(run)
+    args = run.args
+    docs: Iterable[Document] = read_inputs(args.input, run.reader)
+    if stage.pipeline is not None:
+        batch_size = 4 * stage.batch_docs(run.configs) if stage.batch_docs else 256
+        docs = run_pipeline(docs, stage.pipeline(run.configs), workers=getattr(args, "workers", 1), batch_size=batch_size)
+    extra: dict[str, Any] = base_stats(run)
+    total = None
+    if stage.corpus is not None:
+        docs, corpus_stats = stage.corpus(docs, run)
+        docs = list(docs)
+        total = len(docs)
+        extra.update(corpus_stats)
+    counter = stage.counter() if stage.counter else None
+    if counter is not None:
+        docs = _Tap(counter)(docs)
+    report = write_stage_output(docs, args.output, stage.names_of_steps(run.configs), extra_stats=lambda: {**extra, **(counter.to_dict() if counter else {})},
+                                progress=not getattr(args, "no_progress", True), total=total, desc=stage.name)
+    if stage.after_write is not None:
+        stage.after_write(docs, report, run)
+    return report
+
+
+def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    """``python -m etl.<stage>``: parse, load the configs, run, print the summary line."""
+    args = parse_stage_args(stage, argv, prog)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    report = execute(stage, resolve_run(stage, args, "local"))
+    print(stage_summary(stage, report), flush=True)
     return report

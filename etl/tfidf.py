@@ -1,6 +1,6 @@
 """TF-IDF information filter: the pure core and the local runner.
 
-Every live document is tokenised with the shared tokenizer (``etl.tokenize.words``: jieba
+Every live document is tokenised with the shared tokenizer (``etl.clean.tokenize.words``: jieba
 words for Chinese, NLTK for Latin; word tokens only, Latin lower-cased when
 ``tfidf.lowercase``).  Over the corpus of ``N`` live documents, with ``df(t)`` the number of
 documents containing token ``t`` and ``tf(t, d)`` its count in ``d``:
@@ -19,25 +19,26 @@ Drop rule (``drop_reason=low_tfidf``): score below ``min_score`` (absolute), or 
 scores (so at most that many documents are dropped; ties at the cut are kept).  The score is
 kept in ``meta.tfidf_score`` for every scored document, kept or dropped.
 
-The local runner (``python -m etl.tfidf``) holds the corpus in memory; the scalable path is
-``spark-submit spark_jobs/tfidf_filter.py`` (document frequencies with a Spark ``groupBy``).
+:data:`TFIDF` declares the stage.  Run locally (``python -m etl.tfidf``) the corpus is held in
+memory; the scalable path is ``spark-submit spark_jobs/tfidf_filter.py`` (document
+frequencies with a Spark ``groupBy``, ``spark_jobs/corpus/tfidf.py``).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from etl.cli import add_io_args
-from etl.config import config_to_dict, load_sections
-from etl.document import Document
-from etl.tokenize import TokenizerConfig, words
+from etl.clean.tokenize import TokenizerConfig, words
+from etl.core.config import config_to_dict, load_sections
+from etl.core.document import Document
+from etl.core.errors import run_main
+from etl.core.stage import Stage, StageRun
+from etl.runner import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -147,24 +148,27 @@ def mark(doc: Document, score: float, limit: float) -> Document:
     return doc
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m etl.tfidf", description="TF-IDF low-information filter (local, in memory).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_io_args(parser, on_error=False)
-    return parser
+def tfidf_corpus(docs: Iterable[Document], run: StageRun) -> tuple[list[Document], dict[str, Any]]:
+    """The local whole-corpus operation: score over the in-memory corpus, drop the low ones."""
+    docs, summary = score_documents(docs, run.config, run.configs["tokenizer"])
+    summary["config"] = config_to_dict(run.config)
+    return docs, {"tfidf": summary}
+
+
+TFIDF = Stage(
+    name="tfidf",
+    description="TF-IDF low-information filter.",
+    sections=("tfidf", "tokenizer"),
+    corpus=tfidf_corpus,
+    spark_corpus="spark_jobs.corpus.tfidf:run_tfidf",
+    step_names=lambda configs: [STEP],
+    on_error_flag=False,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Local runner: read, score, write kept/ rejected/ stats.json."""
-    from etl.io import read_inputs
-    from etl.runner import write_stage_output
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_arg_parser().parse_args(argv)
-    config, tokenizer, reader = load_sections(args.params, "tfidf", "tokenizer", "read")
-    docs, summary = score_documents(read_inputs(args.input, reader), config, tokenizer)
-    summary["config"] = config_to_dict(config)
-    return write_stage_output(docs, args.output, [STEP], extra_stats={"tfidf": summary}, total=len(docs), desc="tfidf")
+    """``python -m etl.tfidf``: the TF-IDF stage, run locally (in memory)."""
+    return run_stage(TFIDF, argv)
 
 
 if __name__ == "__main__":

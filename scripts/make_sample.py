@@ -27,7 +27,8 @@ DEMO = {
 }
 # Small slices for tests (may include test-use-only and share-alike parts).
 TESTS = {
-    "general_zh.jsonl": [("general_zh.jsonl", "github:ymcui", None, 40), ("general_zh.jsonl", "github:DRCKnowledgeTeam", None, 40), ("general_zh.jsonl", "github:thu-coai", None, 40)],
+    "general_zh.jsonl": [("general_zh.jsonl", "github:ymcui", None, 40), ("general_zh.jsonl", "github:DRCKnowledgeTeam", None, 40),
+                         ("general_zh.jsonl", "github:thu-coai", None, 40)],
     "general_en.jsonl": [("general_en.jsonl", "npm:@stdlib", None, 40), ("general_en.jsonl", "github:gutenbergbooks", None, 60)],
     "domain_medical.jsonl": [("domain_medical.jsonl", "github:Toyhom", None, 60), ("domain_medical.jsonl", "github:abachaa", None, 40)],
     "expert.jsonl": [("expert.jsonl", "github:ydli-ai", None, 40), ("expert.jsonl", "github:LawRefBook", None, 10), ("expert.jsonl", "github:abachaa", None, 30)],

@@ -7,8 +7,8 @@ set -euo pipefail
 MESSAGES=$1
 LANDING=$2
 RUN=$(mktemp -d)
-trap 'python -m etl.broker --stop --pid-file "$RUN/broker.pid"; rm -rf "$RUN"' EXIT
-python -m etl.broker --pid-file "$RUN/broker.pid" --topic demo:2 >/dev/null
+trap 'python -m etl.kafka.broker --stop --pid-file "$RUN/broker.pid"; rm -rf "$RUN"' EXIT
+python -m etl.kafka.broker --pid-file "$RUN/broker.pid" --topic demo:2 >/dev/null
 BOOT=$(awk '{print $2}' "$RUN/broker.pid")
 python -m etl.produce --bootstrap-servers "$BOOT" --topic demo --input "$MESSAGES" --partitions 2
 rm -rf "$LANDING"

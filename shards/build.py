@@ -14,15 +14,14 @@ Layout of ``<output>``::
 from __future__ import annotations
 
 import logging
-import os
-import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from etl.document import Document
+from etl.core.document import Document
 from shards.chat import ChatRenderer, record_messages
 from shards.config import ShardsConfig
 from shards.mix import MixPlan, assign_group, plan_mix
@@ -63,7 +62,7 @@ def tokenizer_info(path: str) -> TokenizerInfo:
 
 def parse_inputs(inputs: Sequence[str]) -> list[tuple[str | None, str]]:
     """``--input`` values: ``DIR`` or ``GROUP=DIR`` (the whole input belongs to GROUP)."""
-    from etl.io import split_labelled_input
+    from etl.core.atomic import split_labelled_input
 
     return [split_labelled_input(value) for value in inputs]
 
@@ -221,7 +220,7 @@ def _write_shard(out_dir: str, partition: int, index: int, chunk: list[tuple[int
     docs_by_group = {g: 0 for g in group_names}
     max_doc_tokens = 0
     try:
-        for slot, _, sample in chunk:
+        for _slot, _, sample in chunk:
             tokens_by_group[sample.group] += sample.num_tokens
             docs_by_group[sample.group] += 1
             max_doc_tokens = max(max_doc_tokens, sample.num_tokens)
@@ -264,7 +263,7 @@ def _write_packed(writer: ShardWriter, chunk, cfg: ShardsConfig, info: Tokenizer
 def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_section: dict, *,
                 tokenizer_path: str | None = None, num_partitions: int = 1, reader_config=None) -> dict[str, Any]:
     """Build a shard set in this process (tests, the demo, small corpora)."""
-    from etl.io import ReaderConfig, read_inputs
+    from etl.io.records import ReaderConfig, read_inputs
     from shards.manifest import prepare_output
 
     tokenizer_path = tokenizer_path or cfg.tokenizer
@@ -320,12 +319,3 @@ def _slot_stream(plan: MixPlan, samples: dict[str, list[Sample]], lo: int, hi: i
         k = int(plan.item[slot])
         items = samples[group]
         yield slot, k // len(items), items[k % len(items)]
-
-
-def copy_tokenizer(path: str, out_dir: Path) -> str:
-    """Copy a local tokenizer directory into the shard set; returns the recorded path."""
-    if os.path.isdir(path):
-        dest = out_dir / "tokenizer"
-        shutil.copytree(path, dest, dirs_exist_ok=True)
-        return "tokenizer"
-    return path

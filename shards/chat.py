@@ -21,13 +21,14 @@ rendered with it through ``transformers``' ``apply_chat_template``:
 A template whose renderings of successive prefixes do not extend each other cannot mark the
 spans; such a record is rejected as ``chat_template_mismatch`` (never silently trained on a
 wrong mask). Without a template (or with ``chat_template: default``) records keep the
-project's documented template (see ``shards/sft.py`` and ``etl/dialogue.py``).
+project's documented template (see ``shards/sft.py`` and ``etl/io/dialogue.py``).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from shards.sft import PROMPT, RESPONSE
 
@@ -53,12 +54,12 @@ def has_chat_template(path_or_hub_id: str) -> bool | None:
 
 def record_messages(text: str, meta: dict[str, Any]) -> list[dict[str, str]] | None:
     """The chat messages of a fine-tuning record, or None for plain text."""
-    from etl.dialogue import DialogueConfig, _side, chat_turns, main_path
+    from etl.io.dialogue import DialogueConfig, chat_turns, main_path, role_side
 
     nodes = meta.get("dialogue")
     if isinstance(nodes, list) and nodes and all(isinstance(n, dict) and "role" in n and "text" in n for n in nodes):
         path = main_path(nodes) if all("id" in n and "parent" in n for n in nodes) else nodes
-        return [_message(n["role"], n["text"], n.get("side") or _side(str(n["role"]), DialogueConfig())) for n in path]
+        return [_message(n["role"], n["text"], n.get("side") or role_side(str(n["role"]), DialogueConfig())) for n in path]
     if meta.get("instruction") and meta.get("output"):
         user = str(meta["instruction"]).strip()
         if str(meta.get("input") or "").strip():
@@ -68,7 +69,7 @@ def record_messages(text: str, meta: dict[str, Any]) -> list[dict[str, str]] | N
         turns, _, reason, _ = chat_turns(meta)
         if reason is None:
             config = DialogueConfig()
-            return [_message(t["role"], t["text"], _side(str(t["role"]), config)) for t in turns]
+            return [_message(t["role"], t["text"], role_side(str(t["role"]), config)) for t in turns]
     return None
 
 
@@ -90,7 +91,7 @@ class ChatRenderer:
         self.tok = tokenizer
 
     @classmethod
-    def load(cls, path_or_hub_id: str, mode: str) -> "ChatRenderer | None":
+    def load(cls, path_or_hub_id: str, mode: str) -> ChatRenderer | None:
         """The renderer for ``shards.chat_template`` = ``mode``; None means the default template."""
         if mode not in CHAT_TEMPLATE_CHOICES:
             raise ValueError(f"shards.chat_template must be one of {list(CHAT_TEMPLATE_CHOICES)}, got {mode!r}")

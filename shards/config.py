@@ -1,11 +1,12 @@
 """The ``shards:`` section of params.yaml as a frozen, validated dataclass."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
-from etl.config import load_params, load_section
+from etl.core.config import load_params, load_section
 
 DEFAULT_WEIGHTS = {"general": 7.0, "domain": 2.0, "expert": 1.0}
 DEFAULT_GROUPS = {

@@ -22,11 +22,12 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from etl.atomic import TMP_MARK, write_json, write_output_marker
-from etl.config import config_to_dict, params_hash
+from etl.core.atomic import TMP_MARK, write_json, write_output_marker
+from etl.core.config import config_to_dict, params_hash
 
 logger = logging.getLogger(__name__)
 FORMAT = "jinglian-shards/1"
@@ -52,8 +53,7 @@ def prepare_output(output: str | os.PathLike, keep_valid: bool = False) -> Path:
 def finish_output(out: Path, output: str, entries: list[dict[str, Any]], plan, cfg, params_section: dict, info,
                   rejected: Sequence[Any]) -> dict[str, Any]:
     """Write rejected records and the manifest (last); returns the manifest."""
-    from etl.io import write_parquet
-    from shards.build import copy_tokenizer
+    from etl.io.records import write_parquet
 
     reasons = Counter(d.drop_reason for d in rejected)
     if rejected:
@@ -184,3 +184,12 @@ def _deep_check(path: Path, shard: dict, manifest: dict) -> list[str]:
     if not manifest["pack_seq_len"] and counts != shard["tokens_by_group"]:
         problems.append(f"{shard['name']}: tokens per group {counts}, manifest says {shard['tokens_by_group']}")
     return problems
+
+
+def copy_tokenizer(path: str, out_dir: Path) -> str:
+    """Copy a local tokenizer directory into the shard set; returns the recorded path."""
+    if os.path.isdir(path):
+        dest = out_dir / "tokenizer"
+        shutil.copytree(path, dest, dirs_exist_ok=True)
+        return "tokenizer"
+    return path

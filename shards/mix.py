@@ -21,8 +21,8 @@ When a group runs out (``on_exhausted``):
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -91,12 +91,7 @@ def _greedy(names, share: np.ndarray, sizes: list[np.ndarray], on_exhausted: str
     items: list[int] = []
     passes_done = 0                   # groups that finished at least one full pass
     while True:
-        best, best_err = 0, None
-        for g in range(num_groups):
-            nxt = sizes_py[g][taken[g] % lengths[g]]
-            err = share_py[g] * (total + nxt) - consumed[g]
-            if best_err is None or err > best_err + 1e-12:
-                best, best_err = g, err
+        best = most_behind(share_py, [sizes_py[g][taken[g] % lengths[g]] for g in range(num_groups)], consumed, total)
         if taken[best] >= lengths[best] and on_exhausted == "stop":
             break
         size = sizes_py[best][taken[best] % lengths[best]]
@@ -111,6 +106,22 @@ def _greedy(names, share: np.ndarray, sizes: list[np.ndarray], on_exhausted: str
                 break
     return MixPlan(names=names, group=np.asarray(groups, dtype=np.int16), item=np.asarray(items, dtype=np.int64),
                    num_items=tuple(lengths), units=tuple(int(c) for c in consumed))
+
+
+def most_behind(share: Sequence[float], next_sizes: Sequence[float | None], consumed: Sequence[float], total: float) -> int:
+    """The mix rule: the group furthest below its share once its next item is taken, the
+    largest ``share[g] * (total + next_sizes[g]) - consumed[g]`` (ties: the lowest index).
+    A group whose ``next_sizes`` is None has nothing left and is skipped; -1 when none has.
+    The planner (:func:`plan_mix`) and the reader's window shuffle
+    (``shards.reader.interleave_by_deficit``) both use it."""
+    best, best_err = -1, 0.0
+    for g, nxt in enumerate(next_sizes):
+        if nxt is None:
+            continue
+        err = share[g] * (total + nxt) - consumed[g]
+        if best < 0 or err > best_err + 1e-12:
+            best, best_err = g, err
+    return best
 
 
 def slot_positions(plan: MixPlan) -> list[np.ndarray]:

@@ -78,12 +78,14 @@ import os
 import sys
 import tarfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from shards.manifest import load_manifest
+from shards.mix import most_behind
 from shards.samples import Row, num_packed_rows, pack_samples, row_to_arrays
 from shards.tario import LEGACY_INDEX_COLUMNS, ShardError, file_sha256, load_npy, parse_members, parse_sample_members, read_index
 
@@ -303,7 +305,7 @@ class ShardReader:
         stream = self._indexed_items(shard, index, orders, lo + at, offset)
         yield from pack_samples(stream, self.seq_len, int(self.manifest["tokenizer"]["pad_id"]))
 
-    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, orders: "_WindowOrders", first: int,
+    def _indexed_items(self, shard: dict[str, Any], index: np.ndarray, orders: _WindowOrders, first: int,
                        offset: int = 0) -> Iterator:
         """Items at shuffled positions ``first..`` (the first cut at token ``offset``), read one
         shuffle window at a time: a window is a contiguous byte range, found in the index."""
@@ -415,7 +417,7 @@ class _WindowOrders:
     the group sequence but move tokens: a window of big documents could drift by a whole window).
     """
 
-    def __init__(self, reader: "ShardReader", epoch: int, shard_id: int, groups: np.ndarray | None, tokens: np.ndarray | None):
+    def __init__(self, reader: ShardReader, epoch: int, shard_id: int, groups: np.ndarray | None, tokens: np.ndarray | None):
         self.reader, self.epoch, self.shard_id = reader, epoch, shard_id
         self.groups = groups
         unit_tokens = reader.manifest.get("unit", "tokens") == "tokens"
@@ -451,12 +453,7 @@ def interleave_by_deficit(groups: np.ndarray, sizes: np.ndarray, rng: np.random.
     share = [t / max(1.0, sum(totals)) for t in totals]
     heads, consumed, total, out = [0] * len(queues), [0.0] * len(queues), 0.0, []
     for _ in range(len(groups)):
-        best, best_err = -1, 0.0
-        for g, q in enumerate(queues):
-            if heads[g] < len(q):
-                err = share[g] * (total + sizes_py[q[heads[g]]]) - consumed[g]
-                if best < 0 or err > best_err + 1e-12:
-                    best, best_err = g, err
+        best = most_behind(share, [sizes_py[q[heads[g]]] if heads[g] < len(q) else None for g, q in enumerate(queues)], consumed, total)
         item = queues[best][heads[best]]
         heads[best] += 1
         consumed[best] += sizes_py[item]

@@ -13,8 +13,9 @@ crossing documents: :func:`row_to_arrays` builds the batch contract's arrays.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,8 @@ Loss is taken only on tokens that overlap a ``response`` segment.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,12 +33,12 @@ def render_instruction(instruction: str, input_text: str, output: str) -> tuple[
 def render_turns(turns: Sequence[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
     """A dialogue (list of ``{role, text}``, in order) as ``role: text`` lines.
 
-    Turns of a response role (``assistant``, ``gpt``... : ``etl.dialogue.DEFAULT_RESPONSE_ROLES``)
+    Turns of a response role (``assistant``, ``gpt``... : ``etl.io.dialogue.DEFAULT_RESPONSE_ROLES``)
     are responses; when no turn has one, every speaker but the first answers. ``role: `` labels
     count as prompt. Used only when a dialogue reaches this stage uncleaned; the clean stage's
     dialogue trees are preferred.
     """
-    from etl.dialogue import DEFAULT_RESPONSE_ROLES
+    from etl.io.dialogue import DEFAULT_RESPONSE_ROLES
 
     responders = {r.lower() for r in DEFAULT_RESPONSE_ROLES}
     by_role = any(str(t.get("role", "")).lower() in responders for t in turns)
@@ -61,7 +62,7 @@ def sft_text_and_segments(text: str, meta: dict[str, Any]) -> tuple[str, list | 
         return text, segments if segments else None
     if meta.get("instruction") or meta.get("output"):
         return render_instruction(str(meta.get("instruction") or ""), str(meta.get("input") or ""), str(meta.get("output") or ""))
-    from etl.dialogue import chat_turns
+    from etl.io.dialogue import chat_turns
 
     turns, _, reason, _ = chat_turns(meta)  # turns, OpenAI/HF messages or ShareGPT conversations
     if reason is None and all(isinstance(t, dict) for t in turns):

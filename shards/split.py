@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def lineage_root(doc_id: str, meta: Mapping[str, Any] | None) -> str:
 
 def holdout_score(root: str) -> float:
     """A uniform number in [0, 1) from sha256("valid", root): the same on every run."""
-    digest = hashlib.sha256(f"valid\x00{root}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"valid\x00{root}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

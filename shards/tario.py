@@ -23,12 +23,13 @@ import re
 import tarfile
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from etl.atomic import TMP_MARK
+from etl.core.atomic import TMP_MARK
 
 INDEX_SUFFIX = ".idx"
 INDEX_COLUMNS = ("start", "end", "num_tokens", "group", "crc32")

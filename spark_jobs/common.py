@@ -3,14 +3,13 @@
 * :func:`get_spark` builds the session; the master is the launcher's choice
   (``spark-submit --master local[2]`` on a laptop, the cluster's master in production).
 * :func:`read_documents_df` reads raw inputs with the same readers as the local runner,
-  one task per file, and marks repeated ids exactly as :func:`etl.io.read_inputs` does.
+  one task per file, and marks repeated ids exactly as :func:`etl.io.records.read_inputs` does.
 * :func:`map_documents` runs a step pipeline inside partitions with ``mapInArrow``; the
   pipeline is built once per executor process and cached.
 * :func:`write_stage_output` writes ``kept/``, ``rejected/`` and ``stats.json`` atomically.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -18,17 +17,17 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 
-from etl.atomic import atomic_dir, write_json
-from etl.cli import ArgumentParser, add_io_args
-from etl.errors import JinglianError
-from etl.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
-from etl.io import READ_STEP, ReaderConfig, list_input_files, read_file
-from etl.stats import StageStats
-from etl.step import Pipeline
+from etl.core.atomic import atomic_dir, write_json
+from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
+from etl.core.errors import JinglianError
+from etl.core.stats import StageStats
+from etl.core.step import Pipeline
+from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,20 +95,6 @@ def stage_session(app_name: str):
         spark.catalog.clearCache()
 
 
-def base_arg_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    """Flags every stage shares: --input, --output, --params, --on-error, --partitions."""
-    epilog = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
-              f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
-              "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
-              "                                   instead of shuffling the documents")
-    parser = ArgumentParser(prog=f"spark_jobs/{stage}.py", description=description, epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_io_args(parser)
-    parser.add_argument("--partitions", type=int, default=None, metavar="N",
-                        help="number of Spark partitions for the per-document work (default: two per core, or one per 64 MB of input if that is more)")
-    return parser
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -129,7 +114,7 @@ def _with_derived(batch: pa.RecordBatch, derive: Derive | None) -> pa.RecordBatc
 
 def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = None, batch_rows: int = 4096):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from etl.io import InputFile
+        from etl.io.records import InputFile
 
         for batch in batches:
             columns = ("file_index", "path", "name", "domain")
@@ -199,7 +184,7 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
         native = native.repartition(num_partitions, "id")
         if derive is not None:
             schema = pa.unify_schemas([pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string())]), derive[1]])
-            native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), _spark_schema(schema))
+            native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), spark_schema(schema))
         return native.persist(StorageLevel.MEMORY_AND_DISK) if cache else native
     return _read_with_python(spark, files, reader_config, num_partitions, derive)
 
@@ -251,7 +236,7 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     if len(files) > num_partitions:
         listing = listing.coalesce(num_partitions)
     schema = _READ_SCHEMA if derive is None else pa.unify_schemas([_READ_SCHEMA, derive[1]])
-    records = listing.mapInArrow(_read_files_partition(reader_config, derive), _spark_schema(schema))
+    records = listing.mapInArrow(_read_files_partition(reader_config, derive), spark_schema(schema))
     if len(files) < num_partitions:
         records = records.repartition(num_partitions, "file_index", "line")
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
@@ -325,10 +310,18 @@ def read_stage_parquet(spark, files) -> Any:
                      null.alias("drop_reason"), null.alias("drop_step"), null.alias("dup_first"))
 
 
-def _spark_schema(schema: pa.Schema):
+def spark_schema(schema: pa.Schema):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)
+
+
+def live_records(docs):
+    """Records neither rejected by the reader nor repeated ids."""
+    from pyspark.sql import functions as F
+
+    return docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNull())
+
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -371,7 +364,7 @@ def map_documents(df, key: str, factory: Callable[[], Pipeline], batch_rows: int
         if out:
             yield documents_to_batch(out)
 
-    return df.mapInArrow(run, _spark_schema(RECORD_SCHEMA))
+    return df.mapInArrow(run, spark_schema(RECORD_SCHEMA))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -459,12 +452,6 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-def print_summary(stage: str, report: dict[str, Any]) -> None:
-    """One human-readable summary line per stage (the full report is stats.json)."""
-    reasons = ", ".join(f"{k}={v}" for k, v in report.get("drop_reasons", {}).items()) or "none"
-    print(f"[{stage}] in={report['num_in']} kept={report['num_kept']} rejected={report['num_rejected']} "
-          f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", flush=True)
-
-
-__all__ = ["get_spark", "stage_session", "check_java", "base_arg_parser", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents", "write_stage_output",
-           "compute_stats", "print_summary", "rows_to_documents", "documents_to_batch"]
+__all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
+           "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
+           "compute_stats", "live_records", "rows_to_documents", "documents_to_batch"]

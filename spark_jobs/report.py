@@ -10,15 +10,6 @@ and the training loss.  Missing stages are skipped, so it works on a partial pip
 """
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder (spark_jobs/) comes first on sys.path, where augment.py would
-# shadow the `augment` package (params validation imports augment.config): the repository root instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
-    sys.path[0] = os.path.dirname(_HERE)
-
 import argparse
 import collections
 import json
@@ -27,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from etl.cli import ArgumentParser
-from etl.errors import run_main
+
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
+from etl.core.metrics import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +56,6 @@ def kept_lengths(pipeline: Path, stage: str, limit: int = 200_000) -> dict[str, 
             if count >= limit:
                 return lengths
     return lengths
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The trainer's metrics JSON Lines (one object per log step)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def find_metrics(pipeline: Path) -> Path:
@@ -272,7 +258,7 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) ->
     all_stats = stage_stats(pipeline)
     clusters = (all_stats.get("dedup") or {}).get("dedup", {}).get("clusters")
     manifest = load_json(pipeline / "shards" / "manifest.json")
-    metrics = read_metrics(metrics_path or find_metrics(pipeline))
+    metrics = read_metrics(metrics_path or find_metrics(pipeline), missing_ok=True)
     summary = summary_lines(all_stats, clusters, manifest, metrics)
     write_plot_data(out.parent / "plots", manifest, metrics)
     (out.parent / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")

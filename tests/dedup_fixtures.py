@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from etl.document import Document
+from etl.core.document import Document
 
 #: Threshold used with these fixtures (the chain links are ~0.80, A-C ~0.64).
 THRESHOLD = 0.7
@@ -80,7 +80,7 @@ def write_jsonl(docs: list[Document], path: Path) -> Path:
 def write_params(path: Path, dedup: dict | None = None, tfidf: dict | None = None) -> Path:
     import yaml
 
-    from etl.config import load_params
+    from etl.core.config import load_params
 
     params = load_params()
     params["dedup"] = dict(DEDUP_PARAMS if dedup is None else dedup)

@@ -12,16 +12,18 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from augment.config import load_augment_config  # noqa: E402
+from augment.config import (
+    GuardConfig,  # noqa: E402
+    load_augment_config,  # noqa: E402
+)
 from augment.entity_swap import EntityFinder, EntitySwapAugmenter, KnowledgeGraph  # noqa: E402
 from augment.guard import bigram_similarity, check_variant  # noqa: E402
-from augment.config import GuardConfig  # noqa: E402
 from augment.lineage import num_variants  # noqa: E402
-from augment.mlm import MaskedLMAugmenter, eligible_words, encode_row, _Row, load_stop_words  # noqa: E402
+from augment.mlm import MaskedLMAugmenter, _Row, eligible_words, encode_row, load_stop_words  # noqa: E402
 from augment.pipeline import AugmentStats, build_pipeline  # noqa: E402
 from augment.sentences import rebuild, split_sentences  # noqa: E402
 from augment.words import pos_tokenizer, segment  # noqa: E402
-from etl.document import Document  # noqa: E402
+from etl.core.document import Document  # noqa: E402
 
 
 def _docs(data_dir, name, n, max_chars=160):
@@ -408,10 +410,10 @@ def test_local_runner_writes_stage_output(tiny, data_dir, tmp_path):
     import yaml
 
     from augment.__main__ import main
-    from etl.io import read_parquet_dir
+    from etl.io.records import read_parquet_dir
 
     config = _params(tiny, data_dir)
-    from etl.config import config_to_dict
+    from etl.core.config import config_to_dict
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"augment": config_to_dict(config)}, allow_unicode=True), encoding="utf-8")

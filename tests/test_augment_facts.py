@@ -14,7 +14,7 @@ from augment.facts import FactExtractor, compare_facts, parse_zh_number
 from augment.lineage import guard_variant, make_variant
 from augment.mlm import interchangeable
 from augment.pipeline import AugmentStats
-from etl.document import Document
+from etl.core.document import Document
 
 GRAPH = """entity,type,aliases
 中央处理器,hardware,CPU|central processing unit

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.spark
 def test_spark_job_matches_local_runner_across_partitionings(spark, data_dir, tmp_path):
     from augment.__main__ import main as local_main
     from augment.tiny import build_tiny_bert, build_tiny_marian, read_texts
-    from etl.io import read_parquet_dir
+    from etl.io.records import read_parquet_dir
     from spark_jobs.augment import main as spark_main
 
     texts = read_texts([data_dir / "general_zh.jsonl", data_dir / "domain_medical.jsonl"], 1000)[:120]

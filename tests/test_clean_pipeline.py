@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from etl.clean import CleanConfig, build_clean_pipeline, main
-from etl.document import Document
-from etl.io import read_inputs, read_parquet_dir
-from etl.step import split_kept_rejected
+from etl.clean.pipeline import CleanConfig, build_clean_pipeline, main
+from etl.core.document import Document
+from etl.core.step import split_kept_rejected
+from etl.io.records import read_inputs, read_parquet_dir
 
 SLICES = ("general_zh", "general_en", "domain_medical", "expert", "dialogues", "html_pages")
 
@@ -93,18 +93,18 @@ def test_bad_input_records(tmp_path):
 
 
 def test_on_error_policy(monkeypatch):
-    import etl.quality
+    import etl.clean.quality
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("etl.clean.check_quality", boom)
+    monkeypatch.setattr("etl.clean.pipeline.check_quality", boom)
     doc = Document(id="x", text="The committee met on Tuesday to review the plans.")
     out = list(build_clean_pipeline(CleanConfig())([doc]))
     assert out[0].drop_reason == "error_ZeroDivisionError" and out[0].meta["drop_step"] == "quality"
     with pytest.raises(RuntimeError, match="step 'quality' failed"):
         list(build_clean_pipeline(CleanConfig(on_error="raise"))([Document(id="y", text="Another text here.")]))
-    assert etl.quality.check_quality is not boom
+    assert etl.clean.quality.check_quality is not boom
 
 
 def _read_output(root: Path):

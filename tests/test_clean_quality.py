@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from etl.document import Document
-from etl.quality import QualityConfig, check_quality, dup_ngram_chars, top_ngram_chars
+from etl.clean.quality import QualityConfig, check_quality, dup_ngram_chars, top_ngram_chars
+from etl.core.document import Document
 
 GOOD_EN = ("The committee met on Tuesday to review the budget and the plans that have been proposed for the new library. "
            "Members of the public were invited to speak, and several of them raised concerns about the cost of the building. "
@@ -64,7 +64,7 @@ def test_ngram_helpers_match_gopher_definitions():
 
 
 def test_c4_counts_complete_sentences_on_lines_that_end_in_an_attribution():
-    from etl.quality import C4Config, c4_rules
+    from etl.clean.quality import C4Config, c4_rules
 
     answer = ("The A1C goal for many people with diabetes is below 7. It may be different for you. "
               "Ask what your goal should be. NIH: National Institute of Diabetes and Digestive and Kidney Diseases")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from etl.clean import main as local_main
-from etl.io import read_parquet_dir
+from etl.clean.pipeline import main as local_main
+from etl.io.records import read_parquet_dir
 
 pytestmark = pytest.mark.spark
 

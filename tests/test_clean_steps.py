@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from etl.charfilter import CharFilterConfig, filter_chars
-from etl.dialogue import DialogueConfig, flatten_document
-from etl.document import Document
-from etl.html import HtmlConfig, strip_html
-from etl.langid import identify_language
-from etl.normalize import NormalizeConfig, normalize_text, unwrap_lines
-from etl.pii import mask_pii, valid_cn_id
-from etl.repetition import remove_repetition
+from etl.clean.charfilter import CharFilterConfig, filter_chars
+from etl.clean.html import HtmlConfig, strip_html
+from etl.clean.langid import identify_language
+from etl.clean.normalize import NormalizeConfig, normalize_text, unwrap_lines
+from etl.clean.pii import mask_pii, valid_cn_id
+from etl.clean.repetition import remove_repetition
+from etl.core.document import Document
+from etl.io.dialogue import DialogueConfig, flatten_document
 
 
 def test_normalize_width_controls_whitespace():

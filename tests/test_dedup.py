@@ -5,14 +5,29 @@ import datasketch
 import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
-
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, THRESHOLD, crafted_documents, write_jsonl, write_params
-from etl import minhash
-from etl.dedup import (DedupConfig, UnionFind, append_to_index, bucket_edges, dedup_against_index, dedup_documents, exact_key,
-                       features_of, keep_rank, load_index, main, normalize_text, normalize_texts, shingle_hashes, shingle_strings,
-                       shingle_units)
-from etl.document import Document
-from etl.io import read_parquet_dir
+
+from etl.core.document import Document
+from etl.dedup import minhash
+from etl.dedup.cluster import (
+    DedupConfig,
+    UnionFind,
+    append_to_index,
+    bucket_edges,
+    dedup_against_index,
+    dedup_documents,
+    dedup_normalize,
+    dedup_normalize_all,
+    exact_key,
+    features_of,
+    keep_rank,
+    load_index,
+    main,
+    shingle_hashes,
+    shingle_strings,
+    shingle_units,
+)
+from etl.io.records import read_parquet_dir
 
 
 def _jaccard(x: set, y: set) -> float:
@@ -69,30 +84,30 @@ NORMALIZE_TEXTS = ["Straße ΣΑΣ İstanbul ǅ", "e\u0301 a\u0308\u0323 \u1100\
 def test_normalize_texts_equals_normalize_text(sample_texts):
     import random
 
-    from etl.dedup import normalize_batch
-    from etl.minhash_jit import code_points
+    from etl.dedup.cluster import normalize_batch
+    from etl.dedup.minhash_jit import code_points
 
     rng = random.Random(0)
     ranges = [(0x20, 0x3000), (0xF900, 0x10000), (0x300, 0x370), (0x1100, 0x1200), (0xAC00, 0xAC40), (0x10000, 0x10500), (0x2000, 0x2200)]
     soup = ["".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randrange(60))) for _ in range(3000)]
     texts = sample_texts + TRICKY_TEXTS + NORMALIZE_TEXTS + soup
-    expected = [normalize_text(t) for t in texts]
+    expected = [dedup_normalize(t) for t in texts]
     normalized, cps, offsets = normalize_batch(texts)
     assert normalized == expected
     expected_cps, expected_offsets = code_points(expected)  # the code points the shingle kernel reads
     np.testing.assert_array_equal(cps, expected_cps)
     np.testing.assert_array_equal(offsets, expected_offsets)
-    assert normalize_texts(["\ufdfa" * 100] * 3) == [normalize_text("\ufdfa" * 100)] * 3  # output longer than input: regrown
+    assert dedup_normalize_all(["\ufdfa" * 100] * 3) == [dedup_normalize("\ufdfa" * 100)] * 3  # output longer than input: regrown
 
 
 @pytest.mark.parametrize("char_ngram,word_ngram", [(5, 3), (1, 1), (3, 6)])
 def test_compiled_features_equal_reference(sample_texts, char_ngram, word_ngram):
-    from etl import minhash_jit
+    from etl.dedup import minhash_jit
 
     config = DedupConfig(char_ngram=char_ngram, word_ngram=word_ngram, num_perm=128)
     texts = sample_texts + TRICKY_TEXTS
     reference = [shingle_hashes(t, config) for t in texts]
-    hashes, offsets = minhash_jit.shingle_hashes([normalize_text(t) for t in texts], char_ngram, word_ngram,
+    hashes, offsets = minhash_jit.shingle_hashes([dedup_normalize(t) for t in texts], char_ngram, word_ngram,
                                                  int(minhash.CHAR_KIND_SEED), int(minhash.WORD_KIND_SEED))
     for i, ref in enumerate(reference):
         np.testing.assert_array_equal(hashes[offsets[i]:offsets[i + 1]], ref)
@@ -117,7 +132,7 @@ def test_compiled_signatures_equal_datasketch(sample_texts):
 def test_compiled_xxh32_equals_xxhash():
     import xxhash
 
-    from etl import minhash_jit
+    from etl.dedup import minhash_jit
 
     buf = np.empty(4096, dtype=np.uint8)
     for word in ["", "a", "ab", "abc", "abcd", "abcdefghijklmno", "abcdefghijklmnop", "abcdefghijklmnopq", "naïve", "дом",
@@ -241,11 +256,11 @@ def test_local_runner_cli(tmp_path, data_dir):
 
 
 def test_word_fast_path_equals_shared_tokenizer(sample_texts):
-    from etl.dedup import _HAN_RUN, normalize_text
-    from etl.tokenize import TokenizerConfig, is_word, tokenize
+    from etl.clean.tokenize import TokenizerConfig, is_word, tokenize
+    from etl.dedup.cluster import _HAN_RUN, dedup_normalize
 
     config = DedupConfig(english="wordpunct")
     for text in sample_texts:
-        rest = _HAN_RUN.sub(" ", normalize_text(text))
+        rest = _HAN_RUN.sub(" ", dedup_normalize(text))
         expected = [t for t in tokenize(rest, TokenizerConfig(english="wordpunct")) if is_word(t)]
         assert shingle_units(text, config)[1] == expected

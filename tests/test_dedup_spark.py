@@ -5,11 +5,12 @@ import json
 import random
 
 import pytest
-
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, crafted_documents, write_jsonl, write_params
-from etl.dedup import DedupConfig, UnionFind, main as local_main
-from etl.document import Document
-from etl.io import read_parquet_dir
+
+from etl.core.document import Document
+from etl.dedup.cluster import DedupConfig, UnionFind
+from etl.dedup.cluster import main as local_main
+from etl.io.records import read_parquet_dir
 
 pytestmark = pytest.mark.spark
 
@@ -105,13 +106,13 @@ def test_spark_against_index_equals_local(spark, tmp_path, data_dir):
     assert (kept, rejected) == _result(tmp_path / "b-local")
     assert kept == {"en-f", "zh-1", "p-1"}
     assert rejected == {"en-b": ("near_duplicate", "en-a", "en-a"), "new-copy": ("exact_duplicate", "en-a", None)}
-    from etl.dedup import load_index
+    from etl.dedup.cluster import load_index
 
     assert sorted(load_index(tmp_path / "index-spark", DedupConfig(**DEDUP_PARAMS)).ids) == ["en-a", "en-d", "en-f", "p-1", "zh-1", "zh-3"]
 
 
 def test_connected_components_match_union_find(spark):
-    from spark_jobs.dedup import connected_components
+    from spark_jobs.corpus.dedup import connected_components
 
     rng = random.Random(3)
     ids = [f"n{rng.randrange(10**6):06d}" for _ in range(300)]
@@ -129,7 +130,7 @@ def test_connected_components_match_union_find(spark):
 def test_stage_output_input_is_read_natively_and_already_deduplicated(spark, corpus_dir):
     """A previous stage's output (Parquet, read without the Python reader; the features are
     then derived in their own pass): deduplicating the local runner's output keeps all of it."""
-    from etl.io import list_input_files
+    from etl.io.records import list_input_files
     from spark_jobs import dedup
     from spark_jobs.common import read_stage_parquet
 

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from hf_tiny import make_model, make_tokenizer
 
 from augment.noise import char_noise

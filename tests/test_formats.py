@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from etl.clean import main as clean_main
-from etl.config import build_config
-from etl.dialogue import chat_turns
-from etl.io import ReaderConfig, read_inputs, read_parquet_dir
+from etl.clean.pipeline import main as clean_main
+from etl.core.config import build_config
+from etl.io.dialogue import chat_turns
+from etl.io.records import ReaderConfig, read_inputs, read_parquet_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A real paragraph (US State of the Union 1900, public domain: tests/data/NOTICE).

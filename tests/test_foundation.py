@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from etl.atomic import OUTPUT_MARKER, atomic_dir, atomic_file, remove_stale_temporaries
-from etl.config import build_config, load_params, params_hash
-from etl.document import Document
-from etl.io import read_parquet_dir
+from etl.clean.tokenize import TokenizerConfig, count_han, tokenize, words
+from etl.core.atomic import OUTPUT_MARKER, atomic_dir, atomic_file, remove_stale_temporaries
+from etl.core.config import build_config, load_params, params_hash
+from etl.core.document import Document
+from etl.core.stats import StageStats
+from etl.core.step import Pipeline, batch_step, filter_step, map_step, split_kept_rejected
+from etl.io.records import read_parquet_dir
 from etl.runner import run_pipeline, write_stage_output
-from etl.stats import StageStats
-from etl.step import Pipeline, batch_step, filter_step, map_step, split_kept_rejected
-from etl.tokenize import TokenizerConfig, count_han, tokenize, words
 
 
 def _docs(n: int) -> list[Document]:

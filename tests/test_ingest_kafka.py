@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from etl.broker import EmbeddedBroker
+from etl.kafka.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_two_consumers_in_one_group_split_the_partitions(broker, data_dir, tmp_p
 
 
 def test_part_names_are_keyed_by_partition_and_offsets(tmp_path):
-    from etl.ingest import PART_RE, part_name, remove_uncommitted_parts
+    from etl.kafka.ingest import PART_RE, part_name, remove_uncommitted_parts
 
     stem = part_name(3, 120, 239)
     assert stem == "p00003-o000000000120-000000000239"
@@ -152,7 +152,7 @@ def test_part_names_are_keyed_by_partition_and_offsets(tmp_path):
 def test_windows_are_deduplicated_against_the_index_and_extend_it(broker, data_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    from etl.dedup import load_dedup_config, load_index
+    from etl.dedup.cluster import load_dedup_config, load_index
 
     topic = "docs-dedup"
     broker.create_topic(topic, partitions=1)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.document import Document
-from etl.io import (ReaderConfig, list_input_files, read_inputs, read_parquet_dir,
-                    sniff_encoding, write_jsonl, write_parquet)
+from etl.core.document import Document
+from etl.io.records import ReaderConfig, list_input_files, read_inputs, read_parquet_dir, sniff_encoding, write_jsonl, write_parquet
 
 
 def _jsonl(path: Path, rows: list) -> Path:
@@ -195,7 +194,7 @@ def test_real_slices_read_without_loss(data_dir):
 def test_rows_to_batch_equals_arrow_from_pylist():
     import pyarrow as pa
 
-    from etl.document import REJECTED_SCHEMA, rows_to_batch
+    from etl.core.document import REJECTED_SCHEMA, rows_to_batch
 
     rows = [Document("a", "文本", meta={"k": 1}).to_row(), Document("b", "", domain="expert").drop("no_text", "read").to_row(),
             {"id": "c", "text": "missing keys are null"}]

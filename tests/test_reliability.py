@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.atomic import OUTPUT_MARKER, check_output
-from etl.clean import main as clean_main
-from etl.config import ParamsError, load_params
-from etl.errors import OutputRefused, one_line
-from etl.io import ReaderConfig, parse_json_record, read_inputs, read_parquet_dir
+from etl.clean.pipeline import main as clean_main
+from etl.core.atomic import OUTPUT_MARKER, check_output
+from etl.core.config import ParamsError, load_params
+from etl.core.errors import OutputRefused, one_line
+from etl.io.records import ReaderConfig, parse_json_record, read_inputs, read_parquet_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A real paragraph (US State of the Union 1900, public domain: tests/data/NOTICE) that passes the quality rules.
@@ -159,7 +159,7 @@ def test_parse_json_record_never_raises():
 
 
 def test_hand_made_stage_parquet_with_a_bad_meta_string_is_rejected_not_a_crash():
-    from etl.document import Document
+    from etl.core.document import Document
 
     deep = '{"src_file": "f", "src_line": 1, "a": ' + "[" * 5000 + "]" * 5000 + "}"
     for meta in (deep, "not json", "[1, 2]"):

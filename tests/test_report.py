@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from etl.document import Document
-from etl.io import write_parquet
-from etl.stats import StageStats
+from etl.core.document import Document
+from etl.core.stats import StageStats
+from etl.io.records import write_parquet
 from spark_jobs.report import achieved_shares, domain_share_series, write_report
 
 

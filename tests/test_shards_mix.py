@@ -1,7 +1,6 @@
 """The mix planner: exact counts, the prefix property, exhaustion policies, group mapping."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

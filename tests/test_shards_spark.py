@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_shards_reader import corpus, tokenizer_dir  # noqa: F401  (module fixtures)
 
 from shards.build import build_local
 from shards.config import ShardsConfig
-
-from test_shards_reader import corpus, tokenizer_dir  # noqa: F401  (module fixtures)
 
 SECTION = {"max_doc_tokens": 48, "min_shards": 5, "unit": "tokens", "valid_fraction": 0.2}
 

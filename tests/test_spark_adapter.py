@@ -1,13 +1,13 @@
 """Spark tier: the shared adapter (spark_jobs/common.py) reads stage outputs natively with the
 same records as the Python reader, keeps an explicit partition count, and computes the
-same statistics as :class:`etl.stats.StageStats` with Spark SQL."""
+same statistics as :class:`etl.core.stats.StageStats` with Spark SQL."""
 from __future__ import annotations
 
 import pytest
 
-from etl.document import Document
-from etl.io import ReaderConfig, list_input_files, write_parquet
-from etl.stats import StageStats
+from etl.core.document import Document
+from etl.core.stats import StageStats
+from etl.io.records import ReaderConfig, list_input_files, write_parquet
 
 pytestmark = pytest.mark.spark
 

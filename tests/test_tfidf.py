@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
-
 from dedup_fixtures import write_jsonl, write_params
-from etl.document import Document
-from etl.io import read_parquet_dir
-from etl.tfidf import TfidfConfig, document_tokens, idf, main as local_main, percentile_cut, score_documents
-from etl.tokenize import TokenizerConfig
+
+from etl.clean.tokenize import TokenizerConfig
+from etl.core.document import Document
+from etl.io.records import read_parquet_dir
+from etl.tfidf import TfidfConfig, document_tokens, idf, percentile_cut, score_documents
+from etl.tfidf import main as local_main
 
 TOKENIZER = TokenizerConfig()
 

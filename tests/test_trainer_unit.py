@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from etl.core.metrics import read_metrics
 from trainer.config import apply_overrides, parse_override
 from trainer.data import SyntheticReader, attention_mask_from_segments, to_torch_batch
-from trainer.metrics import (StepMetrics, gpu_peak_tflops, read_metrics, throughput,
-                             training_flops_per_token)
+from trainer.metrics import StepMetrics, gpu_peak_tflops, throughput, training_flops_per_token
 from trainer.recipes import RECIPES, get_recipe
 
 

@@ -2,7 +2,7 @@
 
 A recipe (:mod:`trainer.recipes`) returns a :class:`TrainConfig`; the ``train:`` section of
 params.yaml and ``--set key=value`` flags override its fields through :func:`apply_overrides`,
-which rebuilds the whole config with :func:`etl.config.build_config` so every override is
+which rebuilds the whole config with :func:`etl.core.config.build_config` so every override is
 validated and a bad one names its dotted field.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from etl.config import build_config, closest, config_to_dict
+from etl.core.config import build_config, closest, config_to_dict
 
 
 def _check(cond: bool, where: str, value: Any, why: str) -> None:

@@ -12,7 +12,8 @@ every tensor- and pipeline-parallel peer of one DP rank reads the identical stre
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

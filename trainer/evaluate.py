@@ -28,14 +28,15 @@ import logging
 import math
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from etl.atomic import check_output, write_json, write_output_marker
-from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.core.atomic import check_output, write_json, write_output_marker
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
 
 logger = logging.getLogger("trainer.evaluate")
 
@@ -138,7 +139,8 @@ def _ppl(loss: float) -> float:
 def evaluate_model(hf_dir: Path, shards: str, *, probes_csv: str | None, device: str, seq_len: int, max_rows: int,
                    gen_tokens: int, gen_batch: int, seed: int = 0) -> dict[str, Any]:
     """Every figure of one model (see the module docstring)."""
-    from trainer import generate, probes as probes_lib  # noqa: PLC0415
+    from trainer import generate  # noqa: PLC0415
+    from trainer import probes as probes_lib
     from trainer.validation import read_rows  # noqa: PLC0415
 
     model, tokenizer = load_model(hf_dir, device)

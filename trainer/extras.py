@@ -3,9 +3,10 @@ distillation (the forward step), FGM and EWC (after the backward), fp16 loss-sca
 (after the optimizer step). See docs/distill.md."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

@@ -12,7 +12,7 @@ optimizer (which keeps only a DP shard of it) is refused at config time.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

@@ -15,8 +15,8 @@ import os
 import sys
 import warnings
 
-from etl.cli import ArgumentParser
-from etl.errors import run_main
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
 
 logger = logging.getLogger("trainer.fisher")
 
@@ -40,9 +40,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def fisher_config(load: str, tp: int | None, pp: int | None, overrides: list[str]):
     """The checkpoint's training config as a plain forward/backward job that loads its weights."""
-    from etl.config import build_config
-    from trainer.config import (DistillConfig, EwcConfig, FgmConfig, TrainConfig, apply_overrides,
-                                parse_override)
+    from etl.core.config import build_config
+    from trainer.config import DistillConfig, EwcConfig, FgmConfig, TrainConfig, apply_overrides, parse_override
     from trainer.pretrained import read_common
 
     saved = read_common(load).get("config")

@@ -33,17 +33,32 @@ from typing import Any
 
 import torch
 
-from etl.atomic import check_output, write_output_marker
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from etl.config import build_config, config_to_dict
+from etl.core.atomic import check_output, write_output_marker
+from etl.core.cli import ArgumentParser
+from etl.core.config import build_config, config_to_dict
+from etl.core.errors import run_main
 from trainer.config import ModelConfig
 from trainer.dcp_reader import CheckpointTensors
 from trainer.hf_config import UnsupportedModelError, architecture_of, hf_config_from_model, model_config_from_hf
-from trainer.hf_weights import (EMBEDDING, EXTRA_STATE_MODULES, FC1, FINAL_NORM, OUTPUT, QKV, TORCH_DTYPES,
-                                SafetensorsReader, SafetensorsShardWriter, hf_global_names, hf_layer_names,
-                                hf_tensor_shapes, layer_to_hf, layer_to_megatron, megatron_key_shapes,
-                                merge_lora_delta, unused_tensor_names)
+from trainer.hf_weights import (
+    EMBEDDING,
+    EXTRA_STATE_MODULES,
+    FC1,
+    FINAL_NORM,
+    OUTPUT,
+    QKV,
+    TORCH_DTYPES,
+    SafetensorsReader,
+    SafetensorsShardWriter,
+    hf_global_names,
+    hf_layer_names,
+    hf_tensor_shapes,
+    layer_to_hf,
+    layer_to_megatron,
+    megatron_key_shapes,
+    merge_lora_delta,
+    unused_tensor_names,
+)
 from trainer.pretrained import checkpoint_path, read_common
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,8 +27,7 @@ from trainer.cpu_shims import maybe_apply_cpu_shims
 maybe_apply_cpu_shims()  # before megatron-core creates any tensor
 
 from megatron.core import parallel_state, tensor_parallel  # noqa: E402
-from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,  # noqa: E402
-                                       finalize_model_grads)
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads  # noqa: E402
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer  # noqa: E402
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler  # noqa: E402
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
@@ -36,12 +36,11 @@ from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import lora as lora_lib  # noqa: E402
 from trainer import validation  # noqa: E402
 from trainer.config import TrainConfig, to_dict  # noqa: E402
-from trainer.extras import StepExtras, build_extras  # noqa: E402
 from trainer.data import open_reader, reader_vocab_size, to_torch_batch  # noqa: E402
-from trainer.metrics import (MetricsWriter, StepMetrics, gpu_peak_tflops, memory_gib,  # noqa: E402
-                             throughput, training_flops_per_token)
-from trainer.pretrained import check_shards_tokenizer, read_common  # noqa: E402
+from trainer.extras import StepExtras, build_extras  # noqa: E402
+from trainer.metrics import MetricsWriter, StepMetrics, gpu_peak_tflops, memory_gib, throughput, training_flops_per_token  # noqa: E402
 from trainer.model import build_model, params_dtype, transformer_config  # noqa: E402
+from trainer.pretrained import check_shards_tokenizer, read_common  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from etl.config import load_params
+from etl.core.cli import ArgumentParser
+from etl.core.config import load_params
+from etl.core.errors import run_main
 
 logger = logging.getLogger("trainer.merge_lora")
 

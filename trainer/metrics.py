@@ -145,14 +145,3 @@ class MetricsWriter:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics.to_json(), sort_keys=True) + "\n")
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file (a resumed run's repeated steps: the later row wins)."""
-    rows: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                rows[row["step"]] = row
-    return [rows[k] for k in sorted(rows)]

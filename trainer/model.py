@@ -12,8 +12,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.transformer_block import (TransformerBlockSubmodules,
-                                                         get_num_layers_to_build)
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 from trainer.config import ModelConfig, TrainConfig
 
@@ -157,8 +156,7 @@ class ParallelTorchNorm:
 def layer_spec(config: TrainConfig, tf_config: TransformerConfig, vp_stage: int | None):
     """Transformer block spec for this stage: TE spec if available, else local with our norm."""
     if use_transformer_engine(config):
-        from megatron.core.models.gpt.gpt_layer_specs import (  # noqa: PLC0415
-            get_gpt_layer_with_transformer_engine_spec)
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec  # noqa: PLC0415
 
         spec = get_gpt_layer_with_transformer_engine_spec()
         # packed documents: the block-diagonal mask must be honoured, not replaced by causal

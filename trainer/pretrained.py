@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from etl.config import build_config, config_to_dict
+from etl.core.config import build_config, config_to_dict
 from trainer.config import ModelConfig, TrainConfig
 
 #: model fields a recipe or --set may still choose for a pretrained model

@@ -31,9 +31,10 @@ from __future__ import annotations
 import csv
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -101,7 +102,7 @@ def entity_probes(rows: list[dict[str, str]], where: str) -> tuple[list[Probe], 
         surfaces[name] = (name,) + aliases
         by_type.setdefault(etype, []).append(name)
     probes = []
-    for etype, names in by_type.items():
+    for names in by_type.values():
         if len(names) < 2:
             continue
         for name in names:

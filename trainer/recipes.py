@@ -6,10 +6,9 @@ embeddings, no linear biases, grouped-query attention from 1.3B up.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from trainer.config import (DataConfig, LoraConfig, ModelConfig, OptimConfig, ParallelConfig,
-                            TrainConfig)
+from trainer.config import DataConfig, LoraConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {}
 

@@ -9,9 +9,9 @@ import json
 import logging
 from pathlib import Path
 
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from trainer.metrics import read_metrics
+from etl.core.cli import ArgumentParser
+from etl.core.errors import run_main
+from etl.core.metrics import read_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from etl.cli import ArgumentParser
-from etl.errors import run_main
-from etl.config import load_params
+from etl.core.cli import ArgumentParser
+from etl.core.config import load_params
+from etl.core.errors import run_main
 
 logger = logging.getLogger("trainer.train")
 

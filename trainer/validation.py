@@ -14,7 +14,8 @@ with no held-out record is simply absent from the validation manifest).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

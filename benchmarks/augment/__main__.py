@@ -39,7 +39,7 @@ DATA = ROOT / "tests" / "data"
 
 
 def load_docs(n: int, max_chars: int):
-    from etl.document import Document
+    from etl.core.document import Document
 
     docs = []
     for name in ("domain_medical.jsonl", "expert.jsonl"):
@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "models": {"marian": "d_model 256, 3+3 layers, ffn 1024, vocab 8000 (random)",
                               **{f"bert_{size}": BERT_SIZES[size]["note"] for size in berts}},
                    "settings": {"jinglian_dtype": resolve(config_for(marian, marian, 1, args.dtype)), "baseline_dtype": "float32",
-                                "repeats": args.repeats, "masked_lm_original_top_k": args.original_top_k, "fact_guard": "on (params defaults)", "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
+                                "repeats": args.repeats, "masked_lm_original_top_k": args.original_top_k, "fact_guard": "on (params defaults)",
+                                "max_new_tokens": args.max_new_tokens, "num_beams": 1, "batch_sentences": 32, "max_chars_per_doc": args.max_chars},
                    "sizes": []}
         if "small" in berts:
             config = config_for(marian, berts["small"], args.max_new_tokens, args.dtype, args.original_top_k)

@@ -62,7 +62,7 @@ def count_swap_kinds(records, graph) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     from augment.entity_swap import KnowledgeGraph
-    from etl.io import read_parquet_dir
+    from etl.io.records import read_parquet_dir
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.augment.swap_kinds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="an augment stage output directory (kept/, rejected/)")

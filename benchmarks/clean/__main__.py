@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from etl.clean import CleanConfig, build_clean_pipeline
-from etl.document import Document
-from etl.io import read_inputs, write_jsonl
-from etl.quality import QualityConfig, c4_rules, gopher_quality, repetition
-from etl.tokenize import TokenizerConfig, tokenize
+from etl.clean.pipeline import CleanConfig, build_clean_pipeline
+from etl.clean.quality import QualityConfig, c4_rules, gopher_quality, repetition
+from etl.clean.tokenize import TokenizerConfig, tokenize
+from etl.core.document import Document
+from etl.io.records import read_inputs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def compare_datatrove(docs: list[Document]) -> dict:
 def html_comparison(corpora: Path) -> dict:
     from lxml import html as lxml_html
 
-    from etl.html import extract_resiliparse, extract_trafilatura
+    from etl.clean.html import extract_resiliparse, extract_trafilatura
 
     pages = [d for d in read_inputs([corpora / "html_pages.jsonl"]) if not d.dropped]
     nav_xpath = "//*[contains(@class,'nav') or contains(@class,'footer') or contains(@class,'header') or self::nav or self::footer]"

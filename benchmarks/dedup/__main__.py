@@ -40,8 +40,8 @@ from typing import Any
 import psutil
 
 from benchmarks.dedup.generate import write_corpus
-from etl.dedup import DedupConfig, UnionFind, load_dedup_config, shingle_strings
-from etl.io import read_parquet_dir
+from etl.dedup.cluster import DedupConfig, UnionFind, load_dedup_config, shingle_strings
+from etl.io.records import read_parquet_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -105,14 +105,15 @@ def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[s
     if proc.returncode != 0:
         raise RuntimeError(f"spark-submit failed ({proc.returncode}):\n{output[-4000:]}")
     stats = json.loads((out / "stats.json").read_text())
-    return {"wall_s": round(wall_s, 2), "cpu_s": round(sum(sampler.cpu_s.values()), 2), "memory_peak": sampler.peak, "stats": {k: stats[k] for k in ("num_in", "num_kept", "drop_reasons")},
+    return {"wall_s": round(wall_s, 2), "cpu_s": round(sum(sampler.cpu_s.values()), 2), "memory_peak": sampler.peak,
+            "stats": {k: stats[k] for k in ("num_in", "num_kept", "drop_reasons")},
             "num_candidate_edges": stats["dedup"]["num_candidate_edges"], "num_verified_edges": stats["dedup"]["num_verified_edges"]}
 
 
 def run_local(texts: dict[str, str], config: DedupConfig) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """jinglian's local runner core (exact + near dedup in one process, in memory)."""
-    from etl.dedup import dedup_documents
-    from etl.document import Document
+    from etl.core.document import Document
+    from etl.dedup.cluster import dedup_documents
 
     started, cpu_started = time.time(), time.process_time()
     out, _ = dedup_documents([Document(i, t) for i, t in texts.items()], config)

@@ -31,11 +31,11 @@ import argparse
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from etl.atomic import atomic_dir
-from etl.tokenize import count_han
+from etl.clean.tokenize import count_han
+from etl.core.atomic import atomic_dir
 
 CORPORA = Path("/work/shared/corpora")
 SOURCES = ("general_zh.jsonl", "general_en.jsonl", "domain_medical.jsonl", "expert.jsonl")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from etl.atomic import write_json
+from etl.core.atomic import write_json
 
 
 def build_model(hidden: int, layers: int, vocab: int, seed: int = 0):

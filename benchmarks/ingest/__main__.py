@@ -2,7 +2,7 @@
 
 Runs, on the same messages in the same run, against one embedded broker:
 
-* ``jinglian``: :class:`etl.ingest.Ingestor` (validate, clean with the batch stage's steps,
+* ``jinglian``: :class:`etl.kafka.ingest.Ingestor` (validate, clean with the batch stage's steps,
   land atomic Parquet windows, commit after landing);
 * ``baseline``: a plain kafka-python loop that polls, ``json.loads`` each message, writes a
   Parquet file per window and commits, with no validation or cleaning.
@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from benchmarks.ingest import workers
+from benchmarks.ingest.workers import WINDOW
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPORA = ROOT.parent / "shared" / "corpora"
-from benchmarks.ingest.workers import WINDOW
 
 
 def load_messages(n: int, corpora: Path) -> list[bytes]:
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from kafka import KafkaProducer
 
-    from etl.broker import EmbeddedBroker
+    from etl.kafka.broker import EmbeddedBroker
 
     rows = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ WINDOW = 500
 
 
 def run_jinglian(bootstrap: str, topic: str, out: str, queue) -> None:
-    from etl.ingest import IngestConfig, Ingestor, default_factory
+    from etl.kafka.ingest import IngestConfig, Ingestor, default_factory
 
     cfg = IngestConfig(bootstrap_servers=bootstrap, topic=topic, output=out, group_id=f"jl-{topic}",
                        window_records=WINDOW, once=True, idle_exit_s=3.0, session_timeout_ms=6000,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etl.io import read_inputs
+from etl.io.records import read_inputs
 from shards.build import _slot_stream, layout_shards, make_encoder, plan_for, tokenizer_info, write_partition
 from shards.config import ShardsConfig
 from shards.manifest import make_manifest

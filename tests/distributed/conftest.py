@@ -44,6 +44,7 @@ def _build_shards(root: Path, data_dir: Path) -> Path:
 def shard_dir(data_dir):
     """Path of a shard set shared by all ranks (built by rank 0, path broadcast)."""
     import torch.distributed as dist
+
     from trainer import loop
 
     loop.init_distributed()

@@ -19,14 +19,14 @@ import torch.distributed as dist
 
 pytestmark = pytest.mark.distributed
 
-from trainer import loop  # noqa: E402 (applies the CPU shims before megatron is used)
+from test_trainer import LAYOUT_ATOL, fixed_reader, global_batches, local_batches, tiny_config  # noqa: E402
+
 from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import ewc as ewc_lib  # noqa: E402
+from trainer import loop  # noqa: E402 (applies the CPU shims before megatron is used)
 from trainer import lora as lora_lib  # noqa: E402
 from trainer.config import apply_overrides  # noqa: E402
 from trainer.distill import vocab_parallel_kl  # noqa: E402
-from test_trainer import (LAYOUT_ATOL, fixed_reader, global_batches, local_batches,  # noqa: E402
-                          tiny_config)
 
 SMALL_STUDENT = {"model.hidden_size": 32, "model.ffn_hidden_size": 64, "seed": 99}
 

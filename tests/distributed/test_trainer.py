@@ -20,11 +20,11 @@ import torch.distributed as dist
 
 pytestmark = pytest.mark.distributed
 
-from trainer import loop  # noqa: E402 (applies the CPU shims before megatron is used)
+from shards.reader import ShardReader  # noqa: E402
 from trainer import checkpoint as ckpt  # noqa: E402
+from trainer import loop  # noqa: E402 (applies the CPU shims before megatron is used)
 from trainer import lora as lora_lib  # noqa: E402
 from trainer.config import apply_overrides  # noqa: E402
-from shards.reader import ShardReader  # noqa: E402
 from trainer.data import to_torch_batch  # noqa: E402
 from trainer.recipes import get_recipe  # noqa: E402
 

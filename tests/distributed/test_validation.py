@@ -17,10 +17,10 @@ import torch.distributed as dist
 
 pytestmark = pytest.mark.distributed
 
+from test_trainer import LAYOUT_ATOL, fixed_reader, global_batches, save_initial, tiny_config  # noqa: E402
+
 from trainer import loop, validation  # noqa: E402
 from trainer.data import to_torch_batch  # noqa: E402
-
-from test_trainer import LAYOUT_ATOL, fixed_reader, global_batches, save_initial, tiny_config  # noqa: E402
 
 EVAL_ITERS = 8  # 64 rows of 64 tokens: enough to reach all three groups
 

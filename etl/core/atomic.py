@@ -7,7 +7,7 @@ Output safety: a directory is replaced only when it is empty or a previous jingl
 (it holds the marker file :data:`OUTPUT_MARKER` that every stage writes, or is an output of an
 earlier version: only ``kept/``, ``rejected/`` and ``stats.json``). Anything else -- a user's
 folder, a file, an input -- is refused by :func:`check_output` before any work, with one line
-naming the path (:class:`etl.errors.OutputRefused`).
+naming the path (:class:`etl.core.errors.OutputRefused`).
 """
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from etl.errors import OutputRefused
+from etl.core.errors import OutputRefused
 
 TMP_MARK = ".tmp-"
 #: The file every stage writes into its output directory; its presence means "jinglian may
@@ -116,7 +118,6 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] 
     raw_out = os.fspath(output)
     if _has_scheme(raw_out):
         return
-    from etl.io import split_labelled_input  # etl.io imports this module
 
     out = _local(raw_out)
     for raw in inputs:
@@ -201,3 +202,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(obj, handle, ensure_ascii=False, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+
+
+LABEL_RE = re.compile(r"^[\w.-]+$")
+
+
+def split_labelled_input(raw: str) -> tuple[str | None, str]:
+    """``("medical", "/data/med")`` for ``medical=/data/med``; ``(None, raw)`` for a plain path
+    (including one that exists with an ``=`` in its name)."""
+    label, sep, path = raw.partition("=")
+    if sep and path and LABEL_RE.match(label) and not os.path.exists(raw):
+        return label, path
+    return None, raw

@@ -38,10 +38,11 @@ so the offsets stay valid.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from etl.document import Document
+from etl.core.document import Document
 
 DEFAULT_PROMPT_ROLES = ("a", "user", "human", "patient", "guest_family", "guest_clinician", "system", "question", "tool")
 DEFAULT_RESPONSE_ROLES = ("b", "assistant", "gpt", "bot", "doctor", "answer")
@@ -91,7 +92,8 @@ class DialogueConfig:
 TextFn = Callable[[str], str]
 
 
-def _side(role: str, config: DialogueConfig) -> str | None:
+def role_side(role: str, config: DialogueConfig) -> str | None:
+    """``"response"`` for a response role (``config.response_roles``), ``"prompt"`` for a prompt role, else None."""
     low = role.lower()
     if low in {r.lower() for r in config.response_roles}:
         return "response"
@@ -114,7 +116,7 @@ def chat_turns(meta: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str |
     """``(turns, format, reason, error)``: the record's dialogue as ``[{"role", "text", ...}]``
     from ``turns``, ``messages`` or ``conversations`` (first found), or a drop reason and what
     is wrong. Roles of ``messages``/``conversations`` go through :data:`ROLE_ALIASES`."""
-    for key, fmt in CHAT_KEYS:
+    for key, fmt in CHAT_KEYS:  # noqa: B007 - fmt is the format of the key found (used after the break)
         if key in meta:
             raw = meta[key]
             break
@@ -200,7 +202,7 @@ def flatten_dialogue(path: list[dict[str, Any]], config: DialogueConfig) -> tupl
     segments: list[list] = []
     pos, last_side = 0, None
     for i, node in enumerate(path):
-        side = _side(node["role"], config)
+        side = role_side(node["role"], config)
         if side is None:
             return None, None, "dialogue_unknown_role"
         if config.require_alternation and side == last_side:
@@ -214,7 +216,7 @@ def flatten_dialogue(path: list[dict[str, Any]], config: DialogueConfig) -> tupl
 
 def count_same_side(path: list[dict[str, Any]], config: DialogueConfig) -> int:
     """Consecutive turn pairs on the same side (prompt or response)."""
-    sides = [_side(node["role"], config) for node in path]
+    sides = [role_side(node["role"], config) for node in path]
     return sum(1 for a, b in zip(sides, sides[1:]) if a == b)
 
 
@@ -256,7 +258,7 @@ def flatten_document(doc: Document, config: DialogueConfig, clean_text: TextFn) 
         if num_same_side:
             doc.meta["num_same_side_turns"] = num_same_side
         for node in nodes:
-            node["side"] = _side(node["role"], config)
+            node["side"] = role_side(node["role"], config)
         doc.meta["dialogue"] = nodes
         for key, _ in CHAT_KEYS:
             doc.meta.pop(key, None)

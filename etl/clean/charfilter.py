@@ -19,7 +19,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from etl.normalize import normalize_whitespace
+from etl.clean.normalize import normalize_whitespace
 
 #: Named classes as regex character-class bodies.
 CHAR_CLASSES: dict[str, str] = {

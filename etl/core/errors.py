@@ -12,7 +12,8 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 #: Exit code of a run stopped by an error (argparse's usage errors keep their own 2).
 EXIT_ERROR = 1

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 logger = logging.getLogger(__name__)
 

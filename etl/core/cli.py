@@ -1,18 +1,19 @@
 """Command-line flags every stage shares, for the Spark jobs and the local runners alike.
 
 :class:`ArgumentParser` is the parser of every jinglian command: it lists ``--debug`` in
-``--help`` (the flag itself is handled by :func:`etl.errors.run_main`) and, for commands with
+``--help`` (the flag itself is handled by :func:`etl.core.errors.run_main`) and, for commands with
 ``--input``/``--output``, refuses an output that would destroy or re-read data
-(:func:`etl.atomic.check_output`) right after parsing, before any work.
+(:func:`etl.core.atomic.check_output`) right after parsing, before any work.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from etl.atomic import check_output
-from etl.errors import DEBUG_ENV, DEBUG_FLAG
-from etl.step import ON_ERROR_CHOICES
+from etl.core.atomic import check_output
+from etl.core.errors import DEBUG_ENV, DEBUG_FLAG
+from etl.core.step import ON_ERROR_CHOICES
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,7 +46,7 @@ def check_inputs(inputs: Sequence[str]) -> None:
     import glob
     import os
 
-    from etl.io import split_labelled_input
+    from etl.core.atomic import split_labelled_input
 
     for raw in inputs:
         path = split_labelled_input(raw)[1]
@@ -59,14 +60,15 @@ def check_inputs(inputs: Sequence[str]) -> None:
             raise FileNotFoundError(f"input {path!r} does not exist")
 
 
-def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True) -> argparse.ArgumentParser:
+def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True, input_help: str | None = None,
+                output_help: str | None = None) -> argparse.ArgumentParser:
     """Add --input, --output, --params (and --on-error) with one wording everywhere."""
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
-                             "a stage output directory is read from its kept/")
+                        help=input_help or "input files, directories (searched recursively) or globs: JSON Lines (.gz), Parquet, text, HTML; "
+                                           "a stage output directory is read from its kept/")
     parser.add_argument("--output", required=True, metavar="DIR",
-                        help="output directory; receives kept/, rejected/ and stats.json, written atomically. It must not exist, "
-                             "be empty, or be a previous jinglian output (which is replaced); it may not overlap an input")
+                        help=output_help or "output directory; receives kept/, rejected/ and stats.json, written atomically. It must not "
+                                            "exist, be empty, or be a previous jinglian output (which is replaced); it may not overlap an input")
     parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
     if on_error:
         parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=None,

@@ -1,12 +1,12 @@
 """Compiled (numba) kernels for the dedup hot path: shingle hashes, signatures, band keys.
 
-These compute exactly what the NumPy reference code in :mod:`etl.minhash` and
-:mod:`etl.dedup` computes (``tests/test_dedup.py`` checks every kernel against it on real
+These compute exactly what the NumPy reference code in :mod:`etl.dedup.minhash` and
+:mod:`etl.dedup.cluster` computes (``tests/test_dedup.py`` checks every kernel against it on real
 Chinese and English text), one pass per batch of documents instead of several NumPy passes
 and Python loops per document:
 
 * :func:`shingle_hashes` - from the code points of normalised texts to the ``fast`` shingle
-  hashes: Han characters (``etl.tokenize.HAN``) in order, then their ``char_ngram``-grams;
+  hashes: Han characters (``etl.clean.tokenize.HAN``) in order, then their ``char_ngram``-grams;
   Latin words = runs of regex ``\\w`` characters outside Han runs that hold at least one
   letter or digit (NLTK WordPunctTokenizer's word tokens filtered by ``is_word``), each
   hashed with xxh32 of its UTF-8 bytes, then their ``word_ngram``-grams.  The character
@@ -15,11 +15,11 @@ and Python loops per document:
 * :func:`signatures_affine32` - datasketch 2.0's ``affine32`` permutations
   (``fmix32(h) * a + b mod 2**32``) min-reduced per document, fused into one loop over
   shingles with the permutations innermost (vectorised by LLVM).
-* :func:`band_keys` - the 64-bit FNV-style band hash of :func:`etl.minhash.band_keys`.
+* :func:`band_keys` - the 64-bit FNV-style band hash of :func:`etl.dedup.minhash.band_keys`.
 * :func:`normalize_code_points` - the dedup normalisation (NFKC, casefold, whitespace
   folding) as one table lookup per code point, tables built from ``unicodedata`` and
   ``str.casefold``; texts it cannot settle exactly are flagged for the Python path
-  (:func:`etl.dedup.normalize_batch`).
+  (:func:`etl.dedup.cluster.normalize_batch`).
 
 Measured on the benchmark corpus (10k documents, 490 shingles each, 256 permutations, one
 core): shingle hashing 139 -> 13 us/document, signatures 57 -> 20 us, band keys 60 -> 1 us,
@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numba
 import numpy as np
 
-from etl.tokenize import HAN
+from etl.clean.tokenize import HAN
 
 _M32 = np.uint64(0xFFFFFFFF)
 _S16, _S13, _S15 = np.uint64(16), np.uint64(13), np.uint64(15)
@@ -45,7 +45,7 @@ _GOLDEN = np.uint64(0x9E3779B1)
 # xxh32 primes
 _P1, _P2, _P3 = np.uint64(2654435761), np.uint64(2246822519), np.uint64(3266489917)
 _P4, _P5 = np.uint64(668265263), np.uint64(374761393)
-# band hash constants (etl.minhash.band_keys)
+# band hash constants (etl.dedup.minhash.band_keys)
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 _MIX, _S29, _S32 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(29), np.uint64(32)
 
@@ -306,7 +306,7 @@ def _utf8(cps, lo, hi, buf):
 
 @numba.njit(cache=True)
 def _ngrams(units, m, n, seed, out, pos):
-    """:func:`etl.minhash.combine_ngrams` of ``units[:m]`` written at ``out[pos:]``."""
+    """:func:`etl.dedup.minhash.combine_ngrams` of ``units[:m]`` written at ``out[pos:]``."""
     if m == 0:
         return pos
     if n > m:
@@ -419,7 +419,7 @@ def _band_keys(sigs, num_bands, rows, out):
 
 
 def band_keys(sigs: np.ndarray, num_bands: int, rows_per_band: int) -> np.ndarray:
-    """:func:`etl.minhash.band_keys`, compiled: ``(num_docs, num_bands)`` int64."""
+    """:func:`etl.dedup.minhash.band_keys`, compiled: ``(num_docs, num_bands)`` int64."""
     out = np.empty((sigs.shape[0], num_bands), dtype=np.uint64)
     _band_keys(np.ascontiguousarray(sigs), num_bands, rows_per_band, out)
     return out.view(np.int64)

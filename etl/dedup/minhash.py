@@ -27,13 +27,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import xxhash
 
-from etl.tokenize import HAN
+from etl.clean.tokenize import HAN
 
 SCHEMES = ("affine32", "legacy")
 HASH_FUNCTIONS = ("fast", "sha1")
@@ -97,7 +97,7 @@ def fast_shingle_hash(shingle: str) -> int:
     """The ``fast`` hash of one shingle string (a datasketch-compatible ``hashfunc``).
 
     A shingle of Han characters is a character n-gram; anything else is a word n-gram whose
-    words are separated by single spaces (see :func:`etl.dedup.shingle_strings`).
+    words are separated by single spaces (see :func:`etl.dedup.cluster.shingle_strings`).
     """
     if _han_only().match(shingle):
         units, seed = char_units(shingle), CHAR_KIND_SEED
@@ -226,8 +226,8 @@ def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float 
     best, best_error = (0, 0), float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp, _ = quad(lambda s: _probability_collide(s, b, r), 0.0, threshold)
-            fn, _ = quad(lambda s: 1.0 - _probability_collide(s, b, r), threshold, 1.0)
+            fp, _ = quad(lambda s, b=b, r=r: _probability_collide(s, b, r), 0.0, threshold)
+            fn, _ = quad(lambda s, b=b, r=r: 1.0 - _probability_collide(s, b, r), threshold, 1.0)
             error = fp * false_positive_weight + fn * false_negative_weight
             if error < best_error:
                 best, best_error = (b, r), error

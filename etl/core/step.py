@@ -19,10 +19,11 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
-from etl.document import Document
+from etl.core.document import Document
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Pipeline (identical in ``spark_jobs/dedup.py``, which is the scalable path)::
          -> one kept per key by the keep rule; the others: drop_reason=exact_duplicate
       -> shingles: Han character n-grams (char_ngram, default 5) + Latin word n-grams
          (word_ngram, default 3) from the shared tokenizer's Latin path
-      -> MinHash signature (datasketch-identical, etl/minhash.py) -> b band keys of r rows
+      -> MinHash signature (datasketch-identical, etl/dedup/minhash.py) -> b band keys of r rows
       -> candidate edges: documents sharing a band key; all pairs in a bucket of at most
          max_pairs_bucket_size members, a star from the smallest id in larger buckets
       -> verify (optional): keep an edge if the estimated Jaccard >= threshold
@@ -46,20 +46,22 @@ import os
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.cli import ArgumentParser
-from etl.errors import JinglianError, run_main
-from etl import minhash
-from etl.config import config_to_dict, load_section, load_sections
-from etl.document import Document
-from etl.tokenize import HAN, TokenizerConfig, is_word, tokenize
+from etl.clean.tokenize import HAN, TokenizerConfig, is_word, tokenize
+from etl.core.config import config_to_dict, load_section
+from etl.core.document import Document
+from etl.core.errors import JinglianError
+from etl.core.stage import Stage, StageRun
+from etl.dedup import minhash
+from etl.runner import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -174,19 +176,20 @@ def load_dedup_config(params_path: str | os.PathLike | None = None) -> DedupConf
 # ----------------------------------------------------------------------------- per document
 
 
-def normalize_text(text: str) -> str:
-    """NFKC, casefold, every whitespace run to one space, stripped."""
+def dedup_normalize(text: str) -> str:
+    """The dedup key normalisation: NFKC, casefold, every whitespace run to one space, stripped
+    (not the cleaning stage's :func:`etl.clean.normalize.normalize_text`)."""
     return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def normalize_texts(texts: Sequence[str]) -> list[str]:
-    """:func:`normalize_text` of many texts, equal result (tested), faster (:func:`normalize_batch`)."""
+def dedup_normalize_all(texts: Sequence[str]) -> list[str]:
+    """:func:`dedup_normalize` of many texts, equal result (tested), faster (:func:`normalize_batch`)."""
     return normalize_batch(texts)[0]
 
 
 def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(normalized, cps, offsets)``: :func:`normalize_text` of each text, and the same as
-    concatenated code points (``etl.minhash_jit.code_points``) for the shingle kernel.
+    """``(normalized, cps, offsets)``: :func:`dedup_normalize` of each text, and the same as
+    concatenated code points (``etl.dedup.minhash_jit.code_points``) for the shingle kernel.
 
     One compiled pass per batch (``minhash_jit.normalize_code_points``) instead of three
     string calls per text: about 34 -> 14 us per document on the dedup benchmark's mixed
@@ -194,9 +197,9 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
     ``unicodedata.normalize``'s slow path (124 us).  NFKC maps every code point to its own
     NFKC image, which keeps the text's NFKD and so its NFKC; ``str.casefold`` is per code
     point (no context rules).  Texts with a combining mark, a composing starter or a
-    multi-code-point casefold (ß) -- 15 in 10,000 here -- take :func:`normalize_text`.
+    multi-code-point casefold (ß) -- 15 in 10,000 here -- take :func:`dedup_normalize`.
     """
-    from etl import minhash_jit
+    from etl.dedup import minhash_jit
 
     if not texts:
         return [], np.empty(0, np.uint32), np.zeros(1, np.int64)
@@ -206,7 +209,7 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
     if flagged.any():  # splice the few Python-normalised texts into the code points
         parts, lengths, previous = [], np.diff(offsets), 0
         for d in np.flatnonzero(flagged).tolist():
-            normalized[d] = normalize_text(texts[d])
+            normalized[d] = dedup_normalize(texts[d])
             parts += [cps[bounds[previous]:bounds[d]], minhash_jit.code_points([normalized[d]])[0]]
             lengths[d], previous = len(normalized[d]), d + 1
         parts.append(cps[bounds[previous]:])
@@ -216,7 +219,7 @@ def normalize_batch(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.nda
 
 def exact_key(text: str) -> str:
     """Hex blake2b-128 of the normalised text: equal keys = exact duplicates."""
-    return _key_of_normalized(normalize_text(text))
+    return _key_of_normalized(dedup_normalize(text))
 
 
 def _key_of_normalized(norm: str) -> str:
@@ -230,7 +233,7 @@ def shingle_units(text: str, config: DedupConfig) -> tuple[str, list[str]]:
     skipped); Latin words come from the shared tokenizer's Latin path on the text with Han
     runs replaced by spaces, keeping only word tokens (letters or digits).
     """
-    return _units_of_normalized(normalize_text(text), config)
+    return _units_of_normalized(dedup_normalize(text), config)
 
 
 def _units_of_normalized(norm: str, config: DedupConfig) -> tuple[str, list[str]]:
@@ -265,7 +268,7 @@ def _strings_of_units(han: str, words: list[str], config: DedupConfig) -> set[st
 
 def shingle_hashes(text: str, config: DedupConfig) -> np.ndarray:
     """32-bit hashes of the document's shingles (with repeats; MinHash ignores them)."""
-    return _hashes_of_normalized(normalize_text(text), config)
+    return _hashes_of_normalized(dedup_normalize(text), config)
 
 
 def _hashes_of_normalized(norm: str, config: DedupConfig) -> np.ndarray:
@@ -348,10 +351,10 @@ def features_of(ids: list[str], texts: Sequence[str], ranks: list[float], config
     """:func:`compute_features` from columns (the Spark job passes Arrow columns' values).
 
     The default settings (``hash_function: fast``, ``english: wordpunct``, ``scheme:
-    affine32``) run the compiled kernels of :mod:`etl.minhash_jit`; other settings run the
+    affine32``) run the compiled kernels of :mod:`etl.dedup.minhash_jit`; other settings run the
     NumPy reference code, which gives the same values (tested) more slowly.
     """
-    from etl import minhash_jit
+    from etl.dedup import minhash_jit
 
     normalized, cps, cp_offsets = normalize_batch(texts)
     b, r = config.bands
@@ -514,7 +517,7 @@ def load_index(index_dir: str | os.PathLike, config: DedupConfig) -> DedupIndex:
 
 def write_index_part(table: pa.Table, index_dir: str | os.PathLike, config: DedupConfig) -> Path:
     """Append one Parquet part (atomically) to an index directory; creates it with index.json."""
-    from etl.atomic import atomic_file, write_json
+    from etl.core.atomic import atomic_file, write_json
 
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
@@ -572,7 +575,7 @@ def dedup_documents(docs: Iterable[Document], config: DedupConfig, index: DedupI
                                                        bands=np.empty((0, config.bands[0]), np.int64))
     result = DedupResult(clusters={}, kept_of_cluster={}, texts={d.id: d.text for d in live})
     exact_of = _exact_duplicates(feats, index) if config.exact else {}
-    for i, doc in enumerate(live):
+    for doc in live:
         if doc.id in exact_of:
             doc.drop("exact_duplicate", EXACT_STEP, duplicate_of=exact_of[doc.id])
             result.num_exact += 1
@@ -677,47 +680,51 @@ def cluster_report(clusters: dict[str, list[str]], kept_of: dict[str, str], text
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_arg_parser(prog: str = "python -m etl.dedup") -> argparse.ArgumentParser:
-    """Flags shared by the local runner and ``spark_jobs/dedup.py``."""
-    parser = ArgumentParser(prog=prog, description="Exact and MinHash-LSH near-duplicate removal (local, in memory).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dedup_flags(parser, with_base=True)
-    return parser
-
-
-def add_dedup_flags(parser: argparse.ArgumentParser, with_base: bool) -> None:
-    """--against / --update-index (and, for the local runner, the base flags)."""
-    if with_base:
-        parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                            help="input files, directories or globs (JSON Lines, Parquet, ...); a stage output dir is read from its kept/")
-        parser.add_argument("--output", required=True, metavar="DIR", help="output directory: kept/, rejected/, stats.json (atomic)")
-        parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
+    """The dedup stage's own flags: --against, --update-index."""
     parser.add_argument("--against", default=None, metavar="INDEX",
                         help="dedup index directory (Parquet signatures and band keys) to deduplicate the input against; "
                              "its documents are never dropped; a missing directory is an empty index")
     parser.add_argument("--update-index", action="store_true", help="append the input's kept documents to the --against index")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Local runner: read, dedup in memory, write kept/ rejected/ stats.json."""
-    from etl.io import read_inputs
-    from etl.runner import write_stage_output
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_arg_parser().parse_args(argv)
-    if args.update_index and not args.against:
+def check_dedup_flags(run: StageRun) -> None:
+    """--update-index needs --against."""
+    if run.args.update_index and not run.args.against:
         raise JinglianError("--update-index needs --against INDEX")
-    config, reader = load_sections(args.params, "dedup", "read")
-    index = load_index(args.against, config) if args.against else None
-    docs, result = dedup_documents(read_inputs(args.input, reader), config, index)
-    extra = {"dedup": {"config": config_to_dict(config), "bands": list(config.bands), "against": args.against,
-                       "num_candidate_edges": result.num_candidate_edges, "num_verified_edges": result.num_verified_edges,
-                       "clusters": cluster_report(result.clusters, result.kept_of_cluster, result.texts, config)}}
-    report = write_stage_output(docs, args.output, STEP_NAMES, extra_stats=extra, total=len(docs), desc="dedup")
-    if args.update_index:
-        extra["dedup"]["num_indexed"] = append_to_index(docs, args.against, config)
-    return report
 
 
-if __name__ == "__main__":
-    run_main(main)
+def dedup_corpus(docs: Iterable[Document], run: StageRun) -> tuple[list[Document], dict[str, Any]]:
+    """The local whole-corpus operation: dedup in memory (against ``--against`` if given)."""
+    config = run.config
+    index = load_index(run.args.against, config) if run.args.against else None
+    docs, result = dedup_documents(docs, config, index)
+    report = {"dedup": {"config": config_to_dict(config), "bands": list(config.bands), "against": run.args.against,
+                        "num_candidate_edges": result.num_candidate_edges, "num_verified_edges": result.num_verified_edges,
+                        "clusters": cluster_report(result.clusters, result.kept_of_cluster, result.texts, config)}}
+    return docs, report
+
+
+def update_index(docs: Sequence[Document], report: dict[str, Any], run: StageRun) -> None:
+    """With ``--update-index``, append the kept documents to the ``--against`` index."""
+    if run.args.update_index:
+        report["dedup"]["num_indexed"] = append_to_index(docs, run.args.against, run.config)
+
+
+DEDUP = Stage(
+    name="dedup",
+    description="Exact and MinHash-LSH near-duplicate removal.",
+    sections=("dedup",),
+    corpus=dedup_corpus,
+    spark_corpus="spark_jobs.corpus.dedup:run_dedup",
+    step_names=lambda configs: STEP_NAMES,
+    add_flags=add_dedup_flags,
+    check=check_dedup_flags,
+    after_write=update_index,
+    on_error_flag=False,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``python -m etl.dedup``: the dedup stage, run locally (in memory)."""
+    return run_stage(DEDUP, argv)

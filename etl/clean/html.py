@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from etl.document import Document
+from etl.core.document import Document
 
 EXTRACTORS = ("resiliparse", "trafilatura")
 _LOOKS_LIKE_HTML = re.compile(r"^\s*(?:<!doctype html|<\?xml[^>]*>\s*<!doctype html|<html[\s>])", re.IGNORECASE)

@@ -26,18 +26,18 @@ import gzip
 import json
 import logging
 import os
-import re
 import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.atomic import atomic_file
-from etl.config import FrozenDict
-from etl.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
+from etl.core.atomic import atomic_file, split_labelled_input
+from etl.core.config import FrozenDict
+from etl.core.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 PARQUET_SUFFIXES = (".parquet",)
 ALL_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + HTML_SUFFIXES + PARQUET_SUFFIXES
 #: Keys of a JSON record that must hold text-like content for the record to be usable
-#: (``messages``: OpenAI / Hugging Face chat; ``conversations``: ShareGPT; see etl/dialogue.py).
+#: (``messages``: OpenAI / Hugging Face chat; ``conversations``: ShareGPT; see etl/io/dialogue.py).
 CONTENT_KEYS = ("text", "turns", "messages", "conversations", "instruction")
 _SNIFF_BYTES = 1 << 16
 #: Document fields ``read.fields`` may map to a path in the raw record.
@@ -114,16 +114,6 @@ class InputFile:
     domain: str | None = None
 
 
-_LABEL = re.compile(r"^[\w.-]+$")
-
-
-def split_labelled_input(raw: str) -> tuple[str | None, str]:
-    """``("medical", "/data/med")`` for ``medical=/data/med``; ``(None, raw)`` for a plain path
-    (including one that exists with an ``=`` in its name)."""
-    label, sep, path = raw.partition("=")
-    if sep and path and _LABEL.match(label) and not os.path.exists(raw):
-        return label, path
-    return None, raw
 
 
 def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
@@ -640,7 +630,7 @@ def _read_html(input_file: InputFile, config: ReaderConfig) -> Iterator[Document
 
 def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: bool = False, rows_per_group: int = 2048) -> int:
     """Atomically write documents to one Parquet file; returns the number of rows."""
-    from etl.document import DOC_SCHEMA, REJECTED_SCHEMA
+    from etl.core.document import DOC_SCHEMA, REJECTED_SCHEMA
 
     schema = REJECTED_SCHEMA if rejected else DOC_SCHEMA
     count = 0
@@ -679,7 +669,7 @@ def read_parquet_dir(path: str | os.PathLike) -> Iterator[Document]:
     """Read every Parquet part of a stage output directory (e.g. ``<out>/kept``), in name order."""
     for input_file in list_input_files([path]):
         for batch in pq.ParquetFile(input_file.path).iter_batches(batch_size=2048):
-            from etl.document import table_to_documents
+            from etl.core.document import table_to_documents
 
             yield from table_to_documents(batch)
 

@@ -25,7 +25,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from etl.document import Document
+from etl.core.document import Document
 
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile("[A-Za-z\u00c0-\u024f]")

@@ -11,9 +11,9 @@ are built recursively.
 """
 from __future__ import annotations
 
+import ast
 import collections.abc
 import dataclasses
-import ast
 import difflib
 import functools
 import hashlib
@@ -25,15 +25,16 @@ import re
 import textwrap
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
-from etl.errors import JinglianError
+from etl.core.errors import JinglianError
 
 T = TypeVar("T")
-DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 class FrozenDict(dict):
@@ -88,15 +89,15 @@ class TrainParams:
 #: Every section params.yaml may have, and the dataclass (``module:name``) it is loaded into.
 #: Imported lazily: validating the file does not need Spark, torch or megatron.
 SECTIONS: dict[str, str] = {
-    "pipeline": "etl.config:PipelineParams",
-    "read": "etl.io:ReaderConfig",
-    "tokenizer": "etl.tokenize:TokenizerConfig",
-    "clean": "etl.clean:CleanConfig",
-    "dedup": "etl.dedup:DedupConfig",
+    "pipeline": "etl.core.config:PipelineParams",
+    "read": "etl.io.records:ReaderConfig",
+    "tokenizer": "etl.clean.tokenize:TokenizerConfig",
+    "clean": "etl.clean.pipeline:CleanConfig",
+    "dedup": "etl.dedup.cluster:DedupConfig",
     "tfidf": "etl.tfidf:TfidfConfig",
     "augment": "augment.config:AugmentConfig",
     "shards": "shards.config:ShardsConfig",
-    "train": "etl.config:TrainParams",
+    "train": "etl.core.config:TrainParams",
 }
 
 
@@ -266,7 +267,7 @@ _ROLE = re.compile(r":(?:mod|func|class|data|meth|attr):`~?([^`]+)`")
 _TAUTOLOGY = re.compile(r"^((The )?`[\w.:]+` section( of params\.yaml)?|[\w -]+ settings)\.?$")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Documentation of each field of dataclass ``cls``: ``metadata={"help": ...}`` or the
     string literal right after the field (an attribute docstring, read from the class source)."""
@@ -390,7 +391,7 @@ def params_reference() -> tuple[str, list[str]]:
 
 def write_params_docs(path: str | os.PathLike = PARAMS_DOC) -> None:
     """Write :func:`params_reference` to ``path`` atomically; every field must be documented."""
-    from etl.atomic import atomic_file
+    from etl.core.atomic import atomic_file
 
     text, missing = params_reference()
     if missing:
@@ -400,8 +401,8 @@ def write_params_docs(path: str | os.PathLike = PARAMS_DOC) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m etl.config``: validate a params file, or write or check the params reference."""
-    from etl.cli import ArgumentParser
+    """``python -m etl.core.config``: validate a params file, or write or check the params reference."""
+    from etl.core.cli import ArgumentParser
 
     parser = ArgumentParser(prog=f"python -m {__name__}",
                             description="Validate a params file, or write or check the params reference.")
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from etl.errors import run_main
+    from etl.core.errors import run_main
 
     # run the package's own copy of this module, not __main__ (the section classes import it)
     run_main(importlib.import_module(__spec__.name).main)

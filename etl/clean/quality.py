@@ -25,18 +25,18 @@ of the alphabetic-word ratio, and Chinese terminal punctuation for C4.  Their th
 our own, set on the bundled corpora so that clean Chinese Wikipedia, statutes and abstracts
 pass while repeated and boilerplate-only pages fail (tests/test_clean_quality.py shows both).
 
-Words come from the shared tokenizer (:func:`etl.tokenize.tokenize`), the same one TF-IDF
+Words come from the shared tokenizer (:func:`etl.clean.tokenize.tokenize`), the same one TF-IDF
 and dedup use; the rules themselves run over lists precomputed once per document.
 """
 from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from etl.document import Document
-from etl.tokenize import CJK_PUNCT, HAN, DEFAULT_TOKENIZER, TokenizerConfig, tokenize
+from etl.clean.tokenize import CJK_PUNCT, DEFAULT_TOKENIZER, HAN, TokenizerConfig, tokenize
+from etl.core.document import Document
 
 CJK_LANGS = ("zh", "ja", "ko")
 _PARAGRAPHS = re.compile(r"\n{2,}")

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from etl.tokenize import HAN
+from etl.clean.tokenize import HAN
 
 #: Full-width punctuation of the FF00 block (not letters or digits) and the ellipsis.
 _FULLWIDTH_PUNCT = [chr(c) for c in range(0xFF01, 0xFF66) if not chr(c).isalnum()] + ["\u2026"]

@@ -8,8 +8,9 @@ into ``meta`` so a rejected record read back as a `Document` still says why it w
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -44,7 +45,7 @@ class Document:
     def dropped(self) -> bool:
         return "drop_reason" in self.meta
 
-    def drop(self, reason: str, step: str, **detail: Any) -> "Document":
+    def drop(self, reason: str, step: str, **detail: Any) -> Document:
         """Mark the document as rejected by ``step`` for ``reason`` (first reason wins)."""
         if not self.dropped:
             self.meta["drop_reason"] = reason
@@ -66,7 +67,7 @@ class Document:
         }
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Document":
+    def from_row(cls, row: dict[str, Any]) -> Document:
         """Inverse of :meth:`to_row`; accepts ``meta`` as a dict or a JSON string."""
         raw = meta = row.get("meta")
         if isinstance(meta, str):

@@ -9,8 +9,8 @@ answers wrongly (so nothing here uses ``end_offsets``, ``seek_to_end`` or
 ``auto_offset_reset=latest``); group joins take half of ``session_timeout_ms``; nothing
 survives a broker restart; CreatePartitions and DeleteRecords are not supported.
 
-    python -m etl.broker --pid-file runs/broker.pid     # prints host:port, runs until stopped
-    python -m etl.broker --stop --pid-file runs/broker.pid
+    python -m etl.kafka.broker --pid-file runs/broker.pid     # prints host:port, runs until stopped
+    python -m etl.kafka.broker --stop --pid-file runs/broker.pid
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from etl.cli import ArgumentParser
-from etl.errors import JinglianError, run_main
+
+from etl.core.cli import ArgumentParser
+from etl.core.errors import JinglianError, run_main
 
 HOST = "127.0.0.1"
 
@@ -60,7 +61,7 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         """Launch the broker and wait until it accepts connections."""
         url = f"tcp://{self.host}:{self.port}"
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
@@ -97,7 +98,7 @@ class EmbeddedBroker:
         finally:
             admin.close()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -124,7 +125,7 @@ def stop_pid(pid: int, grace_s: float = 5.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m etl.broker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m etl.kafka.broker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pid-file", required=True, help="file holding the broker's pid and address (written on start, read by --stop)")
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--topic", action="append", default=[], metavar="NAME:PARTITIONS", help="topic to create after start; repeatable")

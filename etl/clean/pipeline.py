@@ -1,6 +1,6 @@
 """The cleaning stage: configuration, the step pipeline, and the local command line.
 
-Steps, in order (each a pure function under the step contract, :mod:`etl.step`)::
+Steps, in order (each a pure function under the step contract, :mod:`etl.core.step`)::
 
     html        HTML records -> main text                          html_no_text
     dialogue    turns / instruction -> text + segments + tree      dialogue_* / instruction_*
@@ -14,35 +14,31 @@ Steps, in order (each a pure function under the step contract, :mod:`etl.step`):
 ``meta.chars_in`` (the record's characters before cleaning, kept on re-cleaning) is set by
 the first step so the statistics report characters in and out.
 
-Local run (the same steps as ``spark-submit spark_jobs/clean.py``)::
+:data:`CLEAN` declares the stage; the executors run it (the same steps either way)::
 
     python -m etl.clean --input data/sample --output runs/clean [--params params.yaml] [--workers 2]
+    spark-submit spark_jobs/clean.py --input data/sample --output runs/clean [--params params.yaml]
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
-from etl.cli import ArgumentParser
-from etl.errors import JinglianError, run_main
-from etl.charfilter import CharFilterConfig, filter_chars
-from etl.cli import add_io_args
-from etl.config import config_to_dict, load_sections, params_hash
-from etl.dialogue import DialogueConfig, chat_turns, flatten_document
-from etl.document import Document
-from etl.html import HtmlConfig, strip_html
-from etl.io import ReaderConfig, read_inputs
-from etl.langid import LangIdConfig, identify_language
-from etl.normalize import NormalizeConfig, normalize_text, unwrap_lines
-from etl.pii import PiiConfig, mask_pii
-from etl.quality import QualityConfig, check_quality
-from etl.repetition import RepetitionRemovalConfig, remove_repetition
-from etl.runner import run_pipeline, write_stage_output
-from etl.step import ON_ERROR_CHOICES, FunctionStep, Pipeline, filter_step, map_step
-from etl.tokenize import TokenizerConfig
+from etl.clean.charfilter import CharFilterConfig, filter_chars
+from etl.clean.html import HtmlConfig, strip_html
+from etl.clean.langid import LangIdConfig, identify_language
+from etl.clean.normalize import NormalizeConfig, normalize_text, unwrap_lines
+from etl.clean.pii import PiiConfig, mask_pii
+from etl.clean.quality import QualityConfig, check_quality
+from etl.clean.repetition import RepetitionRemovalConfig, remove_repetition
+from etl.clean.tokenize import TokenizerConfig
+from etl.core.document import Document
+from etl.core.stage import Stage
+from etl.core.step import ON_ERROR_CHOICES, FunctionStep, Pipeline, filter_step, map_step
+from etl.io.dialogue import DialogueConfig, chat_turns, flatten_document
+from etl.runner import run_stage
 
 logger = logging.getLogger(__name__)
 STAGE = "clean"
@@ -74,11 +70,6 @@ class CleanConfig:
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"clean.on_error must be one of {list(ON_ERROR_CHOICES)}, got {self.on_error!r}")
-
-
-def load_clean_config(params_path: str | None = None) -> tuple[CleanConfig, TokenizerConfig, ReaderConfig]:
-    """``(clean, tokenizer, read)`` configs from params.yaml (the repository's when None)."""
-    return load_sections(params_path, "clean", "tokenizer", "read")
 
 
 # ------------------------------------------------------------------------------ steps
@@ -212,50 +203,20 @@ class CleanPipelineFactory:
         return build_clean_pipeline(self.config, self.tokenizer_config)
 
 
-# ------------------------------------------------------------------------------ CLI
+def clean_factory(configs: Mapping[str, Any]) -> CleanPipelineFactory:
+    """The stage's pipeline factory from its loaded configs (``clean``, ``tokenizer``)."""
+    return CleanPipelineFactory(configs["clean"], configs["tokenizer"])
 
 
-def arg_parser() -> argparse.ArgumentParser:
-    """The local CLI: the Spark job's flags plus --workers and --no-progress."""
-    parser = ArgumentParser(prog="python -m etl.clean", description="Clean raw text locally (the same steps as spark_jobs/clean.py).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_io_args(parser)
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1; output is identical for any N)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def resolve_configs(params: str | None, on_error: str | None) -> tuple[CleanConfig, TokenizerConfig, ReaderConfig]:
-    """Load the configs and apply the --on-error override."""
-    import dataclasses
-
-    config, tokenizer_config, reader_config = load_clean_config(params)
-    if on_error:
-        config = dataclasses.replace(config, on_error=on_error)
-    return config, tokenizer_config, reader_config
-
-
-def stats_extra(config: CleanConfig, tokenizer_config: TokenizerConfig, runner: str) -> dict:
-    """What stats.json records besides the counts: stage, runner, params hash."""
-    return {"stage": STAGE, "runner": runner, "params_hash": params_hash(config_to_dict(config))}
+CLEAN = Stage(
+    name=STAGE,
+    description="Clean raw Chinese/English text: normalise, strip HTML, filter characters, identify language, "
+                "apply Gopher/C4/CJK quality rules, mask PII, flatten dialogues.",
+    sections=("clean", "tokenizer"),
+    pipeline=clean_factory,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the cleaning stage locally; returns the statistics report."""
-    args = arg_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers < 1:
-        raise JinglianError(f"--workers must be >= 1, got {args.workers}")
-    config, tokenizer_config, reader_config = resolve_configs(args.params, args.on_error)
-    factory = CleanPipelineFactory(config, tokenizer_config)
-    docs = run_pipeline(read_inputs(args.input, reader_config), factory, workers=args.workers)
-    report = write_stage_output(docs, args.output, factory().step_names, stats_extra(config, tokenizer_config, "local"),
-                                progress=not args.no_progress, desc=STAGE)
-    reasons = ", ".join(f"{k}={v}" for k, v in report["drop_reasons"].items()) or "none"
-    print(f"[clean] in={report['num_in']} kept={report['num_kept']} rejected={report['num_rejected']} "
-          f"chars {report['chars_in']}->{report['chars_out']} drop reasons: {reasons}", file=sys.stderr)
-    return report
-
-
-if __name__ == "__main__":
-    run_main(main)
+    """``python -m etl.clean``: run the cleaning stage locally; returns the statistics report."""
+    return run_stage(CLEAN, argv)

@@ -7,10 +7,11 @@ builds one per partition and merges them; the local runner builds one as it writ
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from etl.document import Document
+from etl.core.document import Document
 
 
 def _counter() -> collections.Counter:
@@ -51,12 +52,12 @@ class StageStats:
         self.kept_by_domain[doc.domain] += 1
         self.kept_chars_by_domain[doc.domain] += n_chars
 
-    def add_all(self, docs: Iterable[Document]) -> "StageStats":
+    def add_all(self, docs: Iterable[Document]) -> StageStats:
         for doc in docs:
             self.add(doc)
         return self
 
-    def merge(self, other: "StageStats") -> "StageStats":
+    def merge(self, other: StageStats) -> StageStats:
         """Add ``other`` into ``self`` (associative and commutative, for Spark's reduce)."""
         for name in ("num_in", "num_kept", "num_rejected", "chars_in", "chars_out"):
             setattr(self, name, getattr(self, name) + getattr(other, name))

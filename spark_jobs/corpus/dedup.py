@@ -1,0 +1,430 @@
+"""Exact and MinHash-LSH near-duplicate removal on Spark: the dedup stage's whole-corpus
+operation (:func:`run_dedup`, named by :data:`etl.dedup.cluster.DEDUP`; the job file is
+``spark_jobs/dedup.py``).
+
+Same decisions as the local executor (``python -m etl.dedup``, see etl/dedup/cluster.py for the rules):
+signatures and band keys are computed by the compiled core in the same Python pass that
+reads the records (``extract``), exact duplicates are found with a ``groupBy`` on the exact key, LSH
+buckets with a ``groupBy`` on ``(band, key)``, candidate edges are verified on the
+executors, and connected components are computed with large-star/small-star rounds
+(Kiveris et al., "Connected Components in MapReduce and Beyond", SoCC 2014) on DataFrames,
+with the lineage cut by a local checkpoint each round.  Nothing but counts, the size
+histogram and the few report rows is collected to the driver.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from etl.core.config import config_to_dict
+from etl.core.document import Document
+from etl.core.stage import StageRun
+from etl.dedup.cluster import (
+    EXACT_STEP,
+    NEAR_STEP,
+    DedupConfig,
+    binary_rows_as_matrix,
+    check_fingerprint,
+    features_of,
+    matrix_rows_as_binary,
+    matrix_rows_as_list,
+    rank_of,
+)
+from etl.io.records import READ_STEP, ReaderConfig
+from spark_jobs.common import hint_small, live_records, read_documents_df
+from spark_jobs.executor import SparkResult
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SCHEMA = pa.schema([("exact_key", pa.string()), ("rank", pa.float64()), ("num_shingles", pa.int64()),
+                            ("signature", pa.binary()), ("band_keys", pa.list_(pa.int64()))])
+
+
+# ----------------------------------------------------------------------------- partition functions
+
+
+def features_fn(config: DedupConfig):
+    """Record batch -> exact key, keep rank, shingle count, signature, band keys
+    (:data:`FEATURE_SCHEMA`, vectorised per batch); run by the reader (``extract``)."""
+
+    def run(batch: pa.RecordBatch) -> pa.RecordBatch:
+        texts = [t or "" for t in batch.column("text").to_pylist()]
+        metas = batch.column("meta").to_pylist() if config.keep != "longest" else [None] * len(texts)  # JSON parsed only if read
+        f = features_of([""] * len(texts), texts, [rank_of(t, m, config) for t, m in zip(texts, metas)], config)
+        return pa.RecordBatch.from_arrays([
+            pa.array(f.exact_keys, pa.string()), pa.array(f.ranks, pa.float64()),
+            pa.array(f.num_shingles, pa.int64()), matrix_rows_as_binary(f.sigs), matrix_rows_as_list(f.bands),
+        ], schema=FEATURE_SCHEMA)
+
+    return run
+
+
+def verify_fn(threshold: float, num_perm: int):
+    """mapInArrow: keep edges whose signatures agree on at least ``threshold`` of the values."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            sig_a = binary_rows_as_matrix(batch.column("sig_a"), np.uint32, num_perm)
+            sig_b = binary_rows_as_matrix(batch.column("sig_b"), np.uint32, num_perm)
+            keep = (sig_a == sig_b).mean(axis=1) >= threshold
+            yield pa.RecordBatch.from_arrays([batch.column("a").filter(pa.array(keep)), batch.column("b").filter(pa.array(keep))], names=["a", "b"])
+
+    return run
+
+
+#: Columns :func:`apply_marks_to_arrays` reads (as an Arrow UDF): the record's own, then the marks joined on id.
+MARK_INPUTS = ("id", "meta", "drop_reason", "drop_step", "dup_first", "_reason", "_dup_of", "_cluster")
+MARKED_TYPE = "meta string, drop_reason string, drop_step string"
+
+
+def apply_marks_to_arrays(id_: pa.Array, meta: pa.Array, drop_reason: pa.Array, drop_step: pa.Array, dup_first: pa.Array,
+                          reason: pa.Array, dup_of: pa.Array, cluster: pa.Array) -> pa.Array:
+    """``(meta, drop_reason, drop_step)`` of records after their marks, as Arrow arrays.
+
+    Only live rows with a mark change (``Document.drop`` adds keys to ``meta``); they go
+    through :class:`Document`.  A repeated id (``dup_first``) is dropped as ``duplicate_id``
+    before any dedup mark; rows the reader rejected pass through.  Everything else -- most
+    of a corpus -- is returned as it came, without a Python object per row.
+    """
+    import pyarrow.compute as pc
+
+    changed = pc.and_(pc.is_null(drop_reason), pc.or_(pc.or_(pc.is_valid(dup_first), pc.is_valid(reason)), pc.is_valid(cluster)))
+    where = pc.indices_nonzero(changed)
+    if len(where) == 0:
+        return pa.StructArray.from_arrays([meta, drop_reason, drop_step], names=["meta", "drop_reason", "drop_step"])
+    rows = zip(*(pc.take(col, where).to_pylist() for col in (id_, meta, dup_first, reason, dup_of, cluster)))
+    out = {"meta": [], "drop_reason": [], "drop_step": []}
+    for doc_id, doc_meta, first, why, of, cid in rows:
+        doc = Document.from_row({"id": doc_id, "text": "", "meta": doc_meta})
+        if first is not None:
+            doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=first)
+        elif why == "exact_duplicate":
+            doc.drop(why, EXACT_STEP, duplicate_of=of)
+        elif why == "near_duplicate":
+            doc.drop(why, NEAR_STEP, duplicate_of=of, cluster_id=cid)
+        elif cid is not None:
+            doc.meta["cluster_id"] = cid
+        row = doc.to_row()
+        for k in out:
+            out[k].append(row[k])
+    return pa.StructArray.from_arrays([pc.replace_with_mask(col, changed, pa.array(out[name], pa.string()))
+                                       for name, col in (("meta", meta), ("drop_reason", drop_reason), ("drop_step", drop_step))],
+                                      names=["meta", "drop_reason", "drop_step"])
+
+
+# ----------------------------------------------------------------------------- graph
+
+
+def candidate_edges(spark, bands, max_pairs_bucket_size: int):
+    """Edges ``(a, b)``, ``a < b``, from LSH buckets (cached) and their count; the rule of
+    :func:`etl.dedup.cluster.bucket_edges`.
+
+    ``bands``: ``id, band, key, is_index``.  Buckets without a batch document, and edges
+    between two index documents, are skipped (history is already deduplicated).
+
+    Two passes over ``bands``.  First a fixed-width hash aggregation counts the members of
+    each ``(band, key)``; nearly all buckets hold one document, and only the shared ones
+    are kept (cached, counted, broadcast when small).  Then only the band rows in shared
+    buckets are grouped with their members collected, and the pairs (or the star around
+    the smallest id, for buckets above ``max_pairs_bucket_size``) are made by SQL array
+    functions on the executors.  Collecting members for every bucket made Spark sort all
+    band rows (its object aggregation falls back to sorting): measured at 100k documents,
+    4.0 s against 1.6 s for the two passes, and 19 s for the earlier window and self-join.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    shared = bands.groupBy("band", "key").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("band", "key").persist(StorageLevel.MEMORY_AND_DISK)
+    num_shared = shared.count()
+    members = bands.join(hint_small(spark, shared, num_shared), ["band", "key"], "left_semi")
+    buckets = (members.groupBy("band", "key")
+               .agg(F.count(F.lit(1)).alias("n"), F.collect_list(F.struct("id", "is_index")).alias("m"))
+               .filter("n > 1 AND exists(m, x -> NOT x.is_index)")
+               .select("n", F.array_sort("m").alias("m")))  # members by id: m[0] is the bucket's root
+    edge = "struct({x}.id AS a, {y}.id AS b, {x}.is_index AND {y}.is_index AS both_indexed)"
+    all_pairs = f"flatten(transform(m, (x, i) -> transform(filter(m, (y, j) -> j > i), y -> {edge.format(x='x', y='y')})))"
+    star = f"transform(slice(m, 2, n), y -> {edge.format(x='m[0]', y='y')})"
+    pairs = buckets.select(F.explode(F.expr(f"CASE WHEN n <= {int(max_pairs_bucket_size)} THEN {all_pairs} ELSE {star} END")).alias("e"))
+    edges = (pairs.filter(~F.col("e.both_indexed") & (F.col("e.a") < F.col("e.b")))
+             .select(F.col("e.a").alias("a"), F.col("e.b").alias("b")).distinct().persist(StorageLevel.MEMORY_AND_DISK))
+    num_edges = edges.count()
+    shared.unpersist()
+    return edges, num_edges
+
+
+def _checkpoint(df):
+    return df.localCheckpoint(eager=True)
+
+
+def _large_star(edges):
+    """Connect every larger neighbour of u to the smallest node of u's closed neighbourhood."""
+    from pyspark.sql import functions as F
+
+    both = edges.unionByName(edges.select(F.col("b").alias("a"), F.col("a").alias("b")))
+    m = both.groupBy("a").agg(F.least(F.min("b"), F.col("a")).alias("m"))
+    out = both.join(m, "a").filter(F.col("b") > F.col("a")).select(F.col("b").alias("a"), F.col("m").alias("b"))
+    return out.select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b")).filter(F.col("a") != F.col("b")).distinct()
+
+
+def _small_star(edges):
+    """Connect u and its smaller neighbours to the smallest of them."""
+    from pyspark.sql import functions as F
+
+    m = edges.groupBy(F.col("b").alias("u")).agg(F.min("a").alias("m"))  # edges are (smaller a, larger b)
+    out = edges.join(m, edges.b == m.u).select(F.col("a"), F.col("m"))
+    out = out.unionByName(m.select(F.col("u").alias("a"), F.col("m")))
+    return out.select(F.least("a", "m").alias("a"), F.greatest("a", "m").alias("b")).filter(F.col("a") != F.col("b")).distinct()
+
+
+def _is_star_forest(edges) -> bool:
+    """True when every component is a star around its smallest node: no node is both a
+    centre (``a``) and a leaf (``b``), and no leaf has two centres.  That is the state
+    large-star/small-star converges to (one more round would repeat it), so the loop stops
+    a round earlier than waiting for a repeat.  One aggregation; one row reaches the driver."""
+    from pyspark.sql import functions as F
+
+    roles = edges.select(F.col("b").alias("n"), F.lit(1).alias("leaf"), F.lit(0).alias("centre")).unionByName(
+        edges.select(F.col("a").alias("n"), F.lit(0).alias("leaf"), F.lit(1).alias("centre")))
+    per_node = roles.groupBy("n").agg(F.sum("leaf").alias("leaf"), F.max("centre").alias("centre"))
+    row = per_node.agg(F.count(F.when((F.col("leaf") > 1) | ((F.col("leaf") > 0) & (F.col("centre") > 0)), 1)).alias("bad")).collect()[0]
+    return row["bad"] == 0
+
+
+def connected_components(edges, max_iterations: int):
+    """``(id, cluster_id)`` for every node of ``edges``; cluster_id = smallest id of its component.
+
+    Alternates large-star and small-star until every component is a star around its
+    minimum (:func:`_is_star_forest`).  Only a count reaches the driver per round.
+    """
+    from pyspark.sql import functions as F
+
+    current = _checkpoint(edges.select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b")).distinct())
+    iteration = 0
+    while not _is_star_forest(current):
+        iteration += 1
+        if iteration > max_iterations:
+            raise RuntimeError(f"connected components did not converge in {max_iterations} rounds (dedup.max_cc_iterations)")
+        current = _checkpoint(_small_star(_large_star(current)))
+        logger.info("connected components: round %d", iteration)
+    members = current.select(F.col("b").alias("id"), F.col("a").alias("cluster_id"))
+    roots = current.select(F.col("a").alias("id"), F.col("a").alias("cluster_id"))
+    return members.unionByName(roots).distinct()
+
+
+# ----------------------------------------------------------------------------- ETL
+
+
+def extract(spark, inputs: Sequence[str], reader: ReaderConfig, partitions: int | None, config: DedupConfig | None = None):
+    """All input records: RECORD_SCHEMA plus ``dup_first`` (non-null on a repeated id), and
+    with ``config`` each record's features (:data:`FEATURE_SCHEMA`), computed as it is read.
+
+    In ``partitions`` partitions (default: ``common.default_partitions``), cached: the
+    shared reader's frame, read by several jobs here.
+    """
+    derive = (features_fn(config), FEATURE_SCHEMA) if config is not None else None
+    return read_documents_df(spark, inputs, reader, partitions, cache=True, derive=derive)
+
+
+def read_index(spark, index_dir: str | None, config: DedupConfig):
+    """The index's rows (id, exact_key, signature, band_keys), or None if absent/empty."""
+    if not index_dir or check_fingerprint(index_dir, config) is None or not any(Path(index_dir).glob("part-*.parquet")):
+        return None
+    return spark.read.option("pathGlobFilter", "part-*.parquet").parquet(str(index_dir))
+
+
+def transform(spark, docs, config: DedupConfig, index=None) -> tuple[tuple[Any, Any], dict[str, Any], Any]:
+    """Mark duplicates; returns ((kept, rejected) records, dedup report, kept features for the index).
+
+    ``docs`` (from ``extract``, with the features) is read once and cached.  The sets of marked ids -- exact copies,
+    cluster members -- are cached and counted; up to ``spark.jinglian.broadcastMaxRows``
+    rows they join by broadcast, so neither the documents nor their signatures are shuffled
+    for it (``common.hint_small``).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    live = live_records(docs)
+    feats = live.select("id", *FEATURE_SCHEMA.names)  # computed by the reader (extract), cached with the records
+    report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), "num_live": feats.count()}
+    marks: list[tuple[Any, int]] = []
+    survivors = feats
+    if config.exact:
+        exact = _exact_marks(feats, index).persist(StorageLevel.MEMORY_AND_DISK)
+        num_exact = exact.count()
+        marks.append((exact, num_exact))
+        survivors = feats.join(hint_small(spark, exact.select("id"), num_exact), "id", "left_anti")
+    near = None
+    if config.near:
+        near, comp, keepers, counts = _near_marks(spark, survivors.filter(F.col("num_shingles") > 0), config, index)
+        near = near.persist(StorageLevel.MEMORY_AND_DISK)
+        num_near = near.count()
+        marks.append((near, num_near))
+        report.update(counts)
+        report["clusters"] = cluster_report_df(comp, keepers, live, config)
+    out = apply_marks(spark, docs, marks)
+    kept_feats = survivors
+    if near is not None:
+        dropped = near.filter(F.col("_reason").isNotNull()).select("id")
+        kept_feats = survivors.join(hint_small(spark, dropped, num_near), "id", "left_anti")
+    return out, report, kept_feats
+
+
+def _exact_marks(feats, index):
+    from pyspark.sql import functions as F
+
+    keeper = feats.groupBy("exact_key").agg(F.min(F.struct("rank", "id")).getField("id").alias("keeper"), F.lit(False).alias("in_index"))
+    if index is not None:
+        first = index.groupBy("exact_key").agg(F.min("id").alias("index_keeper"))
+        keeper = keeper.join(first, "exact_key", "left").select(
+            "exact_key", F.coalesce("index_keeper", "keeper").alias("keeper"), F.col("index_keeper").isNotNull().alias("in_index"))
+    # against an index every batch copy goes, even one re-sent under the indexed id
+    return (feats.select("id", "exact_key").join(keeper, "exact_key").filter((F.col("id") != F.col("keeper")) | F.col("in_index"))
+            .select("id", F.lit("exact_duplicate").alias("_reason"), F.col("keeper").alias("_dup_of"), F.lit(None).cast("string").alias("_cluster")))
+
+
+def _near_marks(spark, survivors, config: DedupConfig, index):
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    bands = survivors.select("id", F.posexplode("band_keys").alias("band", "key"), F.lit(False).alias("is_index"))
+    nodes = survivors.select("id", "rank", "signature", F.lit(False).alias("is_index"))
+    if index is not None:
+        index_bands = index.select("id", F.posexplode("band_keys").alias("band", "key"), F.lit(True).alias("is_index"))
+        index_bands = index_bands.join(bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
+        bands = bands.unionByName(index_bands)
+        nodes = nodes.unionByName(index.select("id", F.lit(None).cast("double").alias("rank"), "signature", F.lit(True).alias("is_index")))
+    edges, num_candidates = candidate_edges(spark, bands, config.max_pairs_bucket_size)
+    counts = {"num_candidate_edges": num_candidates}
+    if config.verify:
+        # signatures of the edges' endpoints only (a few of the documents), found by broadcast when few
+        ends = edges.select(F.col("a").alias("id")).unionByName(edges.select(F.col("b").alias("id"))).distinct().persist(StorageLevel.MEMORY_AND_DISK)
+        sigs = nodes.select("id", "signature").join(hint_small(spark, ends, ends.count()), "id", "left_semi")
+        with_sigs = (edges.join(sigs.select(F.col("id").alias("a"), F.col("signature").alias("sig_a")), "a")
+                     .join(sigs.select(F.col("id").alias("b"), F.col("signature").alias("sig_b")), "b"))
+        edges = with_sigs.select("a", "b", "sig_a", "sig_b").mapInArrow(verify_fn(config.threshold, config.num_perm), "a string, b string")
+        edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
+        counts["num_verified_edges"] = edges.count()
+        ends.unpersist()
+    else:
+        counts["num_verified_edges"] = num_candidates
+    comp = connected_components(edges, config.max_cc_iterations).persist(StorageLevel.MEMORY_AND_DISK)
+    attrs = comp.join(nodes.select("id", "rank", "is_index"), "id")
+    keepers = attrs.groupBy("cluster_id").agg(
+        F.min(F.when(F.col("is_index"), F.col("id"))).alias("index_keeper"),
+        F.min(F.when(~F.col("is_index"), F.struct("rank", "id"))).getField("id").alias("batch_keeper"))
+    keepers = keepers.select("cluster_id", F.coalesce("index_keeper", "batch_keeper").alias("keeper")).persist(StorageLevel.MEMORY_AND_DISK)
+    near = (attrs.filter(~F.col("is_index")).join(keepers, "cluster_id")
+            .select("id", F.when(F.col("id") != F.col("keeper"), F.lit("near_duplicate")).alias("_reason"),
+                    F.col("keeper").alias("_dup_of"), F.col("cluster_id").alias("_cluster")))
+    return near, comp, keepers, counts
+
+
+def apply_marks(spark, docs, marks: list[tuple[Any, int]]):
+    """``(kept, rejected)``: every record with its marks applied (:func:`apply_marks_to_arrays`).
+
+    One pass over ``docs`` per output; the marks (counted, ids unique) join on id, broadcast
+    when small.  Rows are split on what drops them -- the reader's reason, a repeated id, a
+    dedup mark -- before Python sees them, so each output is computed once as it is written
+    (``write_stage_output(split=...)``), and only the narrow columns go through Python.
+    """
+    from pyspark.sql import functions as F
+
+    null = F.lit(None).cast("string")
+    if marks:
+        all_marks = marks[0][0]
+        for frame, _ in marks[1:]:
+            all_marks = all_marks.unionByName(frame)
+        joined = docs.join(hint_small(spark, all_marks, sum(n for _, n in marks)), "id", "left")
+    else:
+        joined = docs.select("*", *[null.alias(c) for c in ("_reason", "_dup_of", "_cluster")])
+    dropped = F.col("drop_reason").isNotNull() | F.col("dup_first").isNotNull() | F.col("_reason").isNotNull()
+    marked = F.arrow_udf(apply_marks_to_arrays, MARKED_TYPE)(*MARK_INPUTS)
+
+    def finish(frame):
+        return (frame.withColumn("_marked", marked)
+                .select("id", "text", "source", "domain", "lang", *[F.col(f"_marked.{c}").alias(c) for c in ("meta", "drop_reason", "drop_step")]))
+
+    return finish(joined.filter(~dropped)), finish(joined.filter(dropped))
+
+
+def cluster_report_df(comp, keepers, live, config: DedupConfig) -> dict[str, Any]:
+    """Size histogram and largest clusters; only aggregates and a few rows are collected."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    sizes = comp.groupBy("cluster_id").agg(F.count("*").alias("size"))
+    hist = {str(r["size"]): r["n"] for r in sizes.groupBy("size").agg(F.count("*").alias("n")).orderBy("size").collect()}
+    top = sizes.join(keepers, "cluster_id").orderBy(F.desc("size"), "cluster_id").limit(config.report_top_clusters).collect()
+    top_ids = [r["cluster_id"] for r in top]
+    examples: dict[str, list[dict[str, str]]] = {cid: [] for cid in top_ids}
+    if top_ids:
+        rn = F.row_number().over(Window.partitionBy("cluster_id").orderBy("id"))
+        chosen = comp.filter(F.col("cluster_id").isin(top_ids)).withColumn("rn", rn).filter(F.col("rn") <= config.report_examples).persist()
+        # a few rows: broadcast them to the documents (an index document has no text here)
+        texts = {r["id"]: r["text"] for r in live.join(F.broadcast(chosen.select("id")), "id").select("id", F.substring("text", 1, 160).alias("text")).collect()}
+        for r in chosen.orderBy("cluster_id", "id").collect():
+            examples[r["cluster_id"]].append({"id": r["id"], "text": texts.get(r["id"]) or ""})
+        chosen.unpersist()
+    return {
+        "num_clusters": sum(hist.values()),
+        "num_docs_in_clusters": sum(int(k) * v for k, v in hist.items()),
+        "size_histogram": hist,
+        "largest_clusters": [{"cluster_id": r["cluster_id"], "size": r["size"], "kept_id": r["keeper"], "examples": examples[r["cluster_id"]]} for r in top],
+    }
+
+
+def append_index_df(kept_feats, index_dir: str, config: DedupConfig) -> int:
+    """Write the kept documents' features as new ``part-*.parquet`` files of the index."""
+    from etl.core.atomic import write_json
+
+    index_path = Path(index_dir)
+    index_path.mkdir(parents=True, exist_ok=True)
+    if check_fingerprint(index_path, config) is None:
+        write_json(index_path / "index.json", config.fingerprint())
+    tmp = index_path / f".tmp-{uuid.uuid4().hex[:8]}"
+    rows = kept_feats.select("id", "exact_key", "signature", "band_keys")
+    rows.write.parquet(str(tmp))
+    batch = uuid.uuid4().hex[:8]
+    count = 0
+    for i, part in enumerate(sorted(tmp.glob("part-*.parquet"))):
+        os.replace(part, index_path / f"part-{batch}-{i:05d}.parquet")
+        count += 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return spark_count(rows) if count else 0
+
+
+def spark_count(df) -> int:
+    return int(df.count())
+
+
+def resolve_bands(config: DedupConfig) -> DedupConfig:
+    """The config with (b, r) fixed, so executors skip the optimiser's grid search."""
+    b, r = config.bands
+    return dataclasses.replace(config, num_bands=b, rows_per_band=r)
+
+
+def run_dedup(spark, run: StageRun) -> SparkResult:
+    """The dedup stage on Spark: extract, transform; the executor writes, then the kept
+    documents' features are appended to the ``--against`` index with ``--update-index``."""
+    args = run.args
+    config = resolve_bands(run.config)
+    docs = extract(spark, args.input, run.reader, args.partitions, config)
+    out, report, kept_feats = transform(spark, docs, config, read_index(spark, args.against, config))
+    report["against"] = args.against
+
+    def update_index(result: dict[str, Any]) -> None:
+        if args.update_index:
+            result["dedup"]["num_indexed"] = append_index_df(kept_feats, args.against, config)
+
+    return SparkResult(split=out, stats={"dedup": report}, after_write=update_index)

@@ -1,0 +1,121 @@
+"""TF-IDF low-information filter on Spark: the tfidf stage's whole-corpus operation
+(:func:`run_tfidf`, named by :data:`etl.tfidf.TFIDF`; the job file is ``spark_jobs/tfidf_filter.py``).
+
+Tokens come from the shared tokenizer inside ``mapInArrow`` (one pass); document
+frequencies are a ``groupBy`` on the token; each document's ``(tf, df)`` pairs are joined
+back and scored by the same pure function as the local runner (``etl.tfidf.tfidf_score``,
+an exact ``fsum``), so both give bit-identical scores.  The percentile cut is an exact
+order statistic from a distributed sort (``sortBy`` + ``zipWithIndex``); only that one
+value and a few counts reach the driver.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from etl.clean.tokenize import TokenizerConfig
+from etl.core.config import config_to_dict
+from etl.core.document import Document, rows_to_batch
+from etl.core.stage import StageRun
+from etl.io.records import READ_STEP
+from etl.tfidf import TfidfConfig, cut_rank, mark, term_counts, tfidf_score, threshold
+from spark_jobs.common import RECORD_SCHEMA, live_records, read_documents_df, spark_schema
+from spark_jobs.executor import SparkResult
+
+logger = logging.getLogger(__name__)
+
+TF_SCHEMA = pa.schema([("id", pa.string()), ("token", pa.string()), ("tf", pa.int64())])
+SCORED_SCHEMA = pa.schema([("id", pa.string()), ("score", pa.float64())])
+
+
+def term_counts_fn(config: TfidfConfig, tokenizer: TokenizerConfig):
+    """mapInArrow: document rows -> one (id, token, tf) row per distinct token."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            ids, tokens, tfs = [], [], []
+            for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
+                for token, tf in term_counts(text or "", config, tokenizer).items():
+                    ids.append(doc_id)
+                    tokens.append(token)
+                    tfs.append(tf)
+            if ids:
+                yield pa.RecordBatch.from_arrays([pa.array(ids, pa.string()), pa.array(tokens, pa.string()), pa.array(tfs, pa.int64())], schema=TF_SCHEMA)
+
+    return run
+
+
+def score_fn(num_docs: int):
+    """mapInArrow: (id, list of (tf, df)) -> (id, score) with the local runner's function."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            ids = batch.column("id").to_pylist()
+            pairs = batch.column("pairs").to_pylist()
+            scores = [tfidf_score(((p["tf"], p["df"]) for p in plist or []), num_docs) for plist in pairs]
+            yield pa.RecordBatch.from_arrays([pa.array(ids, pa.string()), pa.array(scores, pa.float64())], schema=SCORED_SCHEMA)
+
+    return run
+
+
+def mark_fn(limit: float):
+    """mapInArrow: store each live document's score and drop those below ``limit``; a row
+    with ``dup_first`` (a repeated id) is dropped as ``duplicate_id``."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            out = []
+            for row in batch.to_pylist():
+                doc = Document.from_row(row)
+                if row["dup_first"] is not None:
+                    doc.drop("duplicate_id", READ_STEP, duplicate_of=doc.id, first_seen_at=row["dup_first"])
+                else:
+                    mark(doc, row["_score"], limit)
+                out.append(doc.to_row())
+            yield rows_to_batch(out, RECORD_SCHEMA)
+
+    return run
+
+
+def exact_order_statistic(scores, rank: int) -> float:
+    """The value at 0-based ``rank`` of the ascending scores (distributed sort; one value collected)."""
+    indexed = scores.rdd.map(lambda row: row[0]).sortBy(lambda s: s).zipWithIndex()
+    return indexed.filter(lambda pair: pair[1] == rank).map(lambda pair: pair[0]).first()
+
+
+def transform(docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[Any, dict[str, Any]]:
+    """Score live documents and mark the low-information ones; returns (records, summary)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    live = live_records(docs)  # docs: cached by extract
+    repeated = docs.filter(F.col("drop_reason").isNull() & F.col("dup_first").isNotNull())
+    dropped = docs.filter(F.col("drop_reason").isNotNull()).select(*RECORD_SCHEMA.names)
+    num_docs = live.count()
+    tf = live.select("id", "text").mapInArrow(term_counts_fn(config, tokenizer), spark_schema(TF_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
+    doc_freq = tf.groupBy("token").agg(F.count("*").alias("df"))
+    pairs = tf.join(doc_freq, "token").groupBy("id").agg(F.collect_list(F.struct("tf", "df")).alias("pairs"))
+    scored = live.select("id").join(pairs, "id", "left").mapInArrow(score_fn(num_docs), spark_schema(SCORED_SCHEMA))
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    cut = None
+    if config.min_percentile is not None and num_docs:
+        cut = exact_order_statistic(scored.select("score"), cut_rank(num_docs, config.min_percentile))
+    limit = threshold(config, cut)
+    joined = live.join(scored.select("id", F.col("score").alias("_score")), "id").select(*RECORD_SCHEMA.names, "dup_first", "_score")
+    joined = joined.unionByName(repeated.select(*RECORD_SCHEMA.names, "dup_first", F.lit(None).cast("double").alias("_score")))
+    out = joined.mapInArrow(mark_fn(limit), spark_schema(RECORD_SCHEMA)).unionByName(dropped)
+    summary = {"num_scored": num_docs, "vocab_size": doc_freq.count(), "percentile_cut": cut,
+               "threshold": limit if limit > -math.inf else None, "config": config_to_dict(config)}
+    return out, summary
+
+
+def run_tfidf(spark, run: StageRun) -> SparkResult:
+    """The tfidf stage on Spark: read (cached: scored, then joined back), score, mark."""
+    args = run.args
+    docs = read_documents_df(spark, args.input, run.reader, args.partitions, cache=True)
+    out, summary = transform(docs, run.config, run.configs["tokenizer"])
+    return SparkResult(records=out, stats={"tfidf": summary})

@@ -1,0 +1,133 @@
+"""The Spark executor: runs any :class:`etl.core.stage.Stage` with the shared adapter.
+
+``spark_jobs/<stage>.py`` is ``run_main(lambda argv: run_stage(STAGE, argv))``.  The flags,
+the config loading, ``stats.json``'s common fields and the summary line are the local
+executor's (:mod:`etl.core.stage`); what differs is where the work runs:
+
+* a stage with a per-document pipeline reads its inputs (:func:`common.read_documents_df`)
+  and runs the pipeline inside partitions (:func:`common.map_documents`);
+* a stage with a whole-corpus operation calls it (``Stage.spark_corpus``, a
+  ``module:function`` in ``spark_jobs/corpus/``) as ``function(spark, run)``; it reads its
+  own inputs (it may derive columns as it reads) and returns a :class:`SparkResult`;
+* the result is written by :func:`common.write_stage_output` (``kept/``, ``rejected/``,
+  ``stats.json`` last, atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from etl.core.config import config_to_dict, params_hash
+from etl.core.document import Document
+from etl.core.errors import JinglianError
+from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
+from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session, write_stage_output
+
+logger = logging.getLogger(__name__)
+
+EPILOG = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
+          f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
+          "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
+          "                                   instead of shuffling the documents")
+
+
+@dataclass
+class SparkResult:
+    """What a Spark whole-corpus operation hands back to the executor to write."""
+
+    records: Any = None
+    """All output records (``RECORD_SCHEMA``), or None when ``split`` is given."""
+    split: tuple[Any, Any] | None = None
+    """``(kept, rejected)`` frames, written without caching (``common.write_stage_output``)."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """The operation's ``stats.json`` additions."""
+    after_write: Callable[[dict[str, Any]], None] | None = None
+    """Called with the report once the outputs are written (e.g. appending to a dedup index)."""
+
+
+def _spark_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partitions", type=int, default=None, metavar="N",
+                        help="number of Spark partitions for the per-document work "
+                             "(default: two per core, or one per 64 MB of input if that is more)")
+
+
+def parse_stage_args(stage: Stage, argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
+    """The Spark command line of ``stage``: the local executor's flags with --partitions for --workers."""
+    return stage_parser(stage, prog or f"spark_jobs/{stage.name}.py", _spark_flags, epilog=EPILOG).parse_args(argv)
+
+
+def map_stage(spark, run: StageRun) -> SparkResult:
+    """The per-document pipeline over the inputs, inside partitions."""
+    stage = run.stage
+    df = read_documents_df(spark, run.args.input, run.reader, run.args.partitions)
+    key = f"{stage.name}:{params_hash({k: config_to_dict(v) for k, v in sorted(run.configs.items())})}"
+    batch_rows = stage.batch_docs(run.configs) if stage.batch_docs else 512
+    return SparkResult(records=map_documents(df, key, stage.pipeline(run.configs), batch_rows=batch_rows))
+
+
+def _count_partition(make_counter):
+    def run(rows):
+        counter = make_counter()
+        for row in rows:
+            counter.add(Document.from_row(row.asDict()))
+        yield counter
+
+    return run
+
+
+def count_extra(df, make_counter) -> dict[str, Any]:
+    """A stage's extra counter over the output records (one per partition, merged)."""
+    parts = df.select(*RECORD_SCHEMA.names).rdd.mapPartitions(_count_partition(make_counter))
+    return parts.fold(make_counter(), lambda a, b: make_counter().merge(a).merge(b)).to_dict()
+
+
+def execute(spark, run: StageRun) -> dict[str, Any]:
+    """Run ``run.stage`` on ``spark``; returns the statistics report."""
+    from pyspark import StorageLevel
+
+    stage = run.stage
+    if stage.write is not None:  # the operation writes the stage's own outputs (the shard set)
+        return stage.spark_operation()(spark, run)
+    result = stage.spark_operation()(spark, run) if stage.spark_corpus else map_stage(spark, run)
+    extra = {**base_stats(run), **result.stats}
+    records = result.records
+    if stage.counter is not None and records is not None:
+        records = records.persist(StorageLevel.MEMORY_AND_DISK)  # the pipeline runs once, for the counts and the write
+    try:
+        if stage.counter is not None and records is not None:
+            extra.update(count_extra(records, stage.counter))
+        report = write_stage_output(records, run.args.output, stage.names_of_steps(run.configs), extra_stats=extra, split=result.split)
+    finally:
+        if stage.counter is not None and records is not None:
+            records.unpersist()
+    if result.after_write is not None:
+        result.after_write(report)
+    return report
+
+
+def check_import_path() -> None:
+    """Fail with one line when ``spark_jobs/augment.py`` shadows the ``augment`` package.
+
+    A script's folder comes first on ``sys.path`` (``spark-submit spark_jobs/clean.py`` puts
+    ``spark_jobs/`` there) unless ``PYTHONSAFEPATH=1`` (Python >= 3.11; scripts/env.sh sets it).
+    The params check imports ``augment.config``, so every job needs the package, not the file."""
+    spec = importlib.util.find_spec("augment")
+    if spec is None or spec.submodule_search_locations is None:
+        raise JinglianError("spark_jobs/augment.py shadows the augment package: run with PYTHONSAFEPATH=1 "
+                            "(source scripts/env.sh; on a cluster set it in the driver's environment)")
+
+
+def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    """``spark-submit spark_jobs/<stage>.py``: parse, load the configs, run, print the summary line."""
+    check_import_path()
+    args = parse_stage_args(stage, argv, prog)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run = resolve_run(stage, args, "spark")
+    with stage_session(stage.name) as spark:
+        report = execute(spark, run)
+    print(stage_summary(stage, report), flush=True)
+    return report
