@@ -1,7 +1,12 @@
-"""DVC tier: the repository's dvc.yaml end to end on a tiny sample, in a throw-away copy.
+"""DVC: dvc.yaml's declared code and params against the code, then the pipeline end to end.
 
-Checks that ``dvc repro`` runs every stage, that a changed param reruns only the stages
-downstream of it, and that ``dvc push`` / ``dvc pull`` restore outputs from the local remote.
+The first tests read dvc.yaml and the code only (no DVC run): every stage's code deps are
+exactly the import closure of the entry points its ``cmd`` runs (:mod:`tests.import_graph`),
+and its params are exactly the sections its code loads (``etl.config.STAGE_SECTIONS``).
+The DVC tier runs the repository's dvc.yaml on a tiny sample in a throw-away copy: ``dvc
+repro`` runs every stage, a changed param reruns only the stages downstream of it, a forced
+rerun writes byte-identical outputs (dvc.lock unchanged), and ``dvc push`` / ``dvc pull``
+restore outputs from the in-repository remote.
 """
 from __future__ import annotations
 
@@ -13,14 +18,84 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ast
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.dvc, pytest.mark.slow]
+from etl.config import SECTIONS, STAGE_SECTIONS
+from import_graph import PACKAGES, closure, entry_points, expected_stage_code, plain_cmd, stage_code
+
 ROOT = Path(__file__).resolve().parent.parent
 CODE = ("etl", "augment", "shards", "trainer", "spark_jobs", "scripts")
 STAGES = ["stream", "clean", "dedup", "tfidf", "augment", "tokenizer", "shards", "train", "report"]
+
+
+def _dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def _dep_paths(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+def _code_deps(stage: dict) -> set[str]:
+    """The stage's deps that are code: .py files and shell scripts (folders are not allowed: a
+    folder dep reruns the stage when any file in it changes, used or not)."""
+    return {d for d in _dep_paths(stage) if d.endswith((".py", ".sh")) or d.split("/")[0] in PACKAGES}
+
+
+def _section_literals(path: Path) -> set[str]:
+    """Params sections ``path`` names in ``load_section(s)(..., "x")``, ``params.get("x")`` or ``params["x"]``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("load_section", "load_sections", "get"):
+            found.update(a.value for a in node.args if isinstance(a, ast.Constant) and a.value in SECTIONS)
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in SECTIONS:
+            found.add(node.slice.value)
+    return found
+
+
+def test_every_stage_declares_exactly_the_code_its_entry_points_import():
+    stages = _dvc_stages()
+    assert set(stages) == set(STAGE_SECTIONS), "dvc.yaml stages and etl.config.STAGE_SECTIONS differ"
+    produced = {next(iter(o)) if isinstance(o, dict) else o for st in stages.values() for key in ("outs", "metrics", "plots") for o in st.get(key, [])}
+    problems = []
+    for name, stage in stages.items():
+        declared, expected = _code_deps(stage), expected_stage_code(ROOT, name, stage["cmd"])
+        assert expected, f"stage {name}: no entry point found in its cmd"
+        missing, stale = sorted(expected - declared), sorted(declared - expected)
+        if missing or stale:
+            problems.append(f"stage {name}: missing deps {missing}, stale deps {stale}")
+        problems += [f"stage {name}: dep {d} does not exist" for d in _dep_paths(stage)
+                     if not (ROOT / d).exists() and not any(d == o or d.startswith(o + "/") for o in produced)]
+    assert not problems, "dvc.yaml deps do not match the import graph:\n" + "\n".join(problems)
+
+
+def test_every_stage_declares_exactly_the_params_sections_its_code_loads():
+    stages = _dvc_stages()
+    for name, stage in stages.items():
+        declared = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])]
+        assert declared == list(STAGE_SECTIONS[name]), f"stage {name}: dvc.yaml params {declared} != STAGE_SECTIONS {list(STAGE_SECTIONS[name])}"
+        if name == "report":
+            continue  # shows the whole params file
+        files, _ = entry_points(ROOT, plain_cmd(stage["cmd"]))
+        loaded = set().union(*(_section_literals(p) for p in closure(ROOT, files)))
+        assert set(declared) <= loaded, f"stage {name}: declares sections its code never loads: {sorted(set(declared) - loaded)}"
+        entry_loads = set().union(*(_section_literals(p) for p in files))
+        assert entry_loads <= set(declared), f"stage {name}: its entry points load undeclared sections {sorted(entry_loads - set(declared))}"
+
+
+def test_the_deps_check_sees_a_missing_module(tmp_path):
+    """The closure follows a lazy import inside a function into a package's module."""
+    (tmp_path / "etl").mkdir()
+    (tmp_path / "etl" / "__init__.py").write_text("")
+    (tmp_path / "etl" / "a.py").write_text("def f():\n    from etl import b\n    return b\n")
+    (tmp_path / "etl" / "b.py").write_text("from .c import X\n")
+    (tmp_path / "etl" / "c.py").write_text("X = 1\n")
+    (tmp_path / "etl" / "unused.py").write_text("")
+    assert stage_code(tmp_path, "python -m etl.a --flag x") == {"etl/__init__.py", "etl/a.py", "etl/b.py", "etl/c.py"}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -74,6 +149,8 @@ def project(tmp_path_factory, data_dir):
     return proj, env, first.stdout + first.stderr
 
 
+@pytest.mark.dvc
+@pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_the_report(project):
     proj, env, output = project
     assert _ran(output) == STAGES
@@ -91,6 +168,8 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     assert "up to date" in status
 
 
+@pytest.mark.dvc
+@pytest.mark.slow
 def test_changed_param_reruns_only_downstream_stages(project):
     proj, env, _ = project
     params = yaml.safe_load((proj / "params.yaml").read_text(encoding="utf-8"))
@@ -100,6 +179,8 @@ def test_changed_param_reruns_only_downstream_stages(project):
     assert _ran(out.stdout + out.stderr) == ["shards", "train", "report"]
 
 
+@pytest.mark.dvc
+@pytest.mark.slow
 def test_push_and_pull_restore_outputs_from_the_local_remote(project):
     proj, env, _ = project
     _run([sys.executable, "-m", "dvc", "push"], proj, env)
