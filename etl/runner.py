@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from etl.atomic import atomic_dir, write_json
+from etl.atomic import atomic_dir
 from etl.document import Document
 from etl.io import write_parquet
-from etl.stats import StageStats
+from etl.stats import StageStats, write_stage_reports
 from etl.step import Pipeline, batched
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,6 @@ def write_stage_output(docs: Iterable[Document], output: str | os.PathLike, step
         report = stats.to_dict(step_names)
         report["elapsed_s"] = round(time.time() - started, 3)
         report.update(extra_stats or {})
-        write_json(tmp / "stats.json", report)
+        write_stage_reports(tmp, report)
     logger.info("wrote %s: %d kept, %d rejected", output, stats.num_kept, stats.num_rejected)
     return report
