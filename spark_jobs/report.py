@@ -365,8 +365,10 @@ def pipeline_metrics(manifest: dict | None, metrics: list[dict]) -> dict[str, An
     return out
 
 
-def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, params_path: Path | None = None) -> list[str]:
-    """Write the Markdown report, its PNGs, plot CSVs, summary and metrics; return the summary."""
+def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, params_path: Path | None = None,
+                 train_run: Path | None = None) -> list[str]:
+    """Write the Markdown report, its PNGs, plot CSVs, summary and metrics; return the summary.
+    ``train_run`` is the trainer's full metrics file (step times) when ``metrics_path`` has none."""
     out.parent.mkdir(parents=True, exist_ok=True)
     figs = out.parent / "figures"
     figs.mkdir(exist_ok=True)
@@ -417,7 +419,7 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, pa
     if metrics:
         plot_loss(metrics, figs / "loss.png")
         md += ["## Training", "", "![loss](figures/loss.png)", "", f"Last metrics line: `{json.dumps(metrics[-1])}`", ""]
-    times = wall_times(pipeline, metrics)
+    times = wall_times(pipeline, read_metrics(train_run) if train_run else metrics)
     if times:
         md += ["## Stage wall times", "", "| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in times.items()] + [""]
     md += params_section(params_path)
@@ -497,12 +499,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m spark_jobs.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-dir", default="data/pipeline", help="folder holding the stages' outputs (clean/, dedup/, tfidf/, augment/, shards/, train/)")
     parser.add_argument("--metrics", default=None, help="trainer metrics JSON Lines (default: the first train/**/metrics*.jsonl under --pipeline-dir)")
+    parser.add_argument("--train-run", default=None, metavar="JSONL",
+                        help="the trainer's full metrics (with step times), for the report's wall-time table (default: --metrics)")
     parser.add_argument("--params", default=None, help="params file the run used, shown in the report (default: the repository's params.yaml)")
     parser.add_argument("--out", default="reports/report.md",
                         help="Markdown report; beside it: figures/*.png, plots/*.csv (dvc plots), summary.txt, pipeline.json (dvc metrics)")
     args = parser.parse_args(argv)
     summary = write_report(Path(args.pipeline_dir), Path(args.out), Path(args.metrics) if args.metrics else None,
-                           Path(args.params) if args.params else None)
+                           Path(args.params) if args.params else None, Path(args.train_run) if args.train_run else None)
     print("\n".join(["", "jinglian pipeline summary", *summary, f"report: {args.out}"]), flush=True)
     return 0
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import ast
+import hashlib
 
 import pyarrow.parquet as pq
 import pytest
@@ -143,6 +144,9 @@ def project(tmp_path_factory, data_dir):
     _run(["git", "init", "-q"], proj, env)
     _run([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
     shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")
+    template = ROOT / ".dvc" / "plots-offline.html"
+    assert template.is_file(), f"{template} is missing: scripts/setup.sh builds it (npm pack of vega, vega-lite, vega-embed)"
+    shutil.copy(template, proj / ".dvc" / template.name)
     _run(["git", "add", "-A"], proj, env)
     _run(["git", "commit", "-qm", "tiny pipeline"], proj, env)
     first = _run([sys.executable, "-m", "dvc", "repro"], proj, env)
@@ -160,12 +164,77 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     assert len(dead) == 1 and dead[0]["reason"] == "invalid_json"  # the one malformed line in the Kafka slice
     assert landed == 15 and clean["num_in"] == 12 + 20 + 16 + 12 + 4 + landed  # the sample plus the landed windows
     metrics = json.loads((proj / "reports/pipeline.json").read_text())
-    assert set(metrics) >= {"clean", "dedup", "tfidf", "augment", "shards", "train"}
-    assert metrics["train"]["steps"] == 3
-    assert abs(sum(metrics["shards"]["shares"].values()) - 1) < 1e-6
+    assert set(metrics) == {"shards", "train"} and metrics["train"]["steps"] == 3
+    assert abs(sum(v for k, v in metrics["shards"].items() if k.startswith("share_")) - 1) < 1e-3
+    for stage in ("clean", "dedup", "tfidf", "augment"):
+        stats = json.loads((proj / f"data/pipeline/{stage}/stats.json").read_text())
+        headline = json.loads((proj / f"data/pipeline/{stage}/metrics.json").read_text())
+        assert headline == {"docs_in": stats["num_in"], "docs_kept": stats["num_kept"], "docs_rejected": stats["num_rejected"],
+                            "kept_share": round(stats["num_kept"] / stats["num_in"], 4)}
+        assert "elapsed_s" not in stats and "wall_s" in json.loads((proj / f"data/pipeline/{stage}/timing.json").read_text())
     assert (proj / "reports/figures/loss.png").is_file() and (proj / "reports/plots/loss.csv").is_file()
     status = _run([sys.executable, "-m", "dvc", "status"], proj, env).stdout
     assert "up to date" in status
+
+
+def _digests(proj: Path) -> dict[str, str]:
+    """md5 of every file under the pipeline's output folders."""
+    return {str(p.relative_to(proj)): hashlib.md5(p.read_bytes()).hexdigest()
+            for folder in ("data/stream", "data/pipeline", "reports") for p in sorted((proj / folder).rglob("*")) if p.is_file()}
+
+
+#: Files written on every run that DVC does not track: wall times and the human report.
+UNTRACKED = re.compile(r"(^|/)timing\.json$|^reports/report\.md$")
+
+
+@pytest.mark.dvc
+@pytest.mark.slow
+def test_forced_rerun_writes_byte_identical_outputs_and_leaves_dvc_lock_unchanged(project):
+    proj, env, _ = project
+    lock, before = (proj / "dvc.lock").read_text(), _digests(proj)
+    out = _run([sys.executable, "-m", "dvc", "repro", "--force"], proj, env)
+    assert _ran(out.stdout + out.stderr) == STAGES
+    after = _digests(proj)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k) and not UNTRACKED.search(k))
+    assert changed == [], f"outputs differ after a forced rerun: {changed}"
+    assert (proj / "dvc.lock").read_text() == lock
+    spark_parts = [p.name for p in (proj / "data/pipeline/clean/kept").iterdir()]
+    assert spark_parts and all(re.fullmatch(r"part-\d{5}-c\d{3}\.zstd\.parquet", n) for n in spark_parts), spark_parts
+
+
+@pytest.mark.dvc
+@pytest.mark.slow
+def test_metrics_show_is_a_few_headline_columns(project):
+    proj, env, _ = project
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], proj, env).stdout)
+    files = next(iter(shown.values()))["data"]
+    columns = {(path, key) for path, entry in files.items() for key in entry["data"]}
+    assert {p for p, _ in columns} == {f"data/pipeline/{s}/metrics.json" for s in ("clean", "dedup", "tfidf", "augment")} | {"reports/pipeline.json"}
+    assert len({key for _, key in columns}) <= 6  # docs_in, docs_kept, docs_rejected, kept_share; shards; train
+
+
+@pytest.mark.dvc
+@pytest.mark.slow
+def test_plots_show_works_offline_and_draws_every_group(project):
+    proj, env, _ = project
+    _run([sys.executable, "-m", "dvc", "plots", "show", "--out", "plots-html"], proj, env)
+    page = (proj / "plots-html" / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", page), "the page loads a script from outside"
+    assert "cdn.jsdelivr" not in page and page.count("<script>") >= 3  # vega, vega-lite, vega-embed inlined
+    for column in ("loss_general", "loss_domain", "loss_expert", '"domain_tokens', "expert"):
+        assert column in page, column
+
+
+@pytest.mark.dvc
+@pytest.mark.slow
+def test_default_remote_lives_inside_a_fresh_clone(project, tmp_path):
+    proj, env, _ = project
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(proj), str(clone)], tmp_path, env)
+    url = _run([sys.executable, "-m", "dvc", "remote", "list"], clone, env).stdout.split()[1]
+    resolved = (clone / ".dvc" / url).resolve() if not os.path.isabs(url) else Path(url)
+    assert resolved.parent == clone.resolve() and resolved.name == ".dvc-storage"
+    assert ".dvc-storage" in (ROOT / ".gitignore").read_text()
 
 
 @pytest.mark.dvc
