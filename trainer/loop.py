@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -69,6 +71,11 @@ def init_parallel(config: TrainConfig) -> None:
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp)
     tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
+    # Python's and NumPy's global generators are unused in training but saved in every
+    # checkpoint (trainer/checkpoint.py _rng_state): seeded as Megatron's pretrain does, so
+    # the same run writes the same checkpoint bytes (they were seeded from the OS before).
+    random.seed(config.seed)
+    np.random.seed(config.seed)
 
 
 @dataclass
