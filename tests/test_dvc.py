@@ -221,8 +221,9 @@ def test_plots_show_works_offline_and_draws_every_group(project):
     page = (proj / "plots-html" / "index.html").read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]+src=", page), "the page loads a script from outside"
     assert "cdn.jsdelivr" not in page and page.count("<script>") >= 3  # vega, vega-lite, vega-embed inlined
-    for column in ("loss_general", "loss_domain", "loss_expert", '"domain_tokens', "expert"):
-        assert column in page, column
+    for field in ("loss", "loss_general", "loss_domain", "loss_expert", "general", "domain", "expert", "tokens"):
+        assert f'"field": "{field}"' in page, field  # every mix group's loss and share, tokens per record domain
+    assert "Tokens in the shards per record domain" in page
 
 
 @pytest.mark.dvc
