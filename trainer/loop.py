@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -86,6 +88,11 @@ def init_parallel(config: TrainConfig) -> None:
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp)
     tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
+    # Python's and NumPy's global generators are unused in training but saved in every
+    # checkpoint (trainer/checkpoint.py _rng_state): seeded as Megatron's pretrain does, so
+    # the same run writes the same checkpoint bytes (they were seeded from the OS before).
+    random.seed(config.seed)
+    np.random.seed(config.seed)
 
 
 @dataclass
