@@ -213,8 +213,11 @@ class AugmentConfig:
     (AVX512-BF16, AMX), else fp32), ``float32``, ``bfloat16``, ``float16``.  Variants depend on
     the dtype: pin one (``float32``) for identical variants across mixed hardware."""
     back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
+    """Back-translation: models per language, batching and decoding."""
     masked_lm: MaskedLMConfig = field(default_factory=MaskedLMConfig)
+    """Masked-LM substitution: models per language, word choice and batching."""
     entity_swap: EntitySwapConfig = field(default_factory=EntitySwapConfig)
+    """Entity swap: knowledge graph, dictionaries and the swap mode."""
     guard: dict[str, GuardConfig] = field(default_factory=_default_guards)
     """Method -> similarity bounds; a method missing here gets :class:`GuardConfig` defaults."""
 

@@ -28,11 +28,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from etl.core.atomic import atomic_dir, write_json
+from etl.core.atomic import atomic_dir
 from etl.core.document import Document
 from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
-from etl.core.stats import StageStats
+from etl.core.stats import StageStats, write_stage_reports
 from etl.core.step import Pipeline, batched
 from etl.io.records import read_inputs, write_parquet
 
@@ -154,7 +154,7 @@ def write_stage_output(docs: Iterable[Document], output: str | os.PathLike, step
         report = stats.to_dict(step_names)
         report["elapsed_s"] = round(time.time() - started, 3)
         report.update((extra_stats() if callable(extra_stats) else extra_stats) or {})
-        write_json(tmp / "stats.json", report)
+        write_stage_reports(tmp, report)
     logger.info("wrote %s: %d kept, %d rejected", output, stats.num_kept, stats.num_rejected)
     return report
 

@@ -21,6 +21,17 @@ if [ "${JV:-0}" -lt 17 ]; then
   exit 1
 fi
 
+# `dvc plots show` offline: vega, vega-lite and vega-embed (npm packages, fetched once) inlined
+# into the HTML template .dvc/config names (plots.html_template), so the page needs no CDN.
+if [ ! -s .dvc/plots-offline.html ]; then
+  if command -v npm >/dev/null 2>&1; then
+    "$PY" scripts/plots_template.py .dvc/plots-offline.html \
+      || echo "jinglian: could not build .dvc/plots-offline.html (npm pack failed); dvc plots show will fail until it exists" >&2
+  else
+    echo "jinglian: npm not found: install nodejs/npm and rerun, or dvc plots show has no template (.dvc/plots-offline.html)" >&2
+  fi
+fi
+
 STAMP=.venv/.setup-stamp
 WANT=$(cat pyproject.toml constraints-cpu.txt | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
@@ -30,5 +41,5 @@ echo "jinglian: installing into .venv (a few minutes the first time; pyspark bui
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 # constraints-cpu.txt pins the CPU build of torch; drop it (-c) on a GPU machine.
-.venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[all,bench,dev]"
+.venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[all,bench,dev,eval]"
 echo "$WANT" > "$STAMP"

@@ -26,6 +26,7 @@ from shards.chat import ChatRenderer, record_messages
 from shards.config import ShardsConfig
 from shards.mix import MixPlan, assign_group, plan_mix
 from shards.samples import Sample, encode_texts, order_key, pack_samples, sample_inputs, split_sample
+from shards.split import VALID_DIR, holdout_config, holdout_plan, is_holdout
 from shards.tario import ShardWriter, file_sha256, index_path_of
 from shards.tokenizer import load_backend_tokenizer, load_tokenizer, token_dtype, tokenizer_fingerprint
 
@@ -120,17 +121,24 @@ def make_encoder(cfg: ShardsConfig, tokenizer_path: str, eos_id: int | None = No
             if len(ids) - (1 if eos is not None else 0) < cfg.min_tokens:
                 results[i] = doc.drop("too_few_tokens", STEP, num_tokens=int(len(ids)))
             else:
-                results[i] = split_sample(Sample(doc.id, doc.domain, group, doc.source, doc.lang, ids, target), cfg.max_doc_tokens)
+                holdout = is_holdout(doc.id, doc.meta, cfg.valid_fraction)
+                results[i] = split_sample(Sample(doc.id, doc.domain, group, doc.source, doc.lang, ids, target, holdout),
+                                          cfg.max_doc_tokens)
         return [r for item in results for r in (item if isinstance(item, list) else [item])]
 
     return encode
 
 
+def plan_units(cfg: ShardsConfig, token_sizes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-item plan units: the token sizes, or ones when the weights count documents."""
+    if cfg.unit == "documents":
+        return {g: np.ones(len(u), dtype=np.int64) for g, u in token_sizes.items()}
+    return token_sizes
+
+
 def plan_for(cfg: ShardsConfig, units: dict[str, np.ndarray]) -> MixPlan:
     """The plan over groups' items (``units[g]``: per-item size in plan order, tokens or 1s)."""
-    if cfg.unit == "documents":
-        units = {g: np.ones(len(u), dtype=np.int64) for g, u in units.items()}
-    return plan_mix(dict(cfg.weights), units, cfg.on_exhausted)
+    return plan_mix(dict(cfg.weights), plan_units(cfg, units), cfg.on_exhausted)
 
 
 def slot_tokens(plan: MixPlan, token_sizes: dict[str, np.ndarray]) -> np.ndarray:
@@ -256,7 +264,7 @@ def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_se
                 tokenizer_path: str | None = None, num_partitions: int = 1, reader_config=None) -> dict[str, Any]:
     """Build a shard set in this process (tests, the demo, small corpora)."""
     from etl.io.records import ReaderConfig, read_inputs
-    from shards.manifest import finish_output, prepare_output
+    from shards.manifest import prepare_output
 
     tokenizer_path = tokenizer_path or cfg.tokenizer
     if not tokenizer_path:
@@ -276,9 +284,23 @@ def build_local(inputs: Sequence[str], output: str, cfg: ShardsConfig, params_se
             _collect(encode(batch), samples, rejected)
     for group in samples:
         samples[group].sort(key=lambda s: (order_key(cfg.seed, s.id), s.id))
+    held = {g: [s for s in v if s.holdout] for g, v in samples.items()}
+    samples = {g: [s for s in v if not s.holdout] for g, v in samples.items()}
+    tmp = prepare_output(output, keep_valid=cfg.valid_fraction > 0)
+    if cfg.valid_fraction > 0:
+        valid_sizes = {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in held.items()}
+        valid_plan = holdout_plan(plan_units(cfg, valid_sizes), list(cfg.weights))
+        _write_set(valid_plan, held, valid_sizes, holdout_config(cfg, valid_plan), params_section, info, [],
+                   prepare_output(tmp / VALID_DIR), str(tmp / VALID_DIR), num_partitions)
     token_sizes = {g: np.array([s.num_tokens for s in v], dtype=np.int64) for g, v in samples.items()}
-    plan = plan_for(cfg, token_sizes)
-    tmp = prepare_output(output)
+    return _write_set(plan_for(cfg, token_sizes), samples, token_sizes, cfg, params_section, info, rejected,
+                      tmp, output, num_partitions)
+
+
+def _write_set(plan: MixPlan, samples, token_sizes, cfg: ShardsConfig, params_section: dict, info: TokenizerInfo,
+               rejected: list[Document], tmp: Path, output: str, num_partitions: int) -> dict[str, Any]:
+    from shards.manifest import finish_output
+
     entries = []
     for part, cuts in enumerate(layout_shards(plan, token_sizes, cfg, num_partitions)):
         stream = _slot_stream(plan, samples, cuts[0], cuts[-1])

@@ -63,6 +63,10 @@ class ShardsConfig:
     ``tokenizer`` requires the tokenizer's template; ``default`` always uses the project's."""
     min_tokens: int = 1
     """Documents with fewer tokens (before EOS) are rejected as ``too_few_tokens``."""
+    valid_fraction: float = 0.0
+    """Share of records held out as the validation set ``<output>/valid/`` (0 = none), chosen by
+    a stable hash of each record's lineage root (dedup cluster, augment parent), so a rebuild
+    keeps the split and no validation record shares a cluster with a training one (shards/split.py)."""
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 0:
@@ -73,6 +77,8 @@ class ShardsConfig:
             raise ValueError(f"shards.shard_tokens and shards.min_shards: must be >= 1, got {self.shard_tokens}, {self.min_shards}")
         if self.max_doc_tokens < 0 or (self.append_eos and self.max_doc_tokens == 1):
             raise ValueError(f"shards.max_doc_tokens: must be 0 (no split) or >= 2, got {self.max_doc_tokens}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"shards.valid_fraction: must be in [0, 1), got {self.valid_fraction}")
         if self.pack_seq_len < 0:
             raise ValueError(f"shards.pack_seq_len: must be >= 0, got {self.pack_seq_len}")
         if not self.weights or any(v < 0 for v in self.weights.values()) or sum(self.weights.values()) <= 0:

@@ -34,12 +34,16 @@ FORMAT = "jinglian-shards/1"
 MANIFEST = "manifest.json"
 
 
-def prepare_output(output: str | os.PathLike) -> Path:
+def prepare_output(output: str | os.PathLike, keep_valid: bool = False) -> Path:
     """Make ``output`` ready for a (re)build: the old manifest goes first (the set is incomplete
-    from then on), then old shards and stale temporaries."""
+    from then on), then old shards and stale temporaries, and an old validation set (``valid/``,
+    a shard set itself) unless ``keep_valid`` (it is rebuilt in place then)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
+    if not keep_valid and (out / "valid" / MANIFEST).is_file():
+        prepare_output(out / "valid")
+        shutil.rmtree(out / "valid")
     write_output_marker(out, "shards")
     for stale in list(out.glob("shard-*.tar")) + list(out.glob("shard-*.tar.idx")) + list(out.glob(f"*{TMP_MARK}*")):
         stale.unlink(missing_ok=True)
@@ -120,7 +124,8 @@ def check_ratios(manifest: dict[str, Any]) -> list[str]:
 def verify(directory: str | os.PathLike, *, deep: bool = False) -> list[str]:
     """Every problem found with a shard set (empty: it is sound). Checks each shard's presence,
     size and sha256, unexpected shard files, and the achieved ratios; ``deep`` also re-reads every
-    sample and recounts tokens per group."""
+    sample and recounts tokens per group. The validation set ``valid/`` is checked the same way
+    (its problems prefixed ``valid/``)."""
     from shards.tario import file_sha256
 
     manifest, root = load_manifest(directory)
@@ -143,7 +148,17 @@ def verify(directory: str | os.PathLike, *, deep: bool = False) -> list[str]:
         elif deep:
             problems += _deep_check(path, shard, manifest)
     problems += check_ratios(manifest)
-    return problems
+    return problems + _verify_valid(root, manifest, deep)
+
+
+def _verify_valid(root: Path, manifest: dict[str, Any], deep: bool) -> list[str]:
+    """The validation set ``valid/`` (shards/split.py), checked like the set itself."""
+    valid = root / "valid"
+    if (valid / MANIFEST).is_file():
+        return [f"valid/{p}" for p in verify(valid, deep=deep)]
+    if (manifest.get("params") or {}).get("valid_fraction", 0) > 0 and manifest.get("num_slots", 0) > 0:
+        return ["valid/: missing (the set was built with shards.valid_fraction > 0)"]
+    return []
 
 
 def _deep_check(path: Path, shard: dict, manifest: dict) -> list[str]:

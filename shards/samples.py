@@ -33,6 +33,7 @@ class Sample:
     lang: str
     tokens: np.ndarray               # int64 ids, EOS included when appended
     target: np.ndarray | None = None  # uint8 per token (None: all ones)
+    holdout: bool = False             # in the validation set (shards/split.py)
 
     @property
     def num_tokens(self) -> int:
@@ -70,7 +71,7 @@ def split_sample(sample: Sample, max_tokens: int) -> list[Sample]:
     num_chunks = -(-n // max_tokens)
     cuts = [n * i // num_chunks for i in range(num_chunks + 1)]
     return [Sample(f"{sample.id}{CHUNK_MARK}{i}", sample.domain, sample.group, sample.source, sample.lang,
-                   sample.tokens[lo:hi], None if sample.target is None else sample.target[lo:hi])
+                   sample.tokens[lo:hi], None if sample.target is None else sample.target[lo:hi], sample.holdout)
             for i, (lo, hi) in enumerate(zip(cuts, cuts[1:]))]
 
 

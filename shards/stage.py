@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from etl.core.cli import ArgumentParser
+from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun
 
 
@@ -30,6 +31,12 @@ def add_shards_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, metavar="PATH_OR_HUB_ID", help="overrides params shards.tokenizer")
     parser.add_argument("--partitions", type=int, default=None, metavar="N",
                         help="partitions (shard-<partition>-<n>.tar); default 1 locally, Spark's default parallelism in Spark")
+
+
+def check_tokenizer(run: StageRun) -> None:
+    """A tokenizer must be given (params shards.tokenizer or --tokenizer), checked before any work."""
+    if not (run.args.tokenizer or run.config.tokenizer):
+        raise JinglianError("shards.tokenizer: no tokenizer given (params shards.tokenizer or --tokenizer)")
 
 
 def build_shards_local(run: StageRun) -> dict[str, Any]:
@@ -55,6 +62,7 @@ SHARDS = Stage(
     write=build_shards_local,
     spark_corpus="spark_jobs.corpus.shards:run_shards",
     add_flags=add_shards_flags,
+    check=check_tokenizer,
     summary=summary_line,
     input_help="input files/dirs/globs; GROUP=PATH puts every record of PATH in mix group GROUP "
                "(otherwise the record's domain is mapped by params shards.groups)",

@@ -13,19 +13,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from etl.core.atomic import atomic_dir, write_json
+from etl.core.atomic import atomic_dir
 from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
 from etl.core.errors import JinglianError
-from etl.core.stats import StageStats
+from etl.core.stats import StageStats, write_stage_reports
 from etl.core.step import Pipeline
 from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
 
@@ -414,9 +416,29 @@ def compute_stats(df) -> StageStats:
     return stats
 
 
+#: A Spark part file: ``part-<partition>-<job uuid>-c<file>.<codec>.parquet``.
+_PART_NAME = re.compile(r"part-(\d+)-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}-(c\d+)(\..+)")
+
+
+def canonical_parts(directory: Path) -> None:
+    """Make a Parquet directory Spark wrote byte-reproducible: part files lose the random job
+    UUID from their names (``part-00003-c000.zstd.parquet``), and Spark's ``_SUCCESS`` marker
+    and the local filesystem's ``.crc`` checksum files are removed."""
+    for path in directory.iterdir():
+        match = _PART_NAME.fullmatch(path.name)
+        if path.name == "_SUCCESS" or path.name.endswith(".crc"):
+            path.unlink()
+        elif match:
+            path.rename(path.with_name(f"part-{match[1]}-{match[2]}{match[3]}"))
+
+
 def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | None = None,
                        split: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), atomically.
+
+    The files are byte-identical for the same input and params: rows sorted within each
+    partition, part files named by partition (:func:`canonical_parts`), wall times in
+    ``timing.json`` apart from ``stats.json`` (:func:`etl.core.stats.write_stage_reports`).
 
     ``df`` holds all records (:data:`RECORD_SCHEMA`); it is cached, written twice (filtered
     on ``drop_reason``) and counted.  A stage that can tell kept from rejected rows before
@@ -435,8 +457,11 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     try:
         with atomic_dir(output) as tmp:
             kept, rejected = split
-            kept.select(*DOC_COLUMNS).write.mode("overwrite").parquet(str(tmp / "kept"))
-            rejected.select(*RECORD_SCHEMA.names).write.mode("overwrite").parquet(str(tmp / "rejected"))
+            # sorted within each (hash-assigned) partition: rows arrive from a shuffle in fetch order
+            kept.select(*DOC_COLUMNS).sortWithinPartitions(*DOC_COLUMNS).write.mode("overwrite").parquet(str(tmp / "kept"))
+            rejected.select(*RECORD_SCHEMA.names).sortWithinPartitions(*RECORD_SCHEMA.names).write.mode("overwrite").parquet(str(tmp / "rejected"))
+            canonical_parts(tmp / "kept")
+            canonical_parts(tmp / "rejected")
             if cached is None:
                 spark = kept.sparkSession
                 null = F.lit(None).cast("string")
@@ -445,7 +470,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
             report = compute_stats(cached).to_dict(list(step_names))
             report["elapsed_s"] = round(time.time() - started, 3)
             report.update(extra_stats or {})
-            write_json(tmp / "stats.json", report)
+            write_stage_reports(tmp, report)
     finally:
         if cached is not None:
             cached.unpersist()

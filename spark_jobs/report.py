@@ -1,10 +1,18 @@
 """The pipeline's summary and run report (the last DVC stage).
 
-Reads what the stages left under ``--pipeline-dir`` (each stage's ``stats.json`` and kept
-records, the dedup cluster report, the shard manifest, the trainer's metrics JSON Lines) and
-writes ``--out`` (a Markdown report with PNG plots beside it) plus a short summary on stdout:
-records in and out per stage with drop reasons, dedup clusters, achieved mix ratios, tokens
-and the training loss.  Missing stages are skipped, so it works on a partial pipeline too.
+Reads what the stages left under ``--pipeline-dir`` (each stage's ``stats.json``,
+``timing.json``, kept and rejected records, the shards and their manifest, the trainer's
+metrics JSON Lines) and writes ``--out``, a Markdown report with PNG plots beside it: the
+git revision and params of the run, documents kept and dropped per domain, tokens per
+domain, mix group and language, example rejected texts per reason, near-duplicate cluster
+snippets, per-method augmentation counts, the mix along the shards, the loss (total and per
+group) and the stages' wall times; plus a short summary on stdout.  Missing stages are
+skipped, so it works on a partial pipeline too.
+
+Beside the report it writes what DVC tracks: ``figures/``, ``plots/*.csv`` (``dvc plots``),
+``summary.txt`` and ``pipeline.json`` (headline metrics of the shards and training).  Those
+are byte-identical for the same pipeline outputs; the report itself holds the wall times and
+revision, so DVC does not track it.
 
     python -m spark_jobs.report --pipeline-dir data/pipeline --out reports/report.md
 """
@@ -14,12 +22,14 @@ import argparse
 import collections
 import json
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from etl.core.cli import ArgumentParser
+from etl.core.config import DEFAULT_PARAMS, params_hash
 from etl.core.errors import run_main
 from etl.core.metrics import read_metrics
 
@@ -72,6 +82,93 @@ def domain_share_series(manifest: dict) -> tuple[list[str], np.ndarray]:
     per = np.array([[s.get("tokens_by_group", {}).get(g, 0) for g in groups] for s in shards], dtype=float)
     cum = per.cumsum(axis=0)
     return groups, cum / np.maximum(cum.sum(axis=1, keepdims=True), 1)
+
+
+def git_revision(root: Path) -> str:
+    """``git describe``-style revision of ``root``'s checkout (``+dirty`` with uncommitted changes), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def shard_tokens(shards_dir: Path) -> dict[str, dict[str, int]]:
+    """Tokens in the shards per record ``domain``, mix ``group`` and ``lang`` (repeats of an
+    up-sampled group counted each time: what the trainer reads)."""
+    from shards.tario import iter_shard, load_npy
+
+    totals: dict[str, collections.Counter] = {"domain": collections.Counter(), "group": collections.Counter(), "lang": collections.Counter()}
+    for path in sorted(shards_dir.glob("*.tar")):
+        for key, members in iter_shard(path):
+            meta = json.loads(members.get("json") or b"{}")
+            num_tokens = int(load_npy(members["npy"], f"{path}:{key}").size) if "npy" in members else 0
+            for field in totals:
+                totals[field][meta.get(field) or "und"] += num_tokens
+    return {field: dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) for field, counts in totals.items()}
+
+
+def snippet(text: str | None, width: int = 140) -> str:
+    """``text`` on one line, at most ``width`` characters (an ellipsis marks a cut), safe in Markdown."""
+    flat = " ".join((text or "").split())
+    flat = flat if len(flat) <= width else flat[: width - 1] + "…"
+    return flat.replace("|", "\\|").replace("<", "&lt;").replace("`", "'")
+
+
+def rejected_examples(pipeline: Path, stage: str, per_reason: int = 2, width: int = 140) -> dict[str, list[tuple[str, str]]]:
+    """Up to ``per_reason`` ``(id, snippet)`` of a stage's rejected records per drop reason, in file order."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+    for part in sorted((pipeline / stage / "rejected").glob("*.parquet")):
+        for batch in pq.ParquetFile(part).iter_batches(columns=["id", "text", "drop_reason"], batch_size=4096):
+            for doc_id, text, reason in zip(*(batch.column(c).to_pylist() for c in ("id", "text", "drop_reason"))):
+                if len(found[reason]) < per_reason:
+                    found[reason].append((doc_id, snippet(text, width)))
+    return dict(sorted(found.items()))
+
+
+def cluster_snippets(pipeline: Path, max_clusters: int = 3, per_cluster: int = 2, width: int = 110) -> list[dict[str, Any]]:
+    """The largest near-duplicate clusters: the kept document and a few dropped members, as snippets."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    members: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+    keeper_of: dict[str, str] = {}
+    for part in sorted((pipeline / "dedup" / "rejected").glob("*.parquet")):
+        table = pq.read_table(part, columns=["id", "text", "meta", "drop_reason"])
+        table = table.filter(pc.equal(table.column("drop_reason"), "near_duplicate"))
+        for doc_id, text, meta in zip(*(table.column(c).to_pylist() for c in ("id", "text", "meta"))):
+            meta = json.loads(meta or "{}")
+            cluster = str(meta.get("cluster_id"))
+            members[cluster].append((doc_id, snippet(text, width)))
+            keeper_of[cluster] = meta.get("duplicate_of")
+    chosen = sorted(members, key=lambda c: (-len(members[c]), c))[:max_clusters]
+    wanted = {keeper_of[c] for c in chosen}
+    kept_text: dict[str, str] = {}
+    for part in sorted((pipeline / "dedup" / "kept").glob("*.parquet")) if wanted else []:
+        table = pq.read_table(part, columns=["id", "text"])
+        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(sorted(wanted))))
+        kept_text.update(zip(table.column("id").to_pylist(), (snippet(t, width) for t in table.column("text").to_pylist())))
+    return [{"cluster_id": c, "size": len(members[c]) + 1, "kept": (keeper_of[c], kept_text.get(keeper_of[c], "")),
+             "dropped": sorted(members[c])[:per_cluster]} for c in chosen]
+
+
+def wall_times(pipeline: Path, metrics: list[dict]) -> dict[str, float]:
+    """Seconds per stage: each stage's ``timing.json`` (``wall_s``), and training's summed step times."""
+    times = {}
+    for stage in STAGES:
+        timing = load_json(pipeline / stage / "timing.json")
+        if timing and "wall_s" in timing:
+            times[stage] = float(timing["wall_s"])
+    steps = [m["step_time_s"] for m in metrics if m.get("step_time_s") is not None]
+    if steps:
+        times["train (steps)"] = round(sum(steps), 3)
+    return times
 
 
 # ------------------------------------------------------------------------------- plots
@@ -225,10 +322,11 @@ def achieved_shares(manifest: dict) -> dict[str, float]:
     return {g: counts.get(g, 0) / total for g in sorted(manifest.get("shares", counts))}
 
 
-def write_plot_data(out_dir: Path, manifest: dict | None, metrics: list[dict]) -> None:
-    """CSV files for ``dvc plots`` (loss per step, cumulative domain shares per shard)."""
+def write_plot_data(out_dir: Path, manifest: dict | None, metrics: list[dict], tokens: dict | None = None) -> None:
+    """CSV files for ``dvc plots``: loss per step (total and per mix group, a column for every
+    group of the manifest), cumulative group shares per shard, tokens per record domain."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    domains = sorted({d for m in metrics for d in m.get("loss_by_domain") or {}})
+    domains = sorted({d for m in metrics for d in m.get("loss_by_domain") or {}} | set((manifest or {}).get("shares") or {}))
     rows = ["step,loss," + ",".join(f"loss_{d}" for d in domains)]
     rows += [f"{m['step']},{m['loss']}," + ",".join(str((m.get("loss_by_domain") or {}).get(d, "")) for d in domains)
              for m in metrics if "loss" in m]
@@ -237,33 +335,51 @@ def write_plot_data(out_dir: Path, manifest: dict | None, metrics: list[dict]) -
     rows = ["shard," + ",".join(groups)]
     rows += [f"{i + 1}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(shares)]
     (out_dir / "domain_shares.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rows = ["domain,tokens"] + [f"{d},{n}" for d, n in (tokens or {}).get("domain", {}).items()]
+    (out_dir / "domain_tokens.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
-def pipeline_metrics(all_stats: dict[str, dict], manifest: dict | None, metrics: list[dict]) -> dict[str, Any]:
-    """A small JSON of headline numbers (DVC metrics: compare runs with ``dvc metrics diff``)."""
-    out: dict[str, Any] = {stage: {"in": st["num_in"], "kept": st["num_kept"]} for stage, st in all_stats.items()}
+def pipeline_metrics(manifest: dict | None, metrics: list[dict]) -> dict[str, Any]:
+    """Headline numbers of the shards and training (``dvc metrics show``; the ETL stages write
+    their own ``metrics.json``): shards, tokens, achieved share per group; steps, final loss."""
+    out: dict[str, Any] = {}
     if manifest:
-        out["shards"] = {"tokens": manifest.get("num_tokens"), "shares": {g: round(v, 4) for g, v in achieved_shares(manifest).items()}}
+        out["shards"] = {"shards": len(manifest.get("shards", [])), "tokens": manifest.get("num_tokens"),
+                         **{f"share_{g}": round(v, 4) for g, v in achieved_shares(manifest).items()}}
     losses = [m["loss"] for m in metrics if "loss" in m]
     if losses:
-        out["train"] = {"steps": metrics[-1].get("step"), "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
+        out["train"] = {"steps": metrics[-1].get("step"), "final_loss": round(losses[-1], 4)}
     return out
 
 
-def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) -> list[str]:
-    """Write the Markdown report, its PNGs, plot CSVs, summary and metrics; return the summary."""
+def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, params_path: Path | None = None,
+                 train_run: Path | None = None) -> list[str]:
+    """Write the Markdown report, its PNGs, plot CSVs, summary and metrics; return the summary.
+    ``train_run`` is the trainer's full metrics file (step times) when ``metrics_path`` has none."""
     out.parent.mkdir(parents=True, exist_ok=True)
     figs = out.parent / "figures"
     figs.mkdir(exist_ok=True)
     all_stats = stage_stats(pipeline)
     clusters = (all_stats.get("dedup") or {}).get("dedup", {}).get("clusters")
     manifest = load_json(pipeline / "shards" / "manifest.json")
+    tokens = shard_tokens(pipeline / "shards") if manifest else None
     metrics = read_metrics(metrics_path or find_metrics(pipeline), missing_ok=True)
     summary = summary_lines(all_stats, clusters, manifest, metrics)
-    write_plot_data(out.parent / "plots", manifest, metrics)
+    write_plot_data(out.parent / "plots", manifest, metrics, tokens)
     (out.parent / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")
-    (out.parent / "pipeline.json").write_text(json.dumps(pipeline_metrics(all_stats, manifest, metrics), indent=2) + "\n", encoding="utf-8")
-    md = ["# jinglian run report", "", "```", *summary, "```", ""]
+    (out.parent / "pipeline.json").write_text(json.dumps(pipeline_metrics(manifest, metrics), indent=2) + "\n", encoding="utf-8")
+    params_path = params_path or DEFAULT_PARAMS
+    md = ["# jinglian run report", "", f"Revision `{git_revision(params_path.resolve().parent)}`, params `{params_path.name}` "
+          f"(hash `{params_hash(params_path.read_text(encoding='utf-8')) if params_path.is_file() else 'missing'}`).", "",
+          "```", *summary, "```", ""]
+    if all_stats:
+        md += ["## Documents per domain", "", "In, kept and dropped per stage (augment adds variants, so it can keep more than it reads).", ""]
+        md += domain_table(all_stats)
+    if tokens:
+        md += ["## Tokens in the shards", "", "What the trainer reads: per record domain, mix group and language "
+               "(an up-sampled group's repeats counted each time).", ""]
+        for field in ("group", "domain", "lang"):
+            md += count_table(field, tokens[field])
     if "clean" in all_stats:
         plot_lengths(kept_lengths(pipeline, "clean"), figs / "lengths.png")
         plot_languages(all_stats["clean"], figs / "languages.png")
@@ -272,14 +388,16 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) ->
     if all_stats:
         plot_drop_reasons(all_stats, figs / "drop_reasons.png")
         md += ["## Drop reasons", "", "![drop reasons](figures/drop_reasons.png)", ""]
+        md += rejected_section(pipeline, all_stats)
     if (all_stats.get("augment") or {}).get("augment"):
         about = ("Per method: variants made, kept, rejected per guard reason (`changed_fact`: a number, date, unit, "
                  "knowledge-graph entity or negation of the original did not survive), and entity-swap kinds.")
-        md += ["## Augmentation", "", about, "", "```",
-               *augment_lines(all_stats["augment"]["augment"]), "```", ""]
+        md += ["## Augmentation", "", about, ""] + augment_table(all_stats["augment"]["augment"])
+        md += ["```", *augment_lines(all_stats["augment"]["augment"]), "```", ""]
     if clusters and clusters.get("size_histogram"):
         plot_cluster_sizes(clusters["size_histogram"], figs / "cluster_sizes.png")
         md += ["## Near-duplicate clusters", "", "![clusters](figures/cluster_sizes.png)", ""]
+        md += cluster_section(cluster_snippets(pipeline))
     if manifest:
         groups, shares = domain_share_series(manifest)
         if len(shares):
@@ -288,8 +406,74 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None) ->
     if metrics:
         plot_loss(metrics, figs / "loss.png")
         md += ["## Training", "", "![loss](figures/loss.png)", "", f"Last metrics line: `{json.dumps(metrics[-1])}`", ""]
+    times = wall_times(pipeline, read_metrics(train_run, missing_ok=True) if train_run else metrics)
+    if times:
+        md += ["## Stage wall times", "", "| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in times.items()] + [""]
+    md += params_section(params_path)
     out.write_text("\n".join(md), encoding="utf-8")
     return summary
+
+
+def domain_table(all_stats: dict[str, dict]) -> list[str]:
+    """Markdown table: per domain, in -> kept (dropped) for each stage."""
+    stages = list(all_stats)
+    domains = sorted({d for st in all_stats.values() for d in st.get("by_domain", {})})
+    rows = ["| domain | " + " | ".join(f"{s} in | kept | dropped" for s in stages) + " |",
+            "|---|" + "---:|---:|---:|" * len(stages)]
+    for domain in domains:
+        cells = []
+        for stage in stages:
+            row = all_stats[stage].get("by_domain", {}).get(domain)
+            cells += [str(row["in"]), str(row["kept"]), str(max(row["in"] - row["kept"], 0))] if row else ["", "", ""]
+        rows.append(f"| {domain} | " + " | ".join(cells) + " |")
+    return rows + [""]
+
+
+def count_table(field: str, counts: dict[str, int]) -> list[str]:
+    total = sum(counts.values()) or 1
+    return [f"| {field} | tokens | share |", "|---|---:|---:|"] + [f"| {k} | {v} | {v / total:.3f} |" for k, v in counts.items()] + [""]
+
+
+def rejected_section(pipeline: Path, all_stats: dict[str, dict]) -> list[str]:
+    """A few rejected texts per stage and drop reason (truncated)."""
+    md = ["### Rejected examples", "", "Up to two per stage and reason, first in the stage's rejected/ files, cut at 140 characters.", ""]
+    for stage in all_stats:
+        examples = rejected_examples(pipeline, stage)
+        if not examples:
+            continue
+        md += [f"**{stage}**", ""]
+        for reason, items in examples.items():
+            md += [f"- `{reason}` ({all_stats[stage].get('drop_reasons', {}).get(reason, len(items))}):"]
+            md += [f"  - `{doc_id}`: {text}" for doc_id, text in items]
+        md.append("")
+    return md
+
+
+def cluster_section(clusters: list[dict[str, Any]]) -> list[str]:
+    md = []
+    for c in clusters:
+        md += [f"- cluster `{c['cluster_id']}` ({c['size']} documents): kept `{c['kept'][0]}`: {c['kept'][1]}"]
+        md += [f"  - dropped `{doc_id}`: {text}" for doc_id, text in c["dropped"]]
+    return md + [""] if md else []
+
+
+def augment_table(aug: dict) -> list[str]:
+    """Markdown table of per-method augmentation counts."""
+    rows = ["| method | made | kept | rejected |", "|---|---:|---:|---:|"]
+    rows += [f"| {m} | {c.get('made', 0)} | {c.get('kept', 0)} | {c.get('rejected', 0)} |" for m, c in sorted((aug.get("by_method") or {}).items())]
+    return rows + [""]
+
+
+def params_section(params_path: Path) -> list[str]:
+    """Each params section's hash, then the whole file."""
+    import yaml
+
+    if not params_path.is_file():
+        return []
+    text = params_path.read_text(encoding="utf-8")
+    params = yaml.safe_load(text) or {}
+    rows = ["## Params of the run", "", "| section | hash |", "|---|---|"] + [f"| {k} | `{params_hash(v)}` |" for k, v in params.items()]
+    return rows + ["", "<details><summary>params.yaml</summary>", "", "```yaml", text.rstrip(), "```", "", "</details>", ""]
 
 
 def _steps_table(stats: dict) -> list[str]:
@@ -302,10 +486,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m spark_jobs.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-dir", default="data/pipeline", help="folder holding the stages' outputs (clean/, dedup/, tfidf/, augment/, shards/, train/)")
     parser.add_argument("--metrics", default=None, help="trainer metrics JSON Lines (default: the first train/**/metrics*.jsonl under --pipeline-dir)")
+    parser.add_argument("--train-run", default=None, metavar="JSONL",
+                        help="the trainer's full metrics (with step times), for the report's wall-time table (default: --metrics)")
+    parser.add_argument("--params", default=None, help="params file the run used, shown in the report (default: the repository's params.yaml)")
     parser.add_argument("--out", default="reports/report.md",
                         help="Markdown report; beside it: figures/*.png, plots/*.csv (dvc plots), summary.txt, pipeline.json (dvc metrics)")
     args = parser.parse_args(argv)
-    summary = write_report(Path(args.pipeline_dir), Path(args.out), Path(args.metrics) if args.metrics else None)
+    summary = write_report(Path(args.pipeline_dir), Path(args.out), Path(args.metrics) if args.metrics else None,
+                           Path(args.params) if args.params else None, Path(args.train_run) if args.train_run else None)
     print("\n".join(["", "jinglian pipeline summary", *summary, f"report: {args.out}"]), flush=True)
     return 0
 

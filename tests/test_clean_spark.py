@@ -16,7 +16,7 @@ def _output(root):
     rejected = {d.id: d.drop_reason for d in read_parquet_dir(root / "rejected")}
     stats = json.loads((root / "stats.json").read_text())
     for key in ("elapsed_s", "runner"):
-        stats.pop(key)
+        stats.pop(key, None)
     return kept, rejected, stats
 
 

@@ -91,6 +91,14 @@ def test_import_then_export_is_bit_identical_and_loads_in_transformers(tmp_path,
     source = make_model(kind, tmp_path / "hf", dtype, tokenizer=tokenizer_dir, max_shard_size=shard)
     assert (source / "model.safetensors.index.json").exists() == bool(shard)
     import_hf(str(source), tmp_path / "ckpt")
+    from torch.utils.serialization import config as serialization_config
+    assert serialization_config.save.compute_crc32  # the import's no-CRC write does not leak out
+    from trainer.dcp_reader import CheckpointTensors
+    from trainer.pretrained import checkpoint_path
+    stored = CheckpointTensors(checkpoint_path(tmp_path / "ckpt"))
+    for key in stored.shapes:
+        stored.get(key)
+    assert stored.fallbacks == 0  # the direct reader reads records written without a CRC
     common = read_common(tmp_path / "ckpt")
     assert common["hf"]["tokenizer"]["eos_id"] == 0 and common["config"]["model"]["padded_vocab_size"] == 384
     export_hf(tmp_path / "ckpt", tmp_path / "out", max_shard_bytes=50_000)

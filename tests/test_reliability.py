@@ -93,7 +93,7 @@ def test_a_users_directory_or_file_is_refused_but_own_outputs_are_replaced(tmp_p
     first = clean_main(["--input", str(src), "--output", str(out), "--no-progress"])
     assert (out / OUTPUT_MARKER).is_file() and first["num_in"] == 1
     second = clean_main(["--input", str(src), "--output", str(out), "--no-progress"])  # its own output: replaced
-    assert second["num_in"] == 1 and sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "kept", "rejected", "stats.json"]
+    assert second["num_in"] == 1 and sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "kept", "metrics.json", "rejected", "stats.json", "timing.json"]
 
 
 def test_legacy_outputs_without_marker_are_recognised_and_globs_compare_their_matches(tmp_path):

@@ -15,7 +15,7 @@ from test_shards_reader import corpus, tokenizer_dir  # noqa: F401  (module fixt
 from shards.build import build_local
 from shards.config import ShardsConfig
 
-SECTION = {"max_doc_tokens": 48, "min_shards": 5, "unit": "tokens"}
+SECTION = {"max_doc_tokens": 48, "min_shards": 5, "unit": "tokens", "valid_fraction": 0.2}
 
 
 @pytest.mark.spark
@@ -35,3 +35,8 @@ def test_spark_build_equals_local_build(spark, tmp_path, corpus, tokenizer_dir):
     assert made["params_hash"] == local["params_hash"] and made["max_item_units"] <= 48
     assert len(made["shards"]) == 5 and {s["partition"] for s in made["shards"]} == {0, 1}
     assert all(made["docs_by_group"][g] > 0 for g in ("general", "domain", "expert"))
+    # the validation set (shards/split.py) too
+    made_valid = json.loads((tmp_path / "spark" / "valid" / "manifest.json").read_text())
+    local_valid = json.loads((tmp_path / "local" / "valid" / "manifest.json").read_text())
+    assert made_valid["num_slots"] > 0 and made_valid["groups"] == local_valid["groups"]
+    assert [s["sha256"] for s in made_valid["shards"]] == [s["sha256"] for s in local_valid["shards"]]

@@ -30,7 +30,8 @@ def test_every_stage_reads_the_read_section(stage, tmp_path):
     """The ``read:`` section reaches every stage (the shards stage once built ``ReaderConfig()``)."""
     (tmp_path / "in.jsonl").write_text("{}\n", encoding="utf-8")
     params = _params(tmp_path, {"read": {"max_record_bytes": 12345}})
-    args = parse_stage_args(stage, ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--params", params])
+    extra = ["--tokenizer", "some-tokenizer"] if stage is SHARDS else []
+    args = parse_stage_args(stage, ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--params", params, *extra])
     run = resolve_run(stage, args, "local")
     assert run.reader.max_record_bytes == 12345
     assert run.config is run.configs[stage.sections[0]]
@@ -52,6 +53,13 @@ def test_on_error_flag_overrides_the_param(tmp_path):
     assert resolve_run(CLEAN, args, "local").config.on_error == "raise"
     with pytest.raises(SystemExit):  # dedup has no per-record policy, so no flag
         parse_stage_args(DEDUP, ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o"), "--on-error", "raise"])
+
+
+def test_shards_needs_a_tokenizer_before_any_work(tmp_path):
+    (tmp_path / "in.jsonl").write_text("{}\n", encoding="utf-8")
+    args = parse_stage_args(SHARDS, ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o")])
+    with pytest.raises(JinglianError, match="no tokenizer given"):
+        resolve_run(SHARDS, args, "local")
 
 
 def test_stage_flags_are_checked(tmp_path):

@@ -198,6 +198,11 @@ class DataConfig:
         _check(self.accumulation_steps >= 1, "data.accumulation_steps", self.accumulation_steps, "must be >= 1")
 
 
+#: the guide's short LoRA target names -> megatron's module names
+LORA_TARGET_ALIASES = {"fc1": "linear_fc1", "fc2": "linear_fc2", "qkv": "linear_qkv", "proj": "linear_proj"}
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoraConfig:
     """Low-rank adapters (Hu et al. 2021) on Megatron's parallel linear layers."""
@@ -206,17 +211,98 @@ class LoraConfig:
     """Adapter rank r."""
     alpha: float = 32.0
     """Scale numerator: the update is (alpha / rank) * B @ A."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
+    dropout: float = 0.1
+    """Dropout probability on the adapter input (the base path is not dropped; the guide's 0.1)."""
     targets: tuple[str, ...] = ("linear_qkv", "linear_proj")
-    """Module names that get adapters (attention projections by default; add linear_fc1/linear_fc2 for the MLP)."""
+    """Module names that get adapters: linear_qkv, linear_proj (attention), linear_fc1, linear_fc2
+    (MLP); the short names fc1, fc2, qkv, proj are accepted and stored as megatron's names."""
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "lora.rank", self.rank, "must be >= 1")
         _check(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
-        allowed = {"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"}
-        _check(bool(self.targets) and set(self.targets) <= allowed, "lora.targets", self.targets,
-               f"must be a non-empty subset of {sorted(allowed)}")
+        _check(0.0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
+        targets = tuple(LORA_TARGET_ALIASES.get(t, t) for t in self.targets)
+        _check(bool(targets) and set(targets) <= set(LORA_TARGETS), "lora.targets", self.targets,
+               f"must be a non-empty subset of {list(LORA_TARGETS)} (or fc1, fc2, qkv, proj)")
+        object.__setattr__(self, "targets", tuple(dict.fromkeys(targets)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Teacher-student distillation (Hinton et al. 2015): loss = alpha * T^2 * KL(teacher || student)
+    + (1 - alpha) * cross-entropy + mse_weight * MSE(projected student layer, teacher layer)."""
+
+    teacher: str | None = None
+    """Teacher checkpoint (a jinglian checkpoint, e.g. an imported Hugging Face model); mode=distill."""
+    alpha: float = 0.7
+    """Weight of the KL term; 1 - alpha weighs the cross-entropy on the labels (the guide's 0.7)."""
+    temperature: float = 1.0
+    """Softmax temperature T of both models in the KL term (Hinton et al. 2015 use 1-20); the KL is
+    multiplied by T^2 so its gradient scale does not depend on T."""
+    student_layer: int = 0
+    """1-based student layer whose output is aligned to the teacher's by MSE (0 = no alignment;
+    the guide aligns layer 12)."""
+    teacher_layer: int = 0
+    """1-based teacher layer for the MSE alignment (0 = the same number as student_layer)."""
+    mse_weight: float = 1.0
+    """Weight of the per-token MSE between the (projected) student and teacher layer outputs."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.alpha <= 1.0, "distill.alpha", self.alpha, "must be in [0, 1]")
+        _check(self.temperature > 0, "distill.temperature", self.temperature, "must be > 0")
+        _check(self.student_layer >= 0, "distill.student_layer", self.student_layer, "must be >= 0")
+        _check(self.teacher_layer >= 0, "distill.teacher_layer", self.teacher_layer, "must be >= 0")
+        _check(self.mse_weight >= 0, "distill.mse_weight", self.mse_weight, "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EwcConfig:
+    """Elastic weight consolidation (Kirkpatrick et al. 2017): adds 0.5 * lambda * sum F (theta -
+    theta_old)^2 with F the diagonal Fisher of an earlier task (``python -m trainer.fisher``)."""
+
+    fisher: str | None = None
+    """Directory written by ``python -m trainer.fisher`` (Fisher and theta_old); None = no EWC."""
+    lambda_: float = 1.0
+    """Penalty strength lambda (set as ``ewc.lambda``); the Fisher is a per-token mean, so lambda
+    trades one unit of mean token loss against F-weighted squared drift."""
+
+    def __post_init__(self) -> None:
+        _check(self.lambda_ >= 0, "ewc.lambda", self.lambda_, "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fp16Config:
+    """Dynamic loss scaling for precision=fp16 (megatron-core's DynamicGradScaler): an overflow
+    (inf/nan gradient) skips the step and, after ``hysteresis`` overflows, halves the scale;
+    ``loss_scale_window`` clean steps double it."""
+
+    initial_loss_scale: float = 65536.0
+    """Starting loss scale (torch GradScaler's 2**16; the project guide uses 256)."""
+    min_loss_scale: float = 1.0
+    """Floor of the scale."""
+    loss_scale_window: int = 1000
+    """Clean steps before the scale doubles (Megatron-LM default)."""
+    hysteresis: int = 2
+    """Overflows tolerated before the scale halves (Megatron-LM default 2; 1 = halve at once)."""
+
+    def __post_init__(self) -> None:
+        _check(self.initial_loss_scale > 0, "fp16.initial_loss_scale", self.initial_loss_scale, "must be > 0")
+        _check(0 < self.min_loss_scale <= self.initial_loss_scale, "fp16.min_loss_scale",
+               self.min_loss_scale, "must be in (0, initial_loss_scale]")
+        _check(self.loss_scale_window >= 1, "fp16.loss_scale_window", self.loss_scale_window, "must be >= 1")
+        _check(self.hysteresis >= 1, "fp16.hysteresis", self.hysteresis, "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FgmConfig:
+    """Adversarial training by the fast gradient method (Miyato et al. 2017): each step adds a
+    second forward/backward with the word embeddings moved by epsilon * g / ||g||."""
+
+    epsilon: float = 0.0
+    """Perturbation size in embedding-weight norm units (0 = off; FGM papers use 1.0)."""
+
+    def __post_init__(self) -> None:
+        _check(self.epsilon >= 0, "fgm.epsilon", self.epsilon, "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,29 +311,43 @@ class TrainConfig:
 
     name: str
     """Recipe name (recorded in checkpoints and metrics)."""
-    mode: Literal["pretrain", "sft", "lora"] = "pretrain"
+    mode: Literal["pretrain", "sft", "lora", "distill"] = "pretrain"
     """pretrain: causal LM on every token; sft: loss on responses only (the shards' loss_mask);
-    lora: sft loss with frozen base weights and trainable adapters."""
+    lora: sft loss with frozen base weights and trainable adapters; distill: learn from the
+    frozen teacher ``distill.teacher`` (docs/distill.md)."""
     model: ModelConfig
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    ewc: EwcConfig = field(default_factory=EwcConfig)
+    fp16: Fp16Config = field(default_factory=Fp16Config)
+    fgm: FgmConfig = field(default_factory=FgmConfig)
     steps: int = 100
     """Optimizer steps to train (total, counting steps done before a resume)."""
     seed: int = 1234
     """Model init and dropout seed (megatron model_parallel_cuda_manual_seed)."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """auto: bf16 mixed precision on GPU, fp32 on CPU."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """auto: bf16 mixed precision on GPU, fp32 on CPU; fp16: fp16 with dynamic loss scaling
+    (section fp16)."""
     log_interval: int = 10
     """Steps between metrics lines."""
     save_interval: int = 0
     """Steps between checkpoints (0 = only at the end)."""
     pretrained: str | None = None
     """Checkpoint whose model weights initialise this run (fine-tuning); any TP/PP layout."""
+    eval_interval: int = 0
+    """Steps between validation passes over the shards' ``valid/`` set (and at the last step);
+    0 = none. Validation loss and perplexity per domain go into the metrics line and metrics.jsonl."""
+    eval_iters: int = 10
+    """Global batches (micro_batch_size x accumulation_steps x DP sequences) per validation pass:
+    the same first rows of the validation stream every time, for any TP/PP/DP layout."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        _check(self.eval_interval >= 0, "train.eval_interval", self.eval_interval, "must be >= 0")
+        _check(self.eval_iters >= 1, "train.eval_iters", self.eval_iters, "must be >= 1")
         _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "must be >= 1")
         _check(self.save_interval >= 0, "train.save_interval", self.save_interval, "must be >= 0")
         m, p = self.model, self.parallel
@@ -264,6 +364,13 @@ class TrainConfig:
         _check(p.virtual_pp is None or self.data.accumulation_steps % p.pp == 0,
                "data.accumulation_steps", self.data.accumulation_steps,
                "interleaved pipelining needs a multiple of parallel.pp")
+        _check((self.mode == "distill") == bool(self.distill.teacher), "distill.teacher", self.distill.teacher,
+               "mode=distill needs a teacher checkpoint (--teacher) and a teacher needs mode=distill")
+        _check(self.mode != "distill" or p.pp == 1, "parallel.pp", p.pp,
+               "distillation runs with pp=1 (the teacher would need its own pipeline schedule); use tp/dp")
+        _check(self.fgm.epsilon == 0 or not p.distributed_optimizer, "fgm.epsilon", self.fgm.epsilon,
+               "FGM needs the full embedding gradient, which the distributed optimizer shards; "
+               "set parallel.distributed_optimizer=false")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -280,10 +387,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+#: override names that are not Python identifiers -> the field
+OVERRIDE_ALIASES = {"ewc.lambda": "ewc.lambda_"}
+
+
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Return ``config`` with dotted-key overrides applied and the whole config re-validated."""
     data = copy.deepcopy(config_to_dict(config))
     for dotted, value in overrides.items():
+        dotted = OVERRIDE_ALIASES.get(dotted, dotted)
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:

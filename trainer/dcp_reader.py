@@ -104,19 +104,19 @@ class CheckpointTensors:
                 names = {i.filename.rsplit("/", 1)[-1] if not i.filename.endswith("/data/0") else "data/0": i
                          for i in archive.infolist()}
                 pickled, data = names.get("data.pkl"), names.get("data/0")
-                if pickled is None or data is None or data.compress_type != zipfile.ZIP_STORED:
+                if pickled is None or data is None or {pickled.compress_type, data.compress_type} != {zipfile.ZIP_STORED}:
                     return False
-                layout = _LayoutUnpickler(io.BytesIO(archive.read(pickled))).load()
+                # The pickle's bytes are read directly: zipfile would check a CRC-32 that the
+                # writer may have left out (torch's compute_crc32=False, as ``trainer.hf import``).
+                if not _seek_member_data(f, info.offset, pickled):
+                    return False
+                layout = _LayoutUnpickler(io.BytesIO(f.read(pickled.file_size))).load()
             except (zipfile.BadZipFile, pickle.UnpicklingError, TypeError, ValueError, AttributeError, EOFError):
                 return False
             if not self._layout_matches(layout, region) or data.file_size != region.numel() * region.element_size():
                 return False
-            f.seek(info.offset + data.header_offset)
-            header = f.read(30)
-            if struct.unpack("<I", header[:4])[0] != _LOCAL_HEADER:
+            if not _seek_member_data(f, info.offset, data):
                 return False
-            name_len, extra_len = struct.unpack("<HH", header[26:30])
-            f.seek(info.offset + data.header_offset + 30 + name_len + extra_len)
             target = region if region.is_contiguous() else torch.empty(region.shape, dtype=region.dtype)
             view = memoryview(target.view(-1).view(torch.uint8).numpy())
             done = 0
@@ -141,6 +141,17 @@ class CheckpointTensors:
             numel *= dim
         return (offset == 0 and size == tuple(region.shape) and stride == _dense_strides(size)
                 and int(pid[4]) == numel and _storage_dtype(pid[1]) == region.dtype)
+
+
+def _seek_member_data(f, base: int, member: zipfile.ZipInfo) -> bool:
+    """Position ``f`` at the first data byte of stored zip ``member`` of the archive at ``base``."""
+    f.seek(base + member.header_offset)
+    header = f.read(30)
+    if len(header) < 30 or struct.unpack("<I", header[:4])[0] != _LOCAL_HEADER:
+        return False
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    f.seek(base + member.header_offset + 30 + name_len + extra_len)
+    return True
 
 
 class _FileSlice(io.RawIOBase):

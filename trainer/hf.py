@@ -22,6 +22,7 @@ from the checkpoint and writes it into the planned safetensors files. Neither ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -155,6 +156,23 @@ def _extra_state_objects(model: ModelConfig) -> dict[str, list]:
             for module in EXTRA_STATE_MODULES for i in range(model.num_layers)}
 
 
+@contextlib.contextmanager
+def _no_zip_crc32():
+    """torch.save (under dist checkpointing's writer) skips the zip CRC-32 of each tensor record.
+
+    Computing it single-threaded over every byte was most of the import's write time (a 1B
+    model: about 2.8 s of 3.8 s measured with fsync off); torch.load never checks it, so it
+    protected nothing. The previous setting is restored afterwards."""
+    from torch.utils.serialization import config  # noqa: PLC0415
+
+    previous = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = previous
+
+
 def write_model_checkpoint(path: Path, tensors: dict[str, Any], common: dict[str, Any]) -> Path:
     """A model-only dist_checkpointing (torch_dist) directory at ``path``, written to a
     temporary sibling and renamed (``common.pt`` and ``metadata.json`` as megatron writes them)."""
@@ -163,7 +181,8 @@ def write_model_checkpoint(path: Path, tensors: dict[str, Any], common: dict[str
     tmp = path.parent / f".{path.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(tmp), thread_count=1), no_dist=True)
+    with _no_zip_crc32():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(tmp), thread_count=1), no_dist=True)
     torch.save({"common": common}, tmp / "common.pt")
     (tmp / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
                                                    "common_backend": "torch", "common_backend_version": 1}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -34,8 +36,10 @@ from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E
 
 from trainer import checkpoint as ckpt  # noqa: E402
 from trainer import lora as lora_lib  # noqa: E402
+from trainer import validation  # noqa: E402
 from trainer.config import TrainConfig, to_dict  # noqa: E402
 from trainer.data import open_reader, reader_vocab_size, to_torch_batch  # noqa: E402
+from trainer.extras import StepExtras, build_extras  # noqa: E402
 from trainer.metrics import MetricsWriter, StepMetrics, gpu_peak_tflops, memory_gib, throughput, training_flops_per_token  # noqa: E402
 from trainer.model import build_model, params_dtype, transformer_config  # noqa: E402
 from trainer.pretrained import check_shards_tokenizer, read_common  # noqa: E402
@@ -56,10 +60,26 @@ def init_distributed(timeout_s: int = 600) -> torch.device:
     return device
 
 
-def init_parallel(config: TrainConfig) -> None:
-    """(Re)create megatron's TP/PP/DP groups for ``config`` and seed the RNG tracker."""
+def _destroy_groups() -> None:
+    """Destroy megatron's groups and the process groups behind them (the default group stays).
+
+    ``destroy_model_parallel`` only forgets megatron's handles: every gloo/NCCL subgroup it
+    created stays alive with its threads and sockets (about 130 groups per layout), so a process
+    that changes layout many times (the test suite, an evaluation sweep) accumulates thousands
+    of threads.  Every subgroup is destroyed here as well.
+    """
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        world = dist.GroupMember.WORLD
+        for group in list(dist.distributed_c10d._world.pg_map):
+            if group is not world:
+                dist.destroy_process_group(group)
+
+
+def init_parallel(config: TrainConfig) -> None:
+    """(Re)create megatron's TP/PP/DP groups for ``config`` and seed the RNG tracker."""
+    _destroy_groups()
     p = config.parallel
     world = dist.get_world_size()
     if world % (p.tp * p.pp):
@@ -68,6 +88,11 @@ def init_parallel(config: TrainConfig) -> None:
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp)
     tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
+    # Python's and NumPy's global generators are unused in training but saved in every
+    # checkpoint (trainer/checkpoint.py _rng_state): seeded as Megatron's pretrain does, so
+    # the same run writes the same checkpoint bytes (they were seeded from the OS before).
+    random.seed(config.seed)
+    np.random.seed(config.seed)
 
 
 @dataclass
@@ -85,6 +110,12 @@ class TrainState:
     step: int = 0
     consumed_tokens: int = 0
     losses: list = field(default_factory=list)
+    extras: StepExtras = field(default_factory=StepExtras)
+    """distillation, EWC, FGM, fp16 bookkeeping (trainer/extras.py)"""
+    valid: str | None = None
+    """Validation shard set (``<shards>/valid``) read every ``eval_interval`` steps, or None."""
+    valid_batches: list | None = None
+    """This rank's validation micro-batches (numpy), read once (trainer/validation.py)."""
 
 
 def build_reader(config: TrainConfig, shards: str, **reader_kwargs: Any):
@@ -105,6 +136,15 @@ def _wrap_ddp(config: TrainConfig, tf_config, models: list) -> list:
             for i, m in enumerate(models)]
 
 
+def _fp16_options(config: TrainConfig) -> dict[str, Any]:
+    """megatron's dynamic loss scaler (DynamicGradScaler) settings for precision=fp16."""
+    if config.precision != "fp16":
+        return {}
+    f = config.fp16
+    return {"fp16": True, "initial_loss_scale": f.initial_loss_scale, "min_loss_scale": f.min_loss_scale,
+            "loss_scale_window": f.loss_scale_window, "hysteresis": f.hysteresis}
+
+
 def _build_optimizer(config: TrainConfig, models: list):
     o = config.optim
     dtype = params_dtype(config)
@@ -112,6 +152,7 @@ def _build_optimizer(config: TrainConfig, models: list):
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
         adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
         bf16=dtype == torch.bfloat16, params_dtype=dtype,
+        **_fp16_options(config),
         use_distributed_optimizer=config.parallel.distributed_optimizer)
     optimizer = get_megatron_optimizer(opt_config, models)
     scheduler = OptimizerParamScheduler(
@@ -124,10 +165,11 @@ def _build_optimizer(config: TrainConfig, models: list):
 
 
 def setup(config: TrainConfig, shards: str | None, load: str | None = None, reader_factory=None,
-          **reader_kwargs: Any) -> TrainState:
+          valid: str | None = None, **reader_kwargs: Any) -> TrainState:
     """Build groups, reader, model (pretrained weights, LoRA), DDP, optimizer; resume from ``load``.
 
-    ``reader_factory(dp_rank, dp_size)`` replaces the shards reader (tests feed fixed batches).
+    ``reader_factory(dp_rank, dp_size)`` replaces the shards reader (tests feed fixed batches);
+    ``valid`` is the validation shard set (see :func:`validate`).
     """
     device = init_distributed()
     init_parallel(config)
@@ -149,11 +191,15 @@ def setup(config: TrainConfig, shards: str | None, load: str | None = None, read
         ckpt.load_checkpoint(path, models)
     if config.mode == "lora":
         lora_lib.apply_lora(models, config.lora, seed=config.seed)
+    extras = build_extras(config, models, vocab_size)  # teacher, projection, Fisher
     models = _wrap_ddp(config, tf_config, models)
     tf_config.finalize_model_grads_func = finalize_model_grads
     optimizer, scheduler = _build_optimizer(config, models)
+    if config.precision == "fp16":  # the schedule multiplies each loss by the current scale
+        tf_config.grad_scale_func = optimizer.scale_loss
     state = TrainState(config=config, models=models, optimizer=optimizer, scheduler=scheduler,
-                       reader=reader, tf_config=tf_config, vocab_size=vocab_size, device=device)
+                       reader=reader, tf_config=tf_config, vocab_size=vocab_size, device=device,
+                       extras=extras, valid=valid)
     path = ckpt.latest_checkpoint(load) if load else None
     if path is not None:
         common = ckpt.load_checkpoint(path, models, optimizer, scheduler, reader)
@@ -193,23 +239,38 @@ def _reduce_stats(losses: list[dict], size: int, device) -> torch.Tensor:
     return total
 
 
-def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """One optimizer step over ``batches`` (this DP rank's micro-batches)."""
+def forward_backward(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> list:
+    """Zero the gradient buffers, then forward and backward ``batches`` through megatron's
+    schedule (gradients DP-reduced and divided by the loss tokens); returns the loss items."""
     config = state.config
     for model in state.models:
         model.zero_grad_buffer()
-    state.optimizer.zero_grad()
-    num_domains = len(state.reader.domains)
     iterators = [iter(batches) for _ in state.models]
-    losses = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, num_domains),
+    return get_forward_backward_func()(
+        forward_step_func=state.extras.forward_step_func(forward_step, len(state.reader.domains)),
         data_iterator=iterators if len(iterators) > 1 else iterators[0],
         model=state.models if len(state.models) > 1 else state.models[0],
         num_microbatches=len(batches), seq_length=config.model.seq_len,
         micro_batch_size=config.data.micro_batch_size, forward_only=False)
+
+
+def reduce_loss(state: TrainState, losses: list[dict]) -> float:
+    """The global masked mean loss of one schedule run's loss items."""
+    stats = _reduce_stats(losses, 2 + 2 * len(state.reader.domains), state.device)
+    return float(stats[0] / stats[1].clamp(min=1))
+
+
+def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """One optimizer step over ``batches`` (this DP rank's micro-batches)."""
+    state.optimizer.zero_grad()
+    num_domains = len(state.reader.domains)
+    losses = forward_backward(state, batches)
+    extra = state.extras.after_backward(state, partial(forward_backward, state, batches))
     lr = state.optimizer.param_groups[0]["lr"]  # the rate this step uses (scheduler steps after)
-    _, grad_norm, _ = state.optimizer.step()
-    state.scheduler.step(increment=1)
+    update_successful, grad_norm, _ = state.optimizer.step()
+    if update_successful:  # an fp16 overflow skips the step, and the schedule waits (Megatron-LM)
+        state.scheduler.step(increment=1)
+    extra.update(state.extras.after_step(state, update_successful))
     stats = _reduce_stats(losses, 2 + 2 * num_domains, state.device).tolist()
     num_tokens = max(stats[1], 1.0)
     domain_loss = stats[2:2 + num_domains]
@@ -218,11 +279,19 @@ def train_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dic
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "loss_by_domain": {d: domain_loss[i] / domain_tokens[i]
                                for i, d in enumerate(state.reader.domains) if domain_tokens[i] > 0},
-            "tokens_by_domain": {d: int(domain_tokens[i]) for i, d in enumerate(state.reader.domains)}}
+            "tokens_by_domain": {d: int(domain_tokens[i]) for i, d in enumerate(state.reader.domains)},
+            "extra": extra}
 
 
 def evaluate(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> float:
     """Forward-only masked mean loss over ``batches`` (this DP rank's part), averaged over DP."""
+    stats = evaluate_stats(state, batches)
+    return float(stats[0] / stats[1].clamp(min=1))
+
+
+def evaluate_stats(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Forward-only ``[loss sum, tokens, per-domain loss sums, per-domain tokens]`` over
+    ``batches`` (this DP rank's part), summed over PP and DP."""
     for model in state.models:
         model.eval()
     num_domains = len(state.reader.domains)
@@ -235,8 +304,24 @@ def evaluate(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> float
             micro_batch_size=state.config.data.micro_batch_size, forward_only=True)
     for model in state.models:
         model.train()
-    stats = _reduce_stats(losses, 2 + 2 * num_domains, state.device)
-    return float(stats[0] / stats[1].clamp(min=1))
+    return _reduce_stats(losses, 2 + 2 * num_domains, state.device)
+
+
+def validate(state: TrainState) -> dict[str, Any]:
+    """Validation loss and perplexity, overall and per domain, over the first ``eval_iters``
+    global batches of ``state.valid``: the same rows and numbers for any TP/PP/DP layout."""
+    c = state.config
+    if state.valid_batches is None:
+        dp_size = parallel_state.get_data_parallel_world_size()
+        num_rows = c.eval_iters * c.data.micro_batch_size * c.data.accumulation_steps * dp_size
+        rows, domains = validation.read_rows(state.valid, num_rows, seq_len=c.model.seq_len, seed=c.data.seed,
+                                             shuffle_buffer=c.data.shuffle_buffer,
+                                             verify_checksums=c.data.verify_checksums)
+        mapping = validation.domain_map(domains, state.reader.domains, state.valid)
+        state.valid_batches = validation.rank_micro_batches(
+            rows, mapping, parallel_state.get_data_parallel_rank(), dp_size, c.data.micro_batch_size)
+    stats = evaluate_stats(state, [to_torch_batch(b, state.device) for b in state.valid_batches])
+    return validation.figures(stats.tolist(), state.reader.domains)
 
 
 def _next_batches(state: TrainState, reader_iter: Iterator) -> list[dict[str, torch.Tensor]]:
@@ -269,14 +354,19 @@ def train(state: TrainState, save: str | None = None, metrics_path: str | None =
         state.step += 1
         state.consumed_tokens += tokens_per_step
         losses.append(result["loss"])
-        if state.step % config.log_interval == 0 or state.step == config.steps:
+        validated = None
+        if state.valid and config.eval_interval and (state.step % config.eval_interval == 0
+                                                     or state.step == last_step):
+            validated = validate(state)
+        if state.step % config.log_interval == 0 or state.step == config.steps or validated:
             tps, tflops, mfu = throughput(tokens_per_step, step_s, flops_per_token, dist.get_world_size(), peak)
             metrics = StepMetrics(
                 step=state.step, loss=result["loss"], grad_norm=result["grad_norm"],
                 lr=result["lr"], tokens_per_s=tps, tflops_per_gpu=tflops,
                 mfu=mfu, data_wait_pct=100.0 * data_s / step_s, memory_gib=memory_gib(),
                 step_time_s=step_s, loss_by_domain=result["loss_by_domain"],
-                tokens_by_domain=result["tokens_by_domain"], consumed_tokens=state.consumed_tokens)
+                tokens_by_domain=result["tokens_by_domain"], consumed_tokens=state.consumed_tokens,
+                extra=result["extra"], validation=validated)
             if rank0:
                 logger.info(metrics.line(config.steps))
             writer.write(metrics)
@@ -315,6 +405,5 @@ def copy_hf_meta(pretrained: str | None, save: str) -> None:
 
 
 def teardown() -> None:
-    """Destroy megatron's groups (the process group stays for the next layout)."""
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    """Destroy megatron's groups (the default process group stays for the next layout)."""
+    _destroy_groups()

@@ -60,10 +60,18 @@ class _LoraMixin:
         if self.lora_kind == "column":
             if sp:
                 x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
-            x = torch.nn.functional.dropout(x, self.lora_dropout, self.training)
+            if self.training and self.lora_dropout > 0:
+                # x is the full input on every TP rank and A is replicated: the mask must be the
+                # same on all TP ranks, so it comes from this layer's own generator
+                keep = torch.rand(x.shape, generator=self.lora_generator, device=x.device) >= self.lora_dropout
+                x = x * keep.to(x.dtype) / (1 - self.lora_dropout)
             h = copy_to_tensor_model_parallel_region(x @ self.lora_a.t())
             return (h @ self.lora_b.t()) * self.lora_scale
-        x = torch.nn.functional.dropout(x, self.lora_dropout, self.training)
+        if self.training and self.lora_dropout > 0:
+            # x is this rank's slice of the input features: its mask comes from the per-TP-rank
+            # stream, so the slices get independent masks
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                x = torch.nn.functional.dropout(x, self.lora_dropout, True)
         h = reduce_from_tensor_model_parallel_region(x @ self.lora_a.t())
         out = (h @ self.lora_b.t()) * self.lora_scale
         return scatter_to_sequence_parallel_region(out) if sp else out
@@ -105,6 +113,9 @@ def _add_adapters(module, kind: str, cfg: LoraConfig, seed: int) -> None:
     sharded = module.lora_b if kind == "column" else module.lora_a
     tensor_parallel.set_tensor_model_parallel_attributes(sharded, True, 0 if kind == "column" else 1, 1)
     module.lora_kind, module.lora_scale, module.lora_dropout = kind, cfg.alpha / cfg.rank, cfg.dropout
+    # column layers' dropout masks: identical over TP ranks, distinct over DP ranks and layers
+    module.lora_generator = torch.Generator(device=device).manual_seed(
+        zlib.crc32(f"{seed}/{parallel_state.get_data_parallel_rank()}/dropout".encode()))
 
 
 def lora_modules(models: list[torch.nn.Module]):
@@ -179,7 +190,8 @@ def save_adapters(models: list[torch.nn.Module], root: str | os.PathLike, step: 
 
     path = Path(root) / "lora" / f"iter_{step:07d}"
     state = adapter_sharded_state_dict(models)
-    state["lora_config"] = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets)}
+    state["lora_config"] = {"rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
+                            "targets": list(cfg.targets)}
     with atomic_checkpoint_dir(path) as tmp_dir:
         dist_checkpointing.save(state, str(tmp_dir))
     return path

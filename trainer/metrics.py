@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,10 @@ class StepMetrics:
     loss_by_domain: dict[str, float]
     tokens_by_domain: dict[str, int]
     consumed_tokens: int
+    extra: dict[str, float] = field(default_factory=dict)
+    """optional figures: loss_scale and skipped_steps (fp16), ewc_penalty, adv_loss (FGM)"""
+    validation: dict[str, Any] | None = None
+    """Validation figures of this step (trainer/validation.py ``figures``), when a pass ran."""
 
     def line(self, total_steps: int) -> str:
         """The human metrics line (one per log step)."""
@@ -88,10 +92,24 @@ class StepMetrics:
                 f"lr {self.lr:.3e} | tokens/s {self.tokens_per_s:,.0f} | "
                 f"TFLOP/s/GPU {self.tflops_per_gpu:.2f} | MFU {mfu} | "
                 f"data_wait {self.data_wait_pct:.1f}% | mem {self.memory_gib:.2f} GiB | "
-                f"loss_by_domain {domains or '-'}")
+                f"loss_by_domain {domains or '-'}"
+                + "".join(f" | {k} {v:.4g}" for k, v in self.extra.items()) + self.validation_text())
+
+    def validation_text(self) -> str:
+        """`` | val_loss L | val_ppl P | val_ppl_by_domain d=p ...`` (empty without a pass)."""
+        v = self.validation
+        if not v:
+            return ""
+        ppl = " ".join(f"{d}={p:.2f}" for d, p in v["val_ppl_by_domain"].items())
+        return f" | val_loss {v['val_loss']:.4f} | val_ppl {v['val_ppl']:.2f} | val_ppl_by_domain {ppl or '-'}"
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The metrics.jsonl row: extra figures flattened; validation figures (``val_*``) only on
+        steps with a pass."""
+        row = {k: v for k, v in self.__dict__.items() if k not in ("validation", "extra")}
+        row.update(self.extra)
+        row.update(self.validation or {})
+        return row
 
 
 def throughput(num_tokens: int, step_time_s: float, flops_per_token: float, world_size: int,

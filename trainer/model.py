@@ -96,7 +96,9 @@ def use_transformer_engine(config: TrainConfig) -> bool:
 
 
 def params_dtype(config: TrainConfig) -> torch.dtype:
-    """bf16 on GPU (precision auto/bf16), fp32 otherwise."""
+    """bf16 on GPU (precision auto/bf16), fp16 for precision fp16, fp32 otherwise."""
+    if config.precision == "fp16":
+        return torch.float16
     if config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_available()):
         return torch.bfloat16
     return torch.float32
@@ -119,7 +121,7 @@ def transformer_config(config: TrainConfig) -> TransformerConfig:
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp,
         sequence_parallel=p.sequence_parallel and p.tp > 1,
-        pipeline_dtype=dtype, params_dtype=dtype, bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype, params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         autocast_dtype=dtype,
         # per-token loss: gradients are divided by the number of loss tokens in the whole
         # global batch, so DP and accumulation layouts give the same update.

@@ -1,6 +1,10 @@
 """Run report: plot a metrics.jsonl (loss, per-domain loss, throughput, MFU, data wait) to PNG + HTML.
 
-Usage: ``python -m trainer.report <save>/metrics.jsonl [--out DIR]``.
+Usage: ``python -m trainer.report <save>/metrics.jsonl [--out DIR] [--tracked PATH]``.
+
+``--tracked`` also writes the rows without their wall-clock fields (:data:`WALL_CLOCK_FIELDS`):
+the same steps and losses give the same bytes, so DVC can track that file while the full one,
+which differs on every run, stays untracked.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from etl.core.atomic import atomic_file
 from etl.core.cli import ArgumentParser
 from etl.core.errors import run_main
 from etl.core.metrics import read_metrics
@@ -59,6 +64,20 @@ def summary(rows: list[dict]) -> dict:
             "last_loss_by_domain": rows[-1].get("loss_by_domain", {})}
 
 
+#: Metrics fields measured with a clock or the allocator: they differ on every run.
+WALL_CLOCK_FIELDS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "data_wait_pct", "memory_gib")
+
+
+def write_tracked(rows: list[dict], path: str | Path) -> Path:
+    """Write ``rows`` less :data:`WALL_CLOCK_FIELDS` as JSON Lines (sorted keys), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({k: v for k, v in row.items() if k not in WALL_CLOCK_FIELDS}, sort_keys=True) + "\n")
+    return path
+
+
 def write_report(metrics_path: str | Path, out_dir: str | Path) -> Path:
     """Write ``report.png`` and ``report.html`` (summary table + plot) into ``out_dir``."""
     rows = read_metrics(metrics_path)
@@ -85,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m trainer.report", description=__doc__)
     parser.add_argument("metrics", help="metrics.jsonl written by trainer.train")
     parser.add_argument("--out", default=None, help="output directory (default: the metrics file's)")
+    parser.add_argument("--tracked", default=None, metavar="PATH",
+                        help="also write the rows without wall-clock fields (step time, throughput, MFU, data wait, memory) to PATH, for DVC")
     args = parser.parse_args(argv)
     write_report(args.metrics, args.out or Path(args.metrics).parent)
+    if args.tracked:
+        write_tracked(read_metrics(args.metrics), args.tracked)
     return 0
 
 

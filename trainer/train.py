@@ -25,7 +25,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     """The CLI (every flag documented)."""
     p = ArgumentParser(
         prog="python -m trainer.train",
-        description="Megatron-core pretraining / SFT / LoRA on jinglian shards (run under torchrun).")
+        description="Megatron-core pretraining / SFT / LoRA / distillation on jinglian shards (run under torchrun).")
     p.add_argument("--recipe", default=None,
                    help="recipe name (trainer/recipes.py: tiny, tiny_sft, tiny_lora, tiny_cpt, gpt_125m, llama_1b3, "
                         "llama_7b, sft_1b3, lora_1b3, cpt); default: train.recipe in params.yaml "
@@ -33,6 +33,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True,
                    help="shards directory (or manifest.json) written by the shards stage; 'synthetic' = "
                         "built-in seeded token stream for smoke tests")
+    p.add_argument("--valid", default=None,
+                   help="validation shard set read every train.eval_interval steps (default: <shards>/valid "
+                        "when it exists, as the shards stage writes it with shards.valid_fraction > 0)")
     p.add_argument("--save", default=None, help="checkpoint directory (iter_*/ + latest) and metrics.jsonl")
     p.add_argument("--load", default=None,
                    help="resume from this checkpoint directory (its 'latest') or an iter_* directory; "
@@ -41,6 +44,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="initialise model weights from this checkpoint (any TP/PP layout), e.g. one written "
                         "by 'python -m trainer.hf import'; the model shape comes from it, the recipe "
                         "(default: cpt, continued pretraining) sets optimisation and data")
+    p.add_argument("--mode", default=None, choices=["pretrain", "sft", "lora", "distill"],
+                   help="training mode (overrides the recipe's train.mode); distill needs --teacher")
+    p.add_argument("--teacher", default=None,
+                   help="teacher checkpoint for --mode distill (a jinglian checkpoint, e.g. from "
+                        "'python -m trainer.hf import'; same tokenizer, run under the same TP; docs/distill.md)")
+    p.add_argument("--ewc", default=None,
+                   help="Fisher directory from 'python -m trainer.fisher' of an earlier task: adds the EWC "
+                        "penalty 0.5*lambda*sum F*(theta-theta_old)^2 (set lambda with --set ewc.lambda=...)")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (overrides parallel.tp)")
     p.add_argument("--pp", type=int, default=None, help="pipeline-parallel size (overrides parallel.pp)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides train.steps)")
@@ -72,7 +83,8 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]):
         raise ValueError(f"train: unknown key(s) {unknown}; known: ['overrides', 'recipe']")
     overrides: dict[str, Any] = dict(section.get("overrides") or {})
     for key, value in (("parallel.tp", args.tp), ("parallel.pp", args.pp), ("steps", args.steps),
-                       ("pretrained", args.pretrained)):
+                       ("pretrained", args.pretrained), ("mode", args.mode),
+                       ("distill.teacher", args.teacher), ("ewc.fisher", args.ewc)):
         if value is not None:
             overrides[key] = value
     overrides.update(parse_override(text) for text in args.overrides)
@@ -83,6 +95,12 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]):
     if pretrained:  # the model shape comes from the checkpoint; the recipe sets training only
         config = use_pretrained_model(config, pretrained, overrides)
     return apply_overrides(config, overrides) if overrides else config
+
+
+def default_valid(shards: str) -> str | None:
+    """``<shards>/valid`` when the shards stage wrote a validation set there."""
+    path = Path(shards).parent if shards.endswith(".json") else Path(shards)
+    return str(path / "valid") if (path / "valid" / "manifest.json").is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load = args.save if args.load == "auto" else args.load
     metrics = args.metrics or (str(Path(args.save) / "metrics.jsonl") if args.save else None)
-    state = loop.setup(config, args.shards, load=load)
+    valid = args.valid or default_valid(args.shards)
+    state = loop.setup(config, args.shards, load=load, valid=valid if config.eval_interval else None)
     loop.train(state, save=args.save, metrics_path=metrics, exit_at_step=args.exit_at_step)
     if args.report and rank == 0 and metrics:
         from trainer.report import write_report  # noqa: PLC0415

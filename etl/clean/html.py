@@ -9,8 +9,8 @@ Two maintained extractors made for this job are wrapped behind one function:
   boilerplate and much slower.
 
 ``benchmarks/clean`` compares both on the sample HTML (recall of the main-content blocks,
-share of navigation/footer strings leaked, pages per second); the figures are in README
-"Stage: clean".  A page that yields no text (no body, only scripts, an empty shell) is
+share of navigation/footer strings leaked, pages per second); the figures are in
+docs/benchmarks.md ("clean").  A page that yields no text (no body, only scripts, an empty shell) is
 dropped with reason ``html_no_text``.
 """
 from __future__ import annotations

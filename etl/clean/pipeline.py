@@ -51,13 +51,21 @@ class CleanConfig:
     on_error: str = "skip"
     """Per-record failures: ``skip`` rejects the record as ``error_<Type>``, ``raise`` stops."""
     html: HtmlConfig = field(default_factory=HtmlConfig)
+    """HTML records (``meta.format`` html, ``.html`` files, text that starts like HTML) -> main text with line breaks."""
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    """Dialogue turns and instruction records -> text, ``meta.segments`` (prompt/response spans) and the ``meta.dialogue`` tree."""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    """Unicode NFKC, control characters, whitespace, hard-wrap unwrapping, optional Traditional -> Simplified."""
     chars: CharFilterConfig = field(default_factory=CharFilterConfig)
+    """Characters outside the allowed classes: removed, and the document rejected as ``invalid_chars`` above a fraction."""
     langid: LangIdConfig = field(default_factory=LangIdConfig)
+    """Language identification (py3langid plus a mixed-script rule for Chinese pages quoting English)."""
     dedup_lines: RepetitionRemovalConfig = field(default_factory=RepetitionRemovalConfig)
+    """Repeated lines and sentences and boilerplate lines removed inside one document."""
     quality: QualityConfig = field(default_factory=QualityConfig)
+    """Document quality rules: Gopher quality and repetition (Rae et al. 2021, Table A1), C4 (Raffel et al. 2020), CJK counterparts."""
     pii: PiiConfig = field(default_factory=PiiConfig)
+    """Masking of e-mail addresses, phone numbers, Chinese ID numbers and IP addresses in kept text."""
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR_CHOICES:

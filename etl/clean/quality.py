@@ -186,9 +186,13 @@ class QualityConfig:
     """The ``clean.quality`` section."""
 
     gopher: GopherQualityConfig = field(default_factory=GopherQualityConfig)
+    """Gopher quality rules for non-CJK documents (Rae et al. 2021, Table A1), on the shared tokenizer's words."""
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
+    """Gopher repetition rules (duplicate lines, paragraphs and n-grams), all documents; CJK ones on character n-grams."""
     c4: C4Config = field(default_factory=C4Config)
+    """C4 line and document rules (Raffel et al. 2020, Section 2.2), adapted to paragraph-sized records."""
     cjk: CjkQualityConfig = field(default_factory=CjkQualityConfig)
+    """Rules for CJK documents on characters instead of words (our thresholds; Gopher's n-gram values with n doubled)."""
     apply_to_dialogues: bool = False
     """Apply the rules to dialogue/instruction records (``meta.segments``).  Off: chat turns
     are short and unpunctuated by nature; dialogues get their own validation."""

@@ -11,13 +11,18 @@ are built recursively.
 """
 from __future__ import annotations
 
+import ast
 import collections.abc
 import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib
+import inspect
 import json
 import os
+import re
+import textwrap
 import types
 import typing
 from collections.abc import Iterable
@@ -94,6 +99,22 @@ SECTIONS: dict[str, str] = {
     "augment": "augment.config:AugmentConfig",
     "shards": "shards.config:ShardsConfig",
     "train": "etl.core.config:TrainParams",
+}
+
+#: The sections each ``dvc.yaml`` stage's code loads (its DVC ``params``), so a change to one
+#: section reruns only the stages that read it.  ``pipeline`` values reach stages through
+#: templated ``cmd`` lines, which DVC already compares.  The report shows every section.
+#: tests/test_dvc.py checks dvc.yaml against this and this against the stages' code.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "stream": ("read", "tokenizer", "clean"),  # etl.ingest runs the cleaning pipeline on each window
+    "clean": ("read", "tokenizer", "clean"),
+    "dedup": ("read", "dedup"),
+    "tfidf": ("read", "tokenizer", "tfidf"),
+    "augment": ("read", "augment"),
+    "tokenizer": (),
+    "shards": ("read", "shards"),
+    "train": ("train",),
+    "report": tuple(SECTIONS),
 }
 
 
@@ -254,3 +275,175 @@ def config_to_dict(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return [config_to_dict(v) for v in config]
     return config
+
+
+# -- the params reference (docs/params.md), generated from the dataclasses' field docstrings --
+
+PARAMS_DOC = "docs/params.md"
+_ROLE = re.compile(r":(?:mod|func|class|data|meth|attr):`~?([^`]+)`")
+_TAUTOLOGY = re.compile(r"^((The )?`[\w.:]+` section( of params\.yaml)?|[\w -]+ settings)\.?$")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Documentation of each field of dataclass ``cls``: ``metadata={"help": ...}`` or the
+    string literal right after the field (an attribute docstring, read from the class source)."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        tree = None
+    body = tree.body[0].body if tree and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, after in zip(body, body[1:] + [None]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = after.value.value
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):
+            docs[f.name] = f.metadata["help"]
+    return {name: _one_line(text) for name, text in docs.items()}
+
+
+def _one_line(text: str) -> str:
+    """A docstring as one Markdown line: whitespace folded, reST roles and ``literals`` as code."""
+    text = " ".join(inspect.cleandoc(text).split())
+    return _ROLE.sub(r"`\1`", text).replace("``", "`")
+
+
+def _nested(hint: Any) -> tuple[type | None, bool]:
+    """``(dataclass, keyed)`` when a field holds a config dataclass (``keyed``: a mapping of them)."""
+    if dataclasses.is_dataclass(hint):
+        return hint, False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in args:
+            found = _nested(arg)
+            if found[0]:
+                return found
+    if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return args[1], True
+    return None, False
+
+
+def _type_text(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_text(a) for a in args if a is not type(None)]
+        return " \\| ".join(names) + (" \\| null" if type(None) in args else "")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"list[{_type_text(args[0])}]"
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin)).replace("Mapping", "mapping")
+        return f"{name}[{', '.join(_type_text(a) for a in args)}]" if args else name
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if dataclasses.is_dataclass(value):
+        return "(below)"
+    value = config_to_dict(value)
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _section_rows(cls: type, where: str, out: list[str], missing: list[str], intro: str = "") -> None:
+    """Append the Markdown of dataclass ``cls`` at dotted name ``where`` (nested ones after it);
+    ``intro`` is the parent field's documentation."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    about = _one_line(cls.__doc__ or "")
+    if _TAUTOLOGY.match(about):  # "The ``clean.html`` section." says nothing the heading doesn't
+        about = ""
+    out += [f"### `{where}`", ""] + [line for text in (intro, about) if text for line in (text, "")]
+    out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+    later = []
+    for f in fields:
+        nested, keyed = _nested(hints[f.name])
+        doc = docs.get(f.name) or (_one_line(nested.__doc__ or "") if nested and not keyed else "")
+        if not doc:
+            missing.append(f"{where}.{f.name}")
+        kind = _type_text(hints[f.name]) if not nested or keyed else f"[`{where}.{f.name}`](#{_anchor(f'{where}.{f.name}')})"
+        doc = doc.replace("|", "\\|")
+        out.append(f"| `{f.name}` | {kind} | {_default_text(f)} | {doc} |")
+        if nested:
+            later.append((nested, f"{where}.{f.name}" + (".<key>" if keyed else ""), doc))
+    out.append("")
+    for nested, name, doc in later:
+        _section_rows(nested, name, out, missing, doc)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading made of ``heading`` in backticks."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def params_reference() -> tuple[str, list[str]]:
+    """The Markdown of ``docs/params.md`` and the dotted fields that have no documentation.
+
+    Every section of :data:`SECTIONS` is imported through the registry, so the reference follows
+    the config classes wherever they live."""
+    out = ["# params.yaml reference", "",
+           f"<!-- generated by `python -m {__name__} --write-docs {PARAMS_DOC}` from the config",
+           "     dataclasses' field docstrings: edit those, then regenerate (tests/test_docs.py checks it) -->", "",
+           "Every knob of `params.yaml`, one section per stage, with its type, default and meaning. Each",
+           "section is loaded into the frozen dataclass named below; an unknown key or a bad value is an",
+           "error naming the dotted field. Mappings of configs (`<key>`) take one entry per name. The",
+           "defaults are the dataclasses'; the committed `params.yaml` sets some others (the demo's",
+           "augmentation runs entity swap only, for example).", ""]
+    out += [f"- [`{name}`](#{_anchor(name)}): `{SECTIONS[name]}`" for name in SECTIONS] + [""]
+    missing: list[str] = []
+    for name in SECTIONS:
+        _section_rows(section_class(name), name, out, missing)
+    return "\n".join(out).rstrip("\n") + "\n", missing
+
+
+def write_params_docs(path: str | os.PathLike = PARAMS_DOC) -> None:
+    """Write :func:`params_reference` to ``path`` atomically; every field must be documented."""
+    from etl.core.atomic import atomic_file
+
+    text, missing = params_reference()
+    if missing:
+        raise ParamsError(f"params fields without documentation (add a docstring after the field): {missing}")
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m etl.core.config``: validate a params file, or write or check the params reference."""
+    from etl.core.cli import ArgumentParser
+
+    parser = ArgumentParser(prog=f"python -m {__name__}",
+                            description="Validate a params file, or write or check the params reference.")
+    parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml)")
+    parser.add_argument("--write-docs", metavar="PATH", help=f"write the params reference generated from the config docstrings to PATH (e.g. {PARAMS_DOC})")
+    parser.add_argument("--check-docs", metavar="PATH", help="exit 1 when PATH differs from the generated params reference")
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        write_params_docs(args.write_docs)
+        print(f"wrote {args.write_docs}")
+    elif args.check_docs:
+        text, missing = params_reference()
+        if missing or Path(args.check_docs).read_text(encoding="utf-8") != text:
+            print(f"{args.check_docs} is out of date (undocumented: {missing}); run python -m {__name__} --write-docs {args.check_docs}")
+            return 1
+        print(f"{args.check_docs} is up to date")
+    else:
+        load_params(args.params)
+        print(f"{args.params or DEFAULT_PARAMS}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    from etl.core.errors import run_main
+
+    # run the package's own copy of this module, not __main__ (the section classes import it)
+    run_main(importlib.import_module(__spec__.name).main)

@@ -91,8 +91,9 @@ class Stage:
     """The step names of ``stats.json``'s per-step table (default: the pipeline's)."""
     add_flags: Callable[[argparse.ArgumentParser], None] | None = None
     """The stage's own flags, beyond the shared ones."""
-    check_args: Callable[[argparse.Namespace], None] | None = None
-    """Validates the stage's own flags (raise :class:`JinglianError`)."""
+    check: Callable[[StageRun], None] | None = None
+    """Validates the stage's own flags and configs before any work (before Spark starts):
+    raise :class:`etl.core.errors.JinglianError` with one line."""
     apply_flags: Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]] | None = None
     """Applies the stage's own flags over its loaded configs (``--model``, ``--threshold``) and
     checks what the driver can check before any work; returns the configs."""
@@ -157,13 +158,14 @@ def resolve_run(stage: Stage, args: argparse.Namespace, runner: str) -> StageRun
     """Load the stage's params sections (one read of the file) and apply ``--on-error``."""
     if runner not in EXECUTORS:
         raise ValueError(f"runner must be one of {list(EXECUTORS)}, got {runner!r}")
-    if stage.check_args is not None:
-        stage.check_args(args)
     params = load_params(args.params)
     configs = load_stage_configs(stage, params, getattr(args, "on_error", None))
     if stage.apply_flags is not None:
         configs = stage.apply_flags(args, configs)
-    return StageRun(stage, args, configs, runner, params)
+    run = StageRun(stage, args, configs, runner, params)
+    if stage.check is not None:
+        stage.check(run)
+    return run
 
 
 def load_stage_configs(stage: Stage, params: str | os.PathLike | dict | None, on_error: str | None = None) -> dict[str, Any]:

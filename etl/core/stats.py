@@ -7,11 +7,22 @@ builds one per partition and merges them; the local runner builds one as it writ
 from __future__ import annotations
 
 import collections
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from etl.core.atomic import write_json
 from etl.core.document import Document
+
+#: When this process imported jinglian's statistics (within a second of a stage's start).
+_STARTED_S = time.time()
+#: Report keys that differ on every run (wall times).  They go to ``timing.json``, which DVC
+#: does not track, so ``stats.json`` is byte-identical for the same input and params and a
+#: forced rerun leaves dvc.lock unchanged.
+VOLATILE_KEYS = ("elapsed_s",)
 
 
 def _counter() -> collections.Counter:
@@ -98,3 +109,22 @@ class StageStats:
             rows.append({"step": name, "in": remaining, "dropped": dropped, "out": remaining - dropped})
             remaining -= dropped
         return rows
+
+
+def headline_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers ``dvc metrics show`` prints for a stage (the details are in stats.json)."""
+    num_in = int(report.get("num_in", 0))
+    return {"docs_in": num_in, "docs_kept": int(report.get("num_kept", 0)), "docs_rejected": int(report.get("num_rejected", 0)),
+            "kept_share": round(int(report.get("num_kept", 0)) / num_in, 4) if num_in else 0.0}
+
+
+def write_stage_reports(directory: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write a stage's ``stats.json`` (the report less its wall times), ``metrics.json``
+    (:func:`headline_metrics`) and ``timing.json`` (the wall times, and ``wall_s``, seconds
+    since the process started), each atomically; stats.json last, as the stage's completion mark."""
+    directory = Path(directory)
+    timing = {key: report[key] for key in VOLATILE_KEYS if key in report}
+    timing["wall_s"] = round(time.time() - _STARTED_S, 3)
+    write_json(directory / "timing.json", timing)
+    write_json(directory / "metrics.json", headline_metrics(report))
+    write_json(directory / "stats.json", {k: v for k, v in report.items() if k not in VOLATILE_KEYS})

@@ -688,8 +688,9 @@ def add_dedup_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-index", action="store_true", help="append the input's kept documents to the --against index")
 
 
-def check_dedup_flags(args: argparse.Namespace) -> None:
-    if args.update_index and not args.against:
+def check_dedup_flags(run: StageRun) -> None:
+    """--update-index needs --against."""
+    if run.args.update_index and not run.args.against:
         raise JinglianError("--update-index needs --against INDEX")
 
 
@@ -718,7 +719,7 @@ DEDUP = Stage(
     spark_corpus="spark_jobs.corpus.dedup:run_dedup",
     step_names=lambda configs: STEP_NAMES,
     add_flags=add_dedup_flags,
-    check_args=check_dedup_flags,
+    check=check_dedup_flags,
     after_write=update_index,
     on_error_flag=False,
 )

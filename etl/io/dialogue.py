@@ -22,7 +22,7 @@ compared case-insensitively), ``dialogue_not_alternating`` (two consecutive turn
 side, prompt or response, when ``require_alternation``), ``dialogue_bad_parent`` (a parent id
 that is not an earlier turn), ``instruction_missing_output``, ``dialogue_bad_turn`` (a turn that is not a role and a string).
 
-The template (documented in README "Stage: clean")::
+The template (documented in docs/clean.md, "Design choices")::
 
     dialogue:     "{role}: {text}" per turn on the path root -> last leaf, joined by "\\n"
     instruction:  "{instruction}\\n{input}\\n" (input line only when non-empty) + "{output}"

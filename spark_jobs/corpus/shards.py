@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 
@@ -27,11 +28,12 @@ from etl.core.document import DOC_COLUMNS, Document, rows_to_batch
 from etl.core.errors import JinglianError
 from etl.core.stage import StageRun
 from etl.io.records import ReaderConfig
-from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, tokenizer_info, write_partition
+from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, plan_units, tokenizer_info, write_partition
 from shards.config import ShardsConfig
 from shards.manifest import finish_output, prepare_output
 from shards.mix import slot_positions
 from shards.samples import Sample, order_key
+from shards.split import VALID_DIR, holdout_config, holdout_plan
 from spark_jobs.common import read_documents_df, rows_to_documents, spark_schema
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ logger = logging.getLogger(__name__)
 ENCODED_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("domain", pa.string()),
                             ("lang", pa.string()), ("meta", pa.string()), ("drop_reason", pa.string()), ("drop_step", pa.string()),
                             ("group", pa.string()), ("order_key", pa.string()), ("num_tokens", pa.int64()),
-                            ("tokens", pa.binary()), ("target", pa.binary())])
+                            ("tokens", pa.binary()), ("target", pa.binary()), ("holdout", pa.bool_())])
 
 
 def extract(spark, inputs: Sequence[str], reader_config: ReaderConfig):
@@ -84,29 +86,37 @@ def _encode_partition(cfg: ShardsConfig, tokenizer_path: str, eos_id: int):
 def _encoded_row(result: Sample | Document, seed: int) -> dict:
     if isinstance(result, Document):
         row = result.to_row()
-        row.update(group=None, order_key=None, num_tokens=None, tokens=None, target=None)
+        row.update(group=None, order_key=None, num_tokens=None, tokens=None, target=None, holdout=None)
         return row
     return {"id": result.id, "text": None, "source": result.source, "domain": result.domain, "lang": result.lang, "meta": None,
             "drop_reason": None, "drop_step": None, "group": result.group, "order_key": order_key(seed, result.id),
             "num_tokens": result.num_tokens, "tokens": result.tokens.astype(np.int64).tobytes(),
-            "target": None if result.target is None else result.target.astype(np.uint8).tobytes()}
+            "target": None if result.target is None else result.target.astype(np.uint8).tobytes(), "holdout": result.holdout}
 
 
-def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partitions: int):
+def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partitions: int, holdout: bool = False):
     """(plan, per-partition shard cuts, kept samples keyed by (partition, slot) and sorted within
-    partitions, the rejected frame, the cached frames to unpersist)."""
+    partitions, the rejected frame, the cached frames to unpersist, the config the set is written
+    with). ``records`` may be already encoded (the frame of an earlier call); ``holdout`` plans the
+    validation set (shards/split.py)."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    encoded = records.mapInArrow(_encode_partition(cfg, info.path, info.eos_id), spark_schema(ENCODED_SCHEMA))
-    encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
-    kept = encoded.filter(F.col("drop_reason").isNull())
+    encoded = records
+    if "holdout" not in records.columns:
+        encoded = records.mapInArrow(_encode_partition(cfg, info.path, info.eos_id), spark_schema(ENCODED_SCHEMA))
+        encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
+    kept = encoded.filter(F.col("drop_reason").isNull() & (F.col("holdout") == F.lit(holdout)))
     rejected = encoded.filter(F.col("drop_reason").isNotNull())
     numbered = kept.withColumn("k", F.row_number().over(Window.partitionBy("group").orderBy("order_key", "id")) - 1)
     numbered = numbered.persist(StorageLevel.MEMORY_AND_DISK)  # read twice: sizes, then slots
     token_sizes = _group_sizes(numbered)
-    plan = plan_for(cfg, token_sizes)
+    if holdout:
+        plan = holdout_plan(plan_units(cfg, token_sizes), list(cfg.weights))
+        cfg = holdout_config(cfg, plan)
+    else:
+        plan = plan_for(cfg, token_sizes)
     cuts = layout_shards(plan, token_sizes, cfg, num_partitions)
     positions = spark.sparkContext.broadcast([p.tolist() for p in slot_positions(plan)])
     bounds = [c[0] for c in cuts]
@@ -114,7 +124,7 @@ def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partit
     slotted = numbered.select("id", "domain", "group", "source", "lang", "tokens", "target", "k").rdd.flatMap(
         lambda row: _slots_of(row, names, positions.value, num_items, bounds))
     ordered = slotted.repartitionAndSortWithinPartitions(numPartitions=len(bounds), partitionFunc=lambda key: key[0])
-    return plan, cuts, ordered, rejected, (encoded, numbered)
+    return plan, cuts, ordered, rejected, (encoded, numbered), cfg
 
 
 def _group_sizes(numbered) -> dict[str, np.ndarray]:
@@ -152,8 +162,9 @@ def _slots_of(row, names, positions, num_items, bounds):
 
 
 def load(ordered, rejected, plan, cuts, cfg: ShardsConfig, section: dict, info: TokenizerInfo, output: str) -> dict:
-    """Write each partition's shards on the executors, then rejected records and the manifest."""
-    out = prepare_output(output)
+    """Write each partition's shards on the executors, then rejected records (none for the
+    validation set: ``rejected=None``) and the manifest."""
+    out = prepare_output(output, keep_valid=cfg.valid_fraction > 0)
     names = list(plan.names)
 
     def write(part_index, items):
@@ -162,7 +173,7 @@ def load(ordered, rejected, plan, cuts, cfg: ShardsConfig, section: dict, info: 
 
     entries = ordered.mapPartitionsWithIndex(write).collect()  # per-shard metadata only
     logger.info("shards written (%d)", len(entries))
-    rejected_docs = [Document.from_row(r) for r in rejected.select(*DOC_COLUMNS).toArrow().to_pylist()]
+    rejected_docs = [] if rejected is None else [Document.from_row(r) for r in rejected.select(*DOC_COLUMNS).toArrow().to_pylist()]
     return finish_output(out, output, entries, plan, cfg, section, info, rejected_docs)
 
 
@@ -176,11 +187,17 @@ def run_shards(spark, run: StageRun) -> dict:
     num_partitions = args.partitions or spark.sparkContext.defaultParallelism
     started_s = time.perf_counter()
     records = extract(spark, args.input, run.reader)
-    plan, cuts, ordered, rejected, cached = transform(spark, records, cfg, info, num_partitions)
+    plan, cuts, ordered, rejected, cached, _ = transform(spark, records, cfg, info, num_partitions)
     planned_s = time.perf_counter()
     logger.info("encoded, numbered and planned %d slots in %.1f s", len(plan), planned_s - started_s)
+    section = run.params.get("shards") or {}
     try:
-        manifest = load(ordered, rejected, plan, cuts, cfg, run.params.get("shards") or {}, info, args.output)
+        if cfg.valid_fraction > 0:  # the validation set first, into <output>/valid/, then the set (manifest last)
+            prepare_output(args.output, keep_valid=True)
+            *valid, valid_cached, valid_cfg = transform(spark, cached[0], cfg, info, num_partitions, holdout=True)
+            cached += valid_cached[1:]
+            load(valid[2], None, valid[0], valid[1], valid_cfg, section, info, os.path.join(args.output, VALID_DIR))
+        manifest = load(ordered, rejected, plan, cuts, cfg, section, info, args.output)
         logger.info("wrote %d shards in %.1f s", len(manifest["shards"]), time.perf_counter() - planned_s)
     finally:
         for frame in cached:
