@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from etl.core.metrics import read_metrics
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("clean", "dedup", "tfidf", "augment")
+STAGES = ("clean", "dedup", "tfidf", "quality", "augment")
 
 
 def load_json(path: Path) -> Any | None:
@@ -353,7 +354,7 @@ def pipeline_metrics(manifest: dict | None, metrics: list[dict]) -> dict[str, An
 
 
 def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, params_path: Path | None = None,
-                 train_run: Path | None = None) -> list[str]:
+                 train_run: Path | None = None, eval_dir: Path | None = None) -> list[str]:
     """Write the Markdown report, its PNGs, plot CSVs, summary and metrics; return the summary.
     ``train_run`` is the trainer's full metrics file (step times) when ``metrics_path`` has none."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -406,12 +407,31 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, pa
     if metrics:
         plot_loss(metrics, figs / "loss.png")
         md += ["## Training", "", "![loss](figures/loss.png)", "", f"Last metrics line: `{json.dumps(metrics[-1])}`", ""]
+    md += evaluation_section(out.parent, train_run, eval_dir)
     times = wall_times(pipeline, read_metrics(train_run, missing_ok=True) if train_run else metrics)
     if times:
         md += ["## Stage wall times", "", "| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in times.items()] + [""]
     md += params_section(params_path)
     out.write_text("\n".join(md), encoding="utf-8")
     return summary
+
+
+def evaluation_section(report_dir: Path, train_run: Path | None, eval_dir: Path | None) -> list[str]:
+    """Validation curves (from the trainer's full metrics, untracked like this page) and the
+    evaluation table of ``python -m trainer.evaluate`` (``eval_dir/eval.json``), when present."""
+    from trainer.evaluate import eval_table_markdown, plot_validation_curves  # noqa: PLC0415 (torch: only when used)
+
+    md: list[str] = []
+    curves = report_dir / "eval" / "validation.png"
+    if train_run and Path(train_run).is_file() and plot_validation_curves(train_run, curves):
+        md += ["## Validation", "", "Validation perplexity per domain during training (the shards' `valid/` set).", "",
+               f"![validation]({os.path.relpath(curves, report_dir)})", ""]
+    result = load_json(Path(eval_dir) / "eval.json") if eval_dir else None
+    if result:
+        md += ["## Evaluation", "", f"`python -m trainer.evaluate` on the validation shards and the knowledge graph "
+               f"(details: [{os.path.relpath(Path(eval_dir) / 'eval.md', report_dir)}]"
+               f"({os.path.relpath(Path(eval_dir) / 'eval.md', report_dir)})).", "", eval_table_markdown(result), ""]
+    return md
 
 
 def domain_table(all_stats: dict[str, dict]) -> list[str]:
@@ -491,9 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=None, help="params file the run used, shown in the report (default: the repository's params.yaml)")
     parser.add_argument("--out", default="reports/report.md",
                         help="Markdown report; beside it: figures/*.png, plots/*.csv (dvc plots), summary.txt, pipeline.json (dvc metrics)")
+    parser.add_argument("--eval", default=None, metavar="DIR",
+                        help="output directory of python -m trainer.evaluate (eval.json): its table goes into the report")
     args = parser.parse_args(argv)
     summary = write_report(Path(args.pipeline_dir), Path(args.out), Path(args.metrics) if args.metrics else None,
-                           Path(args.params) if args.params else None, Path(args.train_run) if args.train_run else None)
+                           Path(args.params) if args.params else None, Path(args.train_run) if args.train_run else None,
+                           Path(args.eval) if args.eval else None)
     print("\n".join(["", "jinglian pipeline summary", *summary, f"report: {args.out}"]), flush=True)
     return 0
 

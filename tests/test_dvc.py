@@ -47,13 +47,16 @@ def _code_deps(stage: dict) -> set[str]:
 
 
 def _section_literals(path: Path) -> set[str]:
-    """Params sections ``path`` names in ``load_section(s)(..., "x")``, ``params.get("x")`` or ``params["x"]``."""
+    """Params sections ``path`` names in ``load_section(s)(..., "x")``, ``params.get("x")``, ``params["x"]``
+    or a stage declaration's ``sections=("x", ...)``."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("load_section", "load_sections", "get"):
             found.update(a.value for a in node.args if isinstance(a, ast.Constant) and a.value in SECTIONS)
         elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in SECTIONS:
             found.add(node.slice.value)
+        elif isinstance(node, ast.keyword) and node.arg == "sections" and isinstance(node.value, ast.Tuple):
+            found.update(e.value for e in node.value.elts if isinstance(e, ast.Constant) and e.value in SECTIONS)  # Stage(sections=...)
     return found
 
 

@@ -110,6 +110,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "clean": ("read", "tokenizer", "clean"),
     "dedup": ("read", "dedup"),
     "tfidf": ("read", "tokenizer", "tfidf"),
+    "quality_train": ("read", "quality_model"),
+    "quality": ("read", "quality_model"),
     "augment": ("read", "augment"),
     "tokenizer": (),
     "shards": ("read", "shards"),

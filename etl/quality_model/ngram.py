@@ -12,6 +12,8 @@ scoring is a sparse dot product: one document's score never depends on the other
 from __future__ import annotations
 
 import functools
+import io
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,19 @@ def ngram_settings(train) -> dict[str, Any]:
     return {"features": train.ngram_features, "word_max": train.ngram_word_max, "char_min": train.ngram_char_min,
             "char_max": train.ngram_char_max, "max_chars": train.max_chars, "english": "wordpunct"}
 
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` with fixed member timestamps, so the same weights give the same
+    bytes (numpy stamps each member with the current time, which changes a DVC output's hash on
+    every rerun). ``np.load`` reads it as any ``.npz``."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
 
 class _Analyzer:
     """A picklable analyzer for HashingVectorizer."""
@@ -99,8 +114,8 @@ class NgramClassifier:
 
     def save(self, directory: Path) -> None:
         nonzero = np.flatnonzero(self.weights)
-        np.savez_compressed(directory / WEIGHTS, index=nonzero.astype(np.int64), value=self.weights[nonzero],
-                            bias=np.array([self.bias]), size=np.array([self.weights.size]))
+        write_npz(directory / WEIGHTS, index=nonzero.astype(np.int64), value=self.weights[nonzero],
+                  bias=np.array([self.bias]), size=np.array([self.weights.size]))
 
     @classmethod
     def load(cls, directory: Path, settings: dict[str, Any], device: str = "auto", dtype: str = "auto") -> NgramClassifier:

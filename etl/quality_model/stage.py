@@ -101,7 +101,7 @@ QUALITY_MODEL = Stage(
     name=STAGE,
     description="Model-based quality filter: score every document with a trained classifier (n-gram, fastText or BERT), "
                 "annotate meta.quality_score, reject those below the threshold as low_quality_score.",
-    sections=(STAGE,),
+    sections=("quality_model",),  # == STAGE (a literal: tests/test_dvc.py reads the sections from the code)
     pipeline=quality_factory,
     step_names=lambda configs: [STEP] if configs[STAGE].enabled else [],
     add_flags=add_flags,
