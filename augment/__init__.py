@@ -4,6 +4,6 @@ Each method is a batched step over documents that yields every input unchanged p
 variant records (``<parent>~bt0``, ``~mlm0``, ``~es0``) with ``meta.augment`` lineage; a
 similarity guard rejects variants that are too close to or too far from their parent.
 ``augment.pipeline.build_pipeline`` composes them for the local runner (``python -m augment``)
-and ``spark_jobs/augment.py``.  Importing this package never imports torch or transformers:
+and ``spark_jobs/augment_corpus.py``.  Importing this package never imports torch or transformers:
 models load lazily in :mod:`augment.models`, once per process.
 """

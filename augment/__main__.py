@@ -2,7 +2,7 @@
 
 The augment stage (:data:`augment.pipeline.AUGMENT`) run by the local executor, in one
 process or a process pool (each worker loads the models once); the same steps as
-``spark_jobs/augment.py``.
+``spark_jobs/augment_corpus.py``.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ fact kinds changed, the entity-swap kinds (``alias`` / ``counterfactual`` / ``no
 kept and rejected variants and the masked-LM words left as they were, from the output records
 alone, so the local and the Spark executor report the same numbers.
 
-:data:`AUGMENT` declares the stage (``python -m augment``, ``spark-submit spark_jobs/augment.py``).
+:data:`AUGMENT` declares the stage (``python -m augment``, ``spark-submit spark_jobs/augment_corpus.py``).
 """
 from __future__ import annotations
 

@@ -9,6 +9,3 @@ export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export PYTHONHASHSEED=0
-# A script's own folder is not put first on sys.path (Python >= 3.11): spark-submit runs
-# spark_jobs/augment.py as a script, and spark_jobs/ first would shadow the augment package.
-export PYTHONSAFEPATH=1

@@ -7,12 +7,11 @@ The work is ``spark_jobs.corpus.shards.run_shards``; same bytes as ``python -m s
 with the same ``--partitions``.
 """
 from etl.core.errors import run_main
-from spark_jobs.executor import check_import_path, run_stage
+from spark_jobs.executor import run_stage
 
 
 def main(argv=None) -> int:
     """Build the shard set on Spark; returns the exit code."""
-    check_import_path()
     from shards.stage import SHARDS
 
     run_stage(SHARDS, argv, prog="spark_jobs/build_shards.py")

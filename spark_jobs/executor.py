@@ -15,7 +15,6 @@ executor's (:mod:`etl.core.stage`); what differs is where the work runs:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from typing import Any
 
 from etl.core.config import config_to_dict, params_hash
 from etl.core.document import Document
-from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session, write_stage_output
 
@@ -109,21 +107,8 @@ def execute(spark, run: StageRun) -> dict[str, Any]:
     return report
 
 
-def check_import_path() -> None:
-    """Fail with one line when ``spark_jobs/augment.py`` shadows the ``augment`` package.
-
-    A script's folder comes first on ``sys.path`` (``spark-submit spark_jobs/clean.py`` puts
-    ``spark_jobs/`` there) unless ``PYTHONSAFEPATH=1`` (Python >= 3.11; scripts/env.sh sets it).
-    The params check imports ``augment.config``, so every job needs the package, not the file."""
-    spec = importlib.util.find_spec("augment")
-    if spec is None or spec.submodule_search_locations is None:
-        raise JinglianError("spark_jobs/augment.py shadows the augment package: run with PYTHONSAFEPATH=1 "
-                            "(source scripts/env.sh; on a cluster set it in the driver's environment)")
-
-
 def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
     """``spark-submit spark_jobs/<stage>.py``: parse, load the configs, run, print the summary line."""
-    check_import_path()
     args = parse_stage_args(stage, argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run = resolve_run(stage, args, "spark")

@@ -1,4 +1,4 @@
-"""Spark tier: spark_jobs/augment.py gives the local runner's records for any partitioning."""
+"""Spark tier: spark_jobs/augment_corpus.py gives the local runner's records for any partitioning."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ def test_spark_job_matches_local_runner_across_partitionings(spark, data_dir, tm
     from augment.__main__ import main as local_main
     from augment.tiny import build_tiny_bert, build_tiny_marian, read_texts
     from etl.io.records import read_parquet_dir
-    from spark_jobs.augment import main as spark_main
+    from spark_jobs.augment_corpus import main as spark_main
 
     texts = read_texts([data_dir / "general_zh.jsonl", data_dir / "domain_medical.jsonl"], 1000)[:120]
     marian, bert = build_tiny_marian(tmp_path / "marian", texts), build_tiny_bert(tmp_path / "bert", texts)

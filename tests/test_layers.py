@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("etl", "augment", "shards", "trainer", "spark_jobs")
 #: spark-submit entry points: each runs one stage (or the report) over the executors.
-JOB_FILES = {"spark_jobs.clean", "spark_jobs.dedup", "spark_jobs.tfidf_filter", "spark_jobs.augment", "spark_jobs.build_shards",
+JOB_FILES = {"spark_jobs.clean", "spark_jobs.dedup", "spark_jobs.tfidf_filter", "spark_jobs.augment_corpus", "spark_jobs.build_shards",
              "spark_jobs.report"}
 
 

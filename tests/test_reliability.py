@@ -238,7 +238,7 @@ def test_train_overrides_name_the_closest_field():
 
 ENTRY_POINTS = [
     ["-m", "etl.clean"], ["-m", "etl.dedup"], ["-m", "etl.tfidf"], ["-m", "augment"],
-    ["spark_jobs/clean.py"], ["spark_jobs/dedup.py"], ["spark_jobs/tfidf_filter.py"], ["spark_jobs/augment.py"],
+    ["spark_jobs/clean.py"], ["spark_jobs/dedup.py"], ["spark_jobs/tfidf_filter.py"], ["spark_jobs/augment_corpus.py"],
 ]
 
 
@@ -264,7 +264,7 @@ def test_other_entry_points_and_debug(tmp_path):
         (["-m", "shards", "build", "--input", str(tmp_path), "--output", str(tmp_path)], "also an input"),
         (["spark_jobs/build_shards.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "s"), "--params", missing_params],
          "missing.yaml"),
-        # the repository's params validated from a job script (spark_jobs/augment.py must not shadow the augment package)
+        # the repository's params validated from a job script (spark_jobs/augment_corpus.py must not shadow the augment package)
         (["spark_jobs/build_shards.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "s")], "no tokenizer given"),
         (["-m", "trainer.train", "--shards", str(tmp_path / "no-shards"), "--params", missing_params], "missing.yaml"),
         (["-m", "etl.ingest", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--output", str(tmp_path / "land"),
