@@ -107,3 +107,28 @@ def test_tracked_report_outputs_are_byte_identical_across_runs(tmp_path):
         tracked = [p for p in sorted(out.rglob("*")) if p.is_file() and p.name != "report.md"]
         digests.append({str(p.relative_to(out)): hashlib.md5(p.read_bytes()).hexdigest() for p in tracked})
     assert len(digests[0]) == 11 and digests[0] == digests[1]
+
+
+def test_report_shows_validation_curves_and_the_evaluation_table(tmp_path):
+    """The report's evaluation section: validation perplexity per domain from the trainer's
+    metrics rows (a resumed step counted once) and the table of trainer.evaluate's eval.json."""
+    from spark_jobs.report import evaluation_section
+
+    run = tmp_path / "train_run.jsonl"
+    rows = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0, "val_loss": 4.5, "val_ppl": 90.0, "val_ppl_by_domain": {"general": 80.0, "expert": 120.0}},
+            {"step": 4, "loss": 3.0, "val_loss": 3.9, "val_ppl": 49.4, "val_ppl_by_domain": {"general": 45.0, "expert": 60.0}},
+            {"step": 4, "loss": 3.0, "val_loss": 3.8, "val_ppl": 44.7, "val_ppl_by_domain": {"general": 40.0, "expert": 55.0}}]
+    run.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from trainer.evaluate import validation_curves
+    curves = validation_curves(run)
+    assert curves["steps"] == [2, 4] and curves["by_domain"]["expert"] == [120.0, 55.0]  # the resumed step 4 wins
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    result = {"checks": [{"figure": "entity_recall", "label": "entity recall", "value": 0.5, "op": ">=", "threshold": 0.92, "pass": False}],
+              "model": {"perplexity": {"general": 40.0}, "tokens": {"general": 1234}}}
+    (eval_dir / "eval.json").write_text(json.dumps(result))
+    md = "\n".join(evaluation_section(tmp_path, run, eval_dir))
+    assert (tmp_path / "eval" / "validation.png").is_file() and "![validation](eval/validation.png)" in md
+    assert "| entity recall | 50.0% | >= 92.0% | - | **no** |" in md
+    assert "| general | 40.00 | - | - | 1,234 |" in md
+    assert evaluation_section(tmp_path / "none", None, None) == []

@@ -208,7 +208,7 @@ def eval_table_markdown(report: dict[str, Any]) -> str:
 def validation_curves(metrics_path: str | Path) -> dict[str, Any]:
     """Validation curves from a training run's metrics.jsonl: ``steps`` and, per domain, the
     validation perplexity at each of them (``overall`` too); empty lists without validation."""
-    from trainer.metrics import read_metrics  # noqa: PLC0415
+    from etl.core.metrics import read_metrics  # noqa: PLC0415
 
     rows = [r for r in read_metrics(metrics_path) if "val_loss" in r]
     domains = sorted({d for r in rows for d in r.get("val_ppl_by_domain", {})})
