@@ -192,6 +192,11 @@ UNTRACKED = re.compile(r"(^|/)timing\.json$|^reports/report\.md$|^reports/eval/|
 
 @pytest.mark.dvc
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (#14 open): Spark's Parquet writer (parquet-mr 1.17) lists each column chunk's "
+    "encodings in HashSet order, which changes from one JVM to the next, so Spark-written part files "
+    "differ by a few footer bytes with identical rows and metadata; the train checkpoint's .metadata "
+    "differs too. strict: this fails as soon as the rerun is byte-identical, so the marker goes then"))
 def test_forced_rerun_writes_byte_identical_outputs_and_leaves_dvc_lock_unchanged(project):
     proj, env, _ = project
     lock, before = (proj / "dvc.lock").read_text(), _digests(proj)
