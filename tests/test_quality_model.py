@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl.core.document import Document
+from etl.quality_model.bert import random_bert
 from etl.quality_model.classifier import ModelDirError, clear_cache, load_classifier, open_classifier
 from etl.quality_model.config import QualityModelConfig, QualityTrainConfig
 from etl.quality_model.data import LabelledSet, build_labelled, corrupt
@@ -51,24 +52,7 @@ def labelled_slice(data_dir: Path, per_corpus: int = 60) -> LabelledSet:
 
 
 def _tiny_bert(out: Path, texts: list[str]) -> Path:
-    """A 2-layer, 32-wide BertForSequenceClassification base with a WordPiece vocabulary trained here."""
-    import torch
-    from tokenizers import BertWordPieceTokenizer
-    from tokenizers.processors import BertProcessing
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    out.mkdir(parents=True)
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(texts, vocab_size=800, min_frequency=1)
-    inner = wp._tokenizer  # transformers 5's BertTokenizerFast(vocab_file=...) ignores the file: wrap the trained tokenizer
-    inner.post_processor = BertProcessing(("[SEP]", inner.token_to_id("[SEP]")), ("[CLS]", inner.token_to_id("[CLS]")))
-    PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(out)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=wp.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(out)
-    return out
+    return random_bert(out, texts, vocab_size=800, hidden=32, layers=2, heads=2, ffn=64, max_positions=128, min_frequency=1)
 
 
 @pytest.fixture(scope="module")

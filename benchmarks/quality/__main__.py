@@ -36,6 +36,7 @@ import numpy as np
 
 from etl.core.document import Document
 from etl.io.records import read_inputs
+from etl.quality_model.bert import random_bert
 from etl.quality_model.classifier import open_classifier
 from etl.quality_model.config import QualityModelConfig, QualityTrainConfig
 from etl.quality_model.data import LabelledSet, build_labelled, corrupt
@@ -71,23 +72,8 @@ def labelled_set(corpora: Path, max_docs: int) -> LabelledSet:
 
 
 def small_bert(out: Path, texts: list[str]) -> str:
-    import torch
-    from tokenizers import BertWordPieceTokenizer
-    from tokenizers.processors import BertProcessing
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    out.mkdir(parents=True, exist_ok=True)
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(texts, vocab_size=8000)
-    inner = wp._tokenizer  # transformers 5's BertTokenizerFast(vocab_file=...) ignores the file: wrap the trained tokenizer
-    inner.post_processor = BertProcessing(("[SEP]", inner.token_to_id("[SEP]")), ("[CLS]", inner.token_to_id("[CLS]")))
-    PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(out)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=wp.get_vocab_size(), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=512, max_position_embeddings=512, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(out)
-    return str(out)
+    """A random 4x128 BERT with a WordPiece vocabulary trained on ``texts`` (no hub download)."""
+    return str(random_bert(out, texts, vocab_size=8000, hidden=128, layers=4, heads=4, ffn=512, max_positions=512))
 
 
 def time_scoring(clf, texts: list[str]) -> dict:

@@ -183,3 +183,27 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def random_bert(out: Path, texts: Sequence[str], *, vocab_size: int, hidden: int, layers: int, heads: int,
+                ffn: int, max_positions: int, min_frequency: int = 2) -> Path:
+    """A randomly initialised BERT sequence classifier with a WordPiece tokenizer trained on
+    ``texts``, saved to ``out`` (a base to fine-tune offline: tests and the benchmark)."""
+    import torch  # noqa: PLC0415
+    from tokenizers import BertWordPieceTokenizer  # noqa: PLC0415
+    from tokenizers.processors import BertProcessing  # noqa: PLC0415
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast  # noqa: PLC0415
+
+    out.mkdir(parents=True, exist_ok=True)
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency)
+    inner = wp._tokenizer  # transformers 5's BertTokenizerFast(vocab_file=...) ignores the file: wrap the trained tokenizer
+    inner.post_processor = BertProcessing(("[SEP]", inner.token_to_id("[SEP]")), ("[CLS]", inner.token_to_id("[CLS]")))
+    PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=wp.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=max_positions,
+                        num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(out)
+    return out
