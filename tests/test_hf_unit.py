@@ -195,3 +195,22 @@ def test_local_layer_spec_saves_under_the_transformer_engine_names():
     layer = "decoder.layers."
     assert layer + keys_map["input_layernorm."] + "weight" == QKV + "layer_norm_weight"
     assert layer + keys_map["pre_mlp_layernorm."] + "weight" == FC1 + "layer_norm_weight"
+
+
+def test_the_same_import_twice_gives_byte_identical_checkpoints_that_torch_still_loads(tmp_path, tokenizer_dir):
+    import torch.distributed.checkpoint as dcp
+
+    from trainer.pretrained import checkpoint_path
+
+    source = make_model("qwen2", tmp_path / "hf", torch.float32, tokenizer=tokenizer_dir)
+    first, second = checkpoint_path(import_hf(str(source), tmp_path / "a").parent), checkpoint_path(import_hf(str(source), tmp_path / "b").parent)
+    names = sorted(p.name for p in first.iterdir())
+    assert ".metadata" in names and names == sorted(p.name for p in second.iterdir())
+    for name in names:  # torch would record the temporary directory's absolute path and a random save id
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    metadata = dcp.FileSystemReader(str(second)).read_metadata()
+    assert metadata.storage_meta.checkpoint_id == second.name
+    key = "decoder.final_layernorm.weight"
+    loaded = {key: torch.zeros(metadata.state_dict_metadata[key].size)}
+    dcp.load(loaded, storage_reader=dcp.FileSystemReader(str(second)), no_dist=True)  # torch's own reader still reads it
+    assert torch.equal(loaded[key], SafetensorsReader(source).get("model.norm.weight"))

@@ -166,6 +166,26 @@ def test_stage_annotates_and_rejects_below_threshold(models, labelled, tmp_path)
         assert (row["part"] == "kept") == (row["meta"]["quality_score"] >= threshold), doc_id
 
 
+def test_params_hash_keeps_the_model_path_as_given_while_workers_get_it_absolute(models, tmp_path, monkeypatch):
+    import shutil
+
+    from etl.core.stage import base_stats, resolve_run, stage_parser
+    from etl.quality_model.stage import QUALITY_MODEL
+
+    runs = []
+    for checkout in ("a", "b"):  # the same relative --model in two checkouts (as DVC runs it)
+        root = tmp_path / checkout
+        shutil.copytree(models["ngram"][0], root / "models" / "quality")
+        (root / "in").write_text('{"id": "a", "text": "x"}\n', encoding="utf-8")
+        monkeypatch.chdir(root)
+        args = stage_parser(QUALITY_MODEL, "q").parse_args(["--input", "in", "--output", "out", "--model", "models/quality"])
+        runs.append(resolve_run(QUALITY_MODEL, args, "local"))
+        assert runs[-1].config.model == str(root / "models" / "quality")
+    assert base_stats(runs[0])["params_hash"] == base_stats(runs[1])["params_hash"]
+    args = stage_parser(QUALITY_MODEL, "q").parse_args(["--input", "in", "--output", "out", "--model", "models/quality", "--threshold", "0.6"])
+    assert base_stats(resolve_run(QUALITY_MODEL, args, "local"))["params_hash"] != base_stats(runs[1])["params_hash"]
+
+
 def test_disabled_stage_passes_everything(labelled, tmp_path):
     from etl.quality_model.cli import main
 
@@ -255,7 +275,7 @@ def test_spark_equals_local_any_partitioning(models, labelled, tmp_path, spark):
 
     corpus = _write_corpus(tmp_path / "in.jsonl", labelled)
     for kind in ("ngram", "bert"):
-        model = str(models[kind][0])
+        model = str(models["ngram"][0])
         local_main(["--input", str(corpus), "--output", str(tmp_path / f"local-{kind}"), "--model", model, "--no-progress"])
         local = _read(tmp_path / f"local-{kind}")
         for partitions in (1, 3):

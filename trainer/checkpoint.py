@@ -29,6 +29,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from trainer.dcp_reader import canonical_dcp_metadata
+
 logger = logging.getLogger(__name__)
 LATEST = "latest"
 # Distributed-optimizer state in the canonical per-parameter form: gathered on DP rank 0 at
@@ -137,7 +139,8 @@ def atomic_checkpoint_dir(final: Path):
     """All ranks write into a temporary sibling; rank 0 renames it to ``final`` when every rank
     is done (replacing a stale checkpoint of the same name), so a crash never leaves a
     half-written ``iter_*`` under its final name. Needs a filesystem shared by all ranks, as
-    dist_checkpointing itself does."""
+    dist_checkpointing itself does. The index is made reproducible first
+    (:func:`canonical_dcp_metadata`): the same state saved twice gives identical files."""
     tmp = final.parent / f".{final.name}.tmp"
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,6 +149,7 @@ def atomic_checkpoint_dir(final: Path):
     yield tmp
     dist.barrier()
     if dist.get_rank() == 0:
+        canonical_dcp_metadata(tmp, final.name)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -9,13 +9,17 @@ pickle to check the layout (dense, offset 0, the chunk's shape and dtype) and th
 the destination region (via one chunk-sized buffer when the region is not contiguous, as for a
 row-parallel TP split). A chunk in any other form (another serialisation, a strided tensor, a
 transform such as compression) is loaded with ``torch.distributed.checkpoint`` instead.
+
+Also :func:`canonical_dcp_metadata`, which makes the checkpoint index byte-reproducible.
 """
 from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import struct
+import uuid
 import warnings
 import zipfile
 from pathlib import Path
@@ -183,3 +187,33 @@ class _FileSlice(io.RawIOBase):
         n = self._f.readinto(memoryview(buffer)[:want])
         self._pos += n
         return n
+
+
+DCP_METADATA = ".metadata"
+
+
+def canonical_dcp_metadata(directory: Path, name: str) -> None:
+    """Make ``directory/.metadata`` (torch.distributed.checkpoint's index) byte-reproducible.
+
+    torch records where and when it was written: ``storage_meta.checkpoint_id`` is the absolute
+    path of the (temporary) directory and ``save_id`` a random UUID, so two saves of the same
+    tensors differ in this file alone and a DVC rerun changes the checkpoint's hash. Both are
+    informational (loading reads neither): the id becomes ``name`` (the final directory name,
+    relative) and the save id a UUID derived from it. Written to a temporary name, fsynced and
+    renamed."""
+    path = directory / DCP_METADATA
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        metadata = pickle.load(f)  # noqa: S301  (our own file, just written by torch)
+    storage = getattr(metadata, "storage_meta", None)
+    if storage is None:
+        return
+    storage.checkpoint_id = name
+    storage.save_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"jinglian-checkpoint:{name}"))
+    tmp = directory / f"{DCP_METADATA}.tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(metadata, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -38,7 +38,7 @@ from etl.core.cli import ArgumentParser
 from etl.core.config import build_config, config_to_dict
 from etl.core.errors import run_main
 from trainer.config import ModelConfig
-from trainer.dcp_reader import CheckpointTensors
+from trainer.dcp_reader import CheckpointTensors, canonical_dcp_metadata
 from trainer.hf_config import UnsupportedModelError, architecture_of, hf_config_from_model, model_config_from_hf
 from trainer.hf_weights import (
     EMBEDDING,
@@ -183,6 +183,7 @@ def write_model_checkpoint(path: Path, tensors: dict[str, Any], common: dict[str
     tmp.mkdir(parents=True)
     with _no_zip_crc32():
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(tmp), thread_count=1), no_dist=True)
+    canonical_dcp_metadata(tmp, path.name)
     torch.save({"common": common}, tmp / "common.pt")
     (tmp / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
                                                    "common_backend": "torch", "common_backend_version": 1}))

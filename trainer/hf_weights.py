@@ -343,6 +343,8 @@ class SafetensorsShardWriter:
         if missing:
             raise ValueError(f"safetensors export: {len(missing)} tensors never written, e.g. {missing[:3]}")
         for index, handle in enumerate(self.handles):
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the final name appears (as the import's checkpoint)
             handle.close()
             os.replace(self._tmp(index), self.directory / self.file_names[index])
         if len(self.file_names) > 1:

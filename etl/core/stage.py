@@ -56,6 +56,10 @@ class StageRun:
     runner: str
     params: dict[str, Any] = field(default_factory=dict)
     """The whole params file (validated), for a stage that records a raw section."""
+    params_hash: str = ""
+    """Hash of the stage's own section as the user gave it (params file and flags), taken
+    before :attr:`Stage.check` resolves anything machine-specific (an absolute model path), so
+    the same params give the same ``stats.json`` in any checkout."""
 
     @property
     def config(self) -> Any:
@@ -93,10 +97,12 @@ class Stage:
     """The stage's own flags, beyond the shared ones."""
     check: Callable[[StageRun], None] | None = None
     """Validates the stage's own flags and configs before any work (before Spark starts):
-    raise :class:`etl.core.errors.JinglianError` with one line."""
+    raise :class:`etl.core.errors.JinglianError` with one line. It may also resolve what the
+    workers need in ``run.configs`` (a relative model path made absolute); the params hash is
+    taken before."""
     apply_flags: Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]] | None = None
-    """Applies the stage's own flags over its loaded configs (``--model``, ``--threshold``) and
-    checks what the driver can check before any work; returns the configs."""
+    """Applies the stage's own flags over its loaded configs (``--model``, ``--threshold``);
+    returns the configs (checks and path resolution belong in :attr:`check`)."""
     counter: Callable[[], CorpusCounter] | None = None
     """Extra statistics counted over the output records (``to_dict`` merged into ``stats.json``)."""
     after_write: Callable[[Sequence[Document], dict[str, Any], StageRun], None] | None = None
@@ -162,7 +168,7 @@ def resolve_run(stage: Stage, args: argparse.Namespace, runner: str) -> StageRun
     configs = load_stage_configs(stage, params, getattr(args, "on_error", None))
     if stage.apply_flags is not None:
         configs = stage.apply_flags(args, configs)
-    run = StageRun(stage, args, configs, runner, params)
+    run = StageRun(stage, args, configs, runner, params, params_hash(config_to_dict(configs[stage.sections[0]])))
     if stage.check is not None:
         stage.check(run)
     return run
@@ -182,7 +188,7 @@ def load_stage_configs(stage: Stage, params: str | os.PathLike | dict | None, on
 
 def base_stats(run: StageRun) -> dict[str, Any]:
     """What every ``stats.json`` records besides the counts: stage, runner, params hash."""
-    return {"stage": run.stage.name, "runner": run.runner, "params_hash": params_hash(config_to_dict(run.config))}
+    return {"stage": run.stage.name, "runner": run.runner, "params_hash": run.params_hash or params_hash(config_to_dict(run.config))}
 
 
 def stage_summary(stage: Stage, report: dict[str, Any]) -> str:

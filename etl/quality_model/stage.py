@@ -21,7 +21,7 @@ from typing import Any
 
 from etl.core.document import Document
 from etl.core.errors import JinglianError
-from etl.core.stage import Stage
+from etl.core.stage import Stage, StageRun
 from etl.core.step import Pipeline, batch_step
 from etl.quality_model.classifier import load_classifier, read_manifest
 from etl.quality_model.config import QualityModelConfig
@@ -74,8 +74,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_flags(args: argparse.Namespace, configs: dict[str, Any]) -> dict[str, Any]:
-    """``--model``/``--threshold`` over the section; the model path made absolute (executors do not
-    share the driver's working directory) and its manifest checked."""
+    """``--model``/``--threshold`` over the section."""
     config: QualityModelConfig = configs[STAGE]
     over: dict[str, Any] = {}
     if args.model:
@@ -86,6 +85,13 @@ def apply_flags(args: argparse.Namespace, configs: dict[str, Any]) -> dict[str, 
         config = dataclasses.replace(config, **over)
     except ValueError as exc:
         raise JinglianError(f"command line: {exc}") from None
+    return {**configs, STAGE: config}
+
+
+def check(run: StageRun) -> None:
+    """Before any work: the model path made absolute (executors do not share the driver's
+    working directory; the params hash keeps the path as given) and its manifest checked."""
+    config: QualityModelConfig = run.configs[STAGE]
     if config.enabled:
         model = config.model if "://" in config.model else os.path.abspath(config.model)
         read_manifest(model)
@@ -93,8 +99,7 @@ def apply_flags(args: argparse.Namespace, configs: dict[str, Any]) -> dict[str, 
             # load it here once: a corrupt weights file is one error line now, not a rejection of
             # every record by the workers (the local executor's processes reuse this load)
             load_classifier(model, config.device, config.dtype)
-        config = dataclasses.replace(config, model=model)
-    return {**configs, STAGE: config}
+        run.configs[STAGE] = dataclasses.replace(config, model=model)
 
 
 QUALITY_MODEL = Stage(
@@ -106,5 +111,6 @@ QUALITY_MODEL = Stage(
     step_names=lambda configs: [STEP] if configs[STAGE].enabled else [],
     add_flags=add_flags,
     apply_flags=apply_flags,
+    check=check,
     batch_docs=lambda configs: configs[STAGE].batch_size,
 )
