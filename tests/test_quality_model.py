@@ -287,3 +287,25 @@ def test_spark_equals_local_any_partitioning(models, labelled, tmp_path, spark):
             tol = 2e-6 if kind == "bert" else 0.0  # BERT: other batches, other float rounding (below the 6 digits kept)
             for doc_id, row in got.items():
                 assert abs(row["meta"]["quality_score"] - local[doc_id]["meta"]["quality_score"]) <= tol, (kind, doc_id)
+
+
+def test_ngram_blocks_are_normalised_apart_and_older_one_block_models_still_score(labelled):
+    from scipy.sparse.linalg import norm as sparse_norm
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from etl.quality_model.ngram import NgramClassifier, feature_blocks, ngram_settings, vectorizer
+
+    settings = ngram_settings(dataclasses.replace(TRAIN, ngram_features=2**16))
+    text = next(t for t in labelled.texts if len(t) > 200)
+    words, chars = feature_blocks(text, settings)
+    assert words and len(chars) > 3 * len(words)  # why the blocks are normalised apart
+    only_words = vectorizer({**settings, "char_weight": 0.0}).transform([text])
+    both = vectorizer(settings).transform([text])
+    assert abs(sparse_norm(only_words) - 1.0) < 1e-9  # the word block alone has unit norm, whatever the chars
+    assert abs(sparse_norm(both - only_words) - settings["char_weight"]) < 1e-9
+    legacy = {k: v for k, v in settings.items() if k not in ("block_norm", "char_weight")}
+    assert isinstance(vectorizer(legacy), HashingVectorizer)  # a manifest from before: scored as trained
+    weights = np.random.default_rng(0).normal(size=settings["features"])
+    clf = NgramClassifier(legacy, weights, 0.1)
+    one_block = HashingVectorizer(analyzer=lambda t: words + chars, n_features=settings["features"], alternate_sign=True, norm="l2")
+    assert np.allclose(clf.decision([text]), one_block.transform([text]) @ weights + 0.1)

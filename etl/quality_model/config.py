@@ -40,6 +40,11 @@ class QualityTrainConfig:
     """ngram / fasttext: shortest character n-gram inside a word."""
     ngram_char_max: int = 4
     """ngram / fasttext: longest character n-gram inside a word (Chinese words are 1-4 characters)."""
+    ngram_char_weight: float = 0.5
+    """ngram: weight of the character n-gram block against the word n-gram block. Each block is
+    L2-normalised on its own, so a document's many character n-grams (about 10 per word) do not
+    drown its word n-grams; measured on the benchmark's held-out split, separate blocks at 0.5
+    raise the AUC from 0.92 (one block) to 0.96 (``docs/quality_model.md``). 0 drops them."""
     ngram_c: float = 4.0
     """ngram: inverse L2 regularisation strength of the logistic regression (scikit-learn's ``C``)."""
     fasttext_epochs: int = 25
@@ -66,6 +71,8 @@ class QualityTrainConfig:
                      "bert_batch_size", "bert_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"quality_model.train.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.ngram_char_weight < 0:
+            raise ValueError(f"quality_model.train.ngram_char_weight must be >= 0, got {self.ngram_char_weight!r}")
         if not 1 <= self.ngram_char_min <= self.ngram_char_max:
             raise ValueError(f"quality_model.train: need 1 <= ngram_char_min <= ngram_char_max, got "
                              f"{self.ngram_char_min} and {self.ngram_char_max}")

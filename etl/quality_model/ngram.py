@@ -2,12 +2,22 @@
 words, hashed) with a logistic regression, in scikit-learn.
 
 Words come from the project's shared tokenizer (:mod:`etl.clean.tokenize`: jieba for Chinese,
-NLTK for the rest), lower-cased.  A document's features are its word 1..``word_max``-grams and
-the character ``char_min``..``char_max``-grams of each word with ``<``/``>`` marking the word's
-ends (fastText's subword scheme), hashed into ``features`` buckets (scikit-learn's
-``HashingVectorizer``, signed murmur3, L2-normalised).  The weights are saved as their non-zero
-entries (``weights.npz``), not as a pickle, so a model loads in any scikit-learn version and
-scoring is a sparse dot product: one document's score never depends on the others in its batch.
+NLTK for the rest), lower-cased, each document tokenized once.  Its features are two blocks:
+
+* words: the word 1..``word_max``-grams;
+* characters: the ``char_min``..``char_max``-grams of each word with ``<``/``>`` marking the
+  word's ends (fastText's subword scheme).
+
+Each block is hashed into the same ``features`` buckets (scikit-learn's ``FeatureHasher``:
+signed murmur3, counts) and L2-normalised on its own, then the character block is scaled by
+``char_weight`` and added: a word yields about ten character n-grams, so one normalisation over
+both would leave the word n-grams (which carry word order, what a shuffled or spun text breaks)
+a small share of the norm. Models trained before this (no ``block_norm`` in their manifest)
+are scored with their one-block features, as trained.
+
+The weights are saved as their non-zero entries (``weights.npz``), not as a pickle, so a model
+loads in any scikit-learn version and scoring is a sparse dot product: one document's score
+never depends on the others in its batch.
 """
 from __future__ import annotations
 
@@ -25,18 +35,25 @@ from etl.clean.tokenize import TokenizerConfig, tokenize
 WEIGHTS = "weights.npz"
 
 
-def feature_strings(text: str, settings: dict[str, Any]) -> list[str]:
-    """The n-gram features of ``text`` (before hashing)."""
+def feature_blocks(text: str, settings: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The word and the character n-gram features of ``text`` (before hashing)."""
     tokens = tokenize(text[: settings["max_chars"]], _tokenizer(settings.get("english", "wordpunct")))
-    feats = list(tokens)
+    words = list(tokens)
     for n in range(2, settings["word_max"] + 1):
-        feats.extend("\x01".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        words.extend("\x01".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    chars: list[str] = []
     lo, hi = settings["char_min"], settings["char_max"]
     for tok in tokens:
         word = f"<{tok}>"
         for n in range(lo, min(hi, len(word)) + 1):
-            feats.extend("\x02" + word[i:i + n] for i in range(len(word) - n + 1))
-    return feats
+            chars.extend("\x02" + word[i:i + n] for i in range(len(word) - n + 1))
+    return words, chars
+
+
+def feature_strings(text: str, settings: dict[str, Any]) -> list[str]:
+    """All n-gram features of ``text`` in one list (the one-block scheme of older models)."""
+    words, chars = feature_blocks(text, settings)
+    return words + chars
 
 
 @functools.lru_cache(maxsize=4)
@@ -47,7 +64,8 @@ def _tokenizer(english: str) -> TokenizerConfig:
 def ngram_settings(train) -> dict[str, Any]:
     """The manifest settings of an n-gram model trained with ``train`` (a QualityTrainConfig)."""
     return {"features": train.ngram_features, "word_max": train.ngram_word_max, "char_min": train.ngram_char_min,
-            "char_max": train.ngram_char_max, "max_chars": train.max_chars, "english": "wordpunct"}
+            "char_max": train.ngram_char_max, "max_chars": train.max_chars, "english": "wordpunct",
+            "block_norm": True, "char_weight": train.ngram_char_weight}
 
 
 
@@ -73,8 +91,30 @@ class _Analyzer:
         return feature_strings(text, self.settings)
 
 
+class BlockVectorizer:
+    """Word and character blocks hashed, each L2-normalised, added with ``char_weight``
+    (stateless: nothing to save)."""
+
+    def __init__(self, settings: dict[str, Any]):
+        from sklearn.feature_extraction import FeatureHasher
+
+        self.settings = settings
+        self.hasher = FeatureHasher(n_features=settings["features"], input_type="string", alternate_sign=True)
+
+    def transform(self, texts: Sequence[str]):
+        from sklearn.preprocessing import normalize
+
+        blocks = [feature_blocks(text, self.settings) for text in texts]
+        words = normalize(self.hasher.transform(b[0] for b in blocks))
+        chars = normalize(self.hasher.transform(b[1] for b in blocks))
+        return (words + float(self.settings["char_weight"]) * chars).tocsr()
+
+
 def vectorizer(settings: dict[str, Any]):
-    """The hashing vectorizer of ``settings`` (stateless: nothing to save)."""
+    """The hashing vectorizer of ``settings`` (stateless: nothing to save): two normalised
+    blocks, or one for a model trained before ``block_norm``."""
+    if settings.get("block_norm"):
+        return BlockVectorizer(settings)
     from sklearn.feature_extraction.text import HashingVectorizer
 
     return HashingVectorizer(analyzer=_Analyzer(settings), n_features=settings["features"], alternate_sign=True, norm="l2")
