@@ -34,7 +34,15 @@ import yaml
 from etl.core.errors import JinglianError
 
 T = TypeVar("T")
-DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+#: The repository root when the packages run from a checkout (it has pyproject.toml and params.yaml).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+#: The default params file: the repository's ``params.yaml`` (the knob file users edit) in a
+#: checkout; in an installed jinglian, the copy shipped inside the package
+#: (``etl/core/params.yaml``, a link to ``../../params.yaml`` that the wheel stores as a file),
+#: so every stage runs without the repository.
+PACKAGED_PARAMS = Path(__file__).resolve().parent / "params.yaml"
+DEFAULT_PARAMS = (_CHECKOUT / "params.yaml" if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "params.yaml").is_file()
+                  else PACKAGED_PARAMS)
 
 
 class FrozenDict(dict):
@@ -153,7 +161,7 @@ def validate_params(params: dict[str, Any], where: str = "params") -> None:
 
 
 def load_params(path: str | os.PathLike | None = None, validate: bool = True) -> dict[str, Any]:
-    """Read params.yaml (the repository's own when ``path`` is None) as a dict, validated
+    """Read params.yaml (:data:`DEFAULT_PARAMS` when ``path`` is None) as a dict, validated
     (:func:`validate_params`) unless ``validate`` is false."""
     path = Path(path) if path else DEFAULT_PARAMS
     if not path.is_file():
@@ -425,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = ArgumentParser(prog=f"python -m {__name__}",
                             description="Validate a params file, or write or check the params reference.")
-    parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml)")
+    parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml, or the copy installed with jinglian)")
     parser.add_argument("--write-docs", metavar="PATH", help=f"write the params reference generated from the config docstrings to PATH (e.g. {PARAMS_DOC})")
     parser.add_argument("--check-docs", metavar="PATH", help="exit 1 when PATH differs from the generated params reference")
     args = parser.parse_args(argv)
