@@ -71,7 +71,11 @@ def check_java() -> None:
 
 
 def get_spark(app_name: str):
-    """Get or create the SparkSession; never sets the master (the launcher does)."""
+    """Get or create the SparkSession; never sets the master (the launcher does).
+
+    A session this process starts shows Spark's console progress bar, and a JVM this process
+    starts (``python spark_jobs/x.py``, not ``spark-submit``) logs with jinglian's log4j2
+    configuration (:func:`spark_jobs.submit.log4j2_configuration`), unless you set your own."""
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -80,12 +84,48 @@ def get_spark(app_name: str):
     builder = SparkSession.builder.appName(f"jinglian-{app_name}")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     builder = builder.config("spark.sql.parquet.compression.codec", "zstd")
+    for key, value in _new_context_conf().items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     conf = spark.sparkContext.getConf()
     if not conf.contains("spark.sql.shuffle.partitions"):  # Spark's 200 is far too many on a laptop
         spark.conf.set("spark.sql.shuffle.partitions", str(max(2, 2 * spark.sparkContext.defaultParallelism)))
     spark.sparkContext.setLogLevel(os.environ.get("JINGLIAN_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def _new_context_conf() -> dict[str, str]:
+    """Settings for a SparkContext this process is about to create, less those already given
+    (``spark-submit --conf``, ``spark-defaults.conf``, ``PYSPARK_SUBMIT_ARGS``)."""
+    from pyspark import SparkConf, SparkContext
+
+    if SparkContext._active_spark_context is not None:
+        return {}
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM: its --conf values are system properties
+    if submitted:
+        SparkContext._ensure_initialized()
+    given = SparkConf()
+    wanted = {"spark.ui.showConsoleProgress": "true"}
+    if not submitted and "log4j2" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+        from spark_jobs.submit import log4j2_configuration, with_log4j2
+
+        wanted["spark.driver.extraJavaOptions"] = with_log4j2(given.get("spark.driver.extraJavaOptions", ""), log4j2_configuration())
+    return {k: v for k, v in wanted.items() if v and (k == "spark.driver.extraJavaOptions" or not given.contains(k))}
+
+
+@contextlib.contextmanager
+def job_step(spark, stage_name: str, step_name: str, wall_s: dict[str, float]):
+    """Name the Spark jobs run inside as ``<stage>: <step>`` (the UI, the event log), log the
+    step's start, and record its wall time in ``wall_s[step_name]`` (seconds)."""
+    context = spark.sparkContext
+    context.setJobDescription(f"{stage_name}: {step_name}")
+    logger.info("[%s] %s", stage_name, step_name)
+    started = time.time()
+    try:
+        yield
+    finally:
+        wall_s[step_name] = round(wall_s.get(step_name, 0.0) + time.time() - started, 3)
+        context.setJobDescription(None)
 
 
 @contextlib.contextmanager
@@ -547,6 +587,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-__all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
+__all__ = ["get_spark", "stage_session", "job_step", "list_inputs", "hadoop_input_files",
+           "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
            "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
            "compute_stats", "live_records", "rows_to_documents", "documents_to_batch"]
