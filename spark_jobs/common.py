@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
 import logging
 import os
 import re
@@ -24,12 +26,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from etl.core.atomic import atomic_dir
+from etl.core.atomic import atomic_dir, split_labelled_input
 from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
-from etl.core.errors import JinglianError
+from etl.core.errors import InputError, JinglianError
 from etl.core.stats import StageStats, write_stage_reports
 from etl.core.step import Pipeline
-from etl.io.records import READ_STEP, ReaderConfig, list_input_files, read_file
+from etl.io.fs import file_uri, local_path, open_input, scheme
+from etl.io.records import READ_STEP, UNREADABLE, InputFile, NothingRead, ReaderConfig, file_format, is_data_file, list_input_files, nothing_read_message, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +71,11 @@ def check_java() -> None:
 
 
 def get_spark(app_name: str):
-    """Get or create the SparkSession; never sets the master (the launcher does)."""
+    """Get or create the SparkSession; never sets the master (the launcher does).
+
+    A session this process starts shows Spark's console progress bar, and a JVM this process
+    starts (``python spark_jobs/x.py``, not ``spark-submit``) logs with jinglian's log4j2
+    configuration (:func:`spark_jobs.submit.log4j2_configuration`), unless you set your own."""
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -77,12 +84,48 @@ def get_spark(app_name: str):
     builder = SparkSession.builder.appName(f"jinglian-{app_name}")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     builder = builder.config("spark.sql.parquet.compression.codec", "zstd")
+    for key, value in _new_context_conf().items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     conf = spark.sparkContext.getConf()
     if not conf.contains("spark.sql.shuffle.partitions"):  # Spark's 200 is far too many on a laptop
         spark.conf.set("spark.sql.shuffle.partitions", str(max(2, 2 * spark.sparkContext.defaultParallelism)))
     spark.sparkContext.setLogLevel(os.environ.get("JINGLIAN_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def _new_context_conf() -> dict[str, str]:
+    """Settings for a SparkContext this process is about to create, less those already given
+    (``spark-submit --conf``, ``spark-defaults.conf``, ``PYSPARK_SUBMIT_ARGS``)."""
+    from pyspark import SparkConf, SparkContext
+
+    if SparkContext._active_spark_context is not None:
+        return {}
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM: its --conf values are system properties
+    if submitted:
+        SparkContext._ensure_initialized()
+    given = SparkConf()
+    wanted = {"spark.ui.showConsoleProgress": "true"}
+    if not submitted and "log4j2" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+        from spark_jobs.submit import log4j2_configuration, with_log4j2
+
+        wanted["spark.driver.extraJavaOptions"] = with_log4j2(given.get("spark.driver.extraJavaOptions", ""), log4j2_configuration())
+    return {k: v for k, v in wanted.items() if v and (k == "spark.driver.extraJavaOptions" or not given.contains(k))}
+
+
+@contextlib.contextmanager
+def job_step(spark, stage_name: str, step_name: str, wall_s: dict[str, float]):
+    """Name the Spark jobs run inside as ``<stage>: <step>`` (the UI, the event log), log the
+    step's start, and record its wall time in ``wall_s[step_name]`` (seconds)."""
+    context = spark.sparkContext
+    context.setJobDescription(f"{stage_name}: {step_name}")
+    logger.info("[%s] %s", stage_name, step_name)
+    started = time.time()
+    try:
+        yield
+    finally:
+        wall_s[step_name] = round(wall_s.get(step_name, 0.0) + time.time() - started, 3)
+        context.setJobDescription(None)
 
 
 @contextlib.contextmanager
@@ -116,14 +159,12 @@ def _with_derived(batch: pa.RecordBatch, derive: Derive | None) -> pa.RecordBatc
 
 def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = None, batch_rows: int = 4096):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from etl.io.records import InputFile
-
         for batch in batches:
-            columns = ("file_index", "path", "name", "domain")
-            for file_index, path, name, domain in zip(*(batch.column(c).to_pylist() for c in columns)):
+            columns = ("file_index", "path", "name", "domain", "location")
+            for file_index, path, name, domain, location in zip(*(batch.column(c).to_pylist() for c in columns)):
                 rows = []
                 # position in the file's reading order: meta.src_line may be an earlier stage's line
-                for position, doc in enumerate(read_file(InputFile(path, name, domain), reader_config)):
+                for position, doc in enumerate(read_file(InputFile(path, name, domain, location or ""), reader_config)):
                     row = doc.to_row()
                     row["file_index"] = file_index
                     row["line"] = position
@@ -154,6 +195,61 @@ def default_partitions(spark, input_bytes: int = 0) -> int:
     return max(PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism, -(-input_bytes // PARTITION_INPUT_BYTES))
 
 
+def list_inputs(spark, paths: Sequence[str]) -> tuple[list[InputFile], int]:
+    """The input files and their total size in bytes, listed on the driver, each with an
+    absolute ``location`` that executors open (they run in their own working directory).
+
+    Local paths (relative ones resolved against the driver's working directory) are listed
+    as :func:`etl.io.records.list_input_files` does and located by ``file://`` URIs; URIs
+    (``hdfs://``, ``s3a://``, ``file://``) are listed through Hadoop's filesystem layer
+    (:func:`hadoop_input_files`), with the same rules.  A glob that matches nothing or a
+    missing path is an :class:`InputError`.
+    """
+    local = [raw for raw in paths if not scheme(split_labelled_input(os.fspath(raw))[1])]
+    found: dict[str, tuple[InputFile, int]] = {}
+    for f in list_input_files(local):
+        found.setdefault(file_uri(f.path), (dataclasses.replace(f, location=file_uri(f.path)), os.path.getsize(f.path)))
+    for raw in paths:
+        if raw not in local:
+            for f, size in hadoop_input_files(spark, os.fspath(raw)):
+                found.setdefault(f.location, (f, size))
+    files = sorted(found.values(), key=lambda item: item[0].path)
+    return [f for f, _ in files], sum(size for _, size in files)
+
+
+def hadoop_input_files(spark, raw: str) -> list[tuple[InputFile, int]]:
+    """``(file, size)`` for one input URI (``DOMAIN=URI`` understood), listed through Hadoop's
+    FileSystem of the session (globs, directories searched recursively, a stage output read
+    from its ``kept/``), in the JVM: the same listing for ``hdfs://``, ``s3a://`` and ``file://``."""
+    domain, pattern = split_labelled_input(raw)
+    jvm, conf = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()
+    hpath = jvm.org.apache.hadoop.fs.Path
+    fs = hpath(pattern).getFileSystem(conf)
+    statuses = sorted(fs.globStatus(hpath(pattern)) or [], key=lambda st: st.getPath().toString())
+    if glob.has_magic(pattern) and not os.path.basename(pattern).startswith("."):  # as Python's glob: * skips hidden names
+        statuses = [st for st in statuses if not st.getPath().getName().startswith(".")]
+    if not statuses:
+        raise InputError(f"input {pattern!r} matches no file" if glob.has_magic(pattern) else f"input {pattern!r} does not exist")
+    out: list[tuple[InputFile, int]] = []
+    for status in statuses:
+        path = status.getPath()
+        if not status.isDirectory():
+            if file_format(path.getName()) is None:
+                raise ValueError(f"input {path.toString()!r}: unknown file type")
+            out.append((InputFile(path.toString(), path.getName(), domain, path.toString()), status.getLen()))
+            continue
+        if fs.exists(hpath(path, "stats.json")) and fs.exists(hpath(path, "kept")) and fs.getFileStatus(hpath(path, "kept")).isDirectory():
+            path = hpath(path, "kept")
+        base, listing = path.toString().rstrip("/"), fs.listFiles(path, True)
+        while listing.hasNext():
+            child = listing.next()
+            uri = child.getPath().toString()
+            rel = uri[len(base):].lstrip("/")
+            if is_data_file(Path(rel)):
+                out.append((InputFile(uri, f"{path.getName()}/{rel}", domain, uri), child.getLen()))
+    return out
+
+
 def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, partitions: int | None = None, cache: bool = False,
                       derive: Derive | None = None):
     """All input records as a DataFrame of :data:`RECORD_SCHEMA` plus ``dup_first`` (the
@@ -177,10 +273,10 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
     """
     from pyspark import StorageLevel
 
-    files = list_input_files(paths)  # a listing, not data: fine on the driver
+    files, input_bytes = list_inputs(spark, paths)  # a listing, not data: fine on the driver
     if not files:
-        raise JinglianError(f"no input files found in {list(paths)}")
-    num_partitions = partitions or default_partitions(spark, sum(os.path.getsize(f.path) for f in files))
+        raise InputError(f"no input files found in {list(paths)}")
+    num_partitions = partitions or default_partitions(spark, input_bytes)
     native = read_stage_parquet(spark, files)
     if native is not None:
         native = native.repartition(num_partitions, "id")
@@ -188,7 +284,7 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
             schema = pa.unify_schemas([pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string())]), derive[1]])
             native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), spark_schema(schema))
         return native.persist(StorageLevel.MEMORY_AND_DISK) if cache else native
-    return _read_with_python(spark, files, reader_config, num_partitions, derive)
+    return _read_with_python(spark, files, reader_config, num_partitions, derive, inputs=paths)
 
 
 def file_listing(spark, files):
@@ -197,9 +293,9 @@ def file_listing(spark, files):
     Tasks are handed out as cores free up.  A hash repartition of a few file indices left
     some tasks with three files and others with none (measured: one core read 41 MB while the
     other idled)."""
-    rows = [(i, f.path, f.name, f.domain) for i, f in enumerate(files)]
+    rows = [(i, f.path, f.name, f.domain, f.location) for i, f in enumerate(files)]
     return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)),
-                                 "file_index long, path string, name string, domain string")
+                                 "file_index long, path string, name string, domain string, location string")
 
 
 #: Default of ``spark.jinglian.broadcastMaxRows``: a join side this small (counted, not
@@ -220,7 +316,20 @@ def hint_small(spark, frame, num_rows: int):
     return F.broadcast(frame) if num_rows <= broadcast_max_rows(spark) else frame
 
 
-def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int, derive: Derive | None = None):
+def check_read_something(records, num_files: int, inputs: Sequence[str]) -> None:
+    """Raise :class:`etl.io.records.NothingRead` when every file yielded only its
+    ``unreadable_file`` record (one small aggregation over the cached records), exactly as
+    the local reader (:func:`etl.io.records.read_inputs`) does: a file read as empty counts as read."""
+    from pyspark.sql import functions as F
+
+    readable = (F.col("drop_reason").isNull() | (F.col("drop_reason") != UNREADABLE)).cast("long")
+    row = records.agg(F.countDistinct("file_index").alias("files"), F.coalesce(F.sum(readable), F.lit(0)).alias("readable")).collect()[0]
+    if row["readable"] == 0 and row["files"] == num_files:
+        raise NothingRead(nothing_read_message(inputs))
+
+
+def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int, derive: Derive | None = None,
+                      inputs: Sequence[str] = ()):
     """Python reader tasks, then ``dup_first`` from the ``id`` column alone.
 
     ``num_partitions`` tasks: with more files than that, each task reads a run of files
@@ -242,6 +351,7 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     if len(files) < num_partitions:
         records = records.repartition(num_partitions, "file_index", "line")
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    check_read_something(records, len(files), inputs or [f.path for f in files])
     claiming = records.filter(F.col("drop_reason").isNull())  # a record rejected while read does not claim its id
     repeated = claiming.groupBy("id").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("id").persist(StorageLevel.MEMORY_AND_DISK)
     num_repeated = repeated.count()
@@ -258,11 +368,11 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     return records.join(hint_small(spark, copies, num_copies), ["file_index", "line"], "left").drop("file_index", "line")
 
 
-def _is_document_parquet(path: str) -> bool:
+def _is_document_parquet(location: str) -> bool:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(local_path(location) or open_input(location))
     except (pa.ArrowInvalid, OSError):
         return False  # the Python reader turns it into an unreadable_file record
     if sorted(schema.names) != sorted(DOC_COLUMNS):
@@ -297,9 +407,9 @@ def read_stage_parquet(spark, files) -> Any:
     """
     from pyspark.sql import functions as F
 
-    if not all(f.path.endswith(".parquet") for f in files) or not all(_is_document_parquet(f.path) for f in files):
+    if not all(f.path.endswith(".parquet") for f in files) or not all(_is_document_parquet(f.where) for f in files):
         return None
-    df = spark.read.parquet(*[f.path for f in files]).select(*DOC_COLUMNS)
+    df = spark.read.parquet(*[f.where for f in files]).select(*DOC_COLUMNS)
     check = (df.select("id", _irregular_row().cast("int").alias("irregular"))
              .groupBy("id").agg(F.count("*").alias("n"), F.max("irregular").alias("irregular"))
              .agg(F.sum((F.col("n") > 1).cast("long")).alias("repeated"), F.max("irregular").alias("irregular"))
@@ -477,6 +587,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-__all__ = ["get_spark", "stage_session", "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
+__all__ = ["get_spark", "stage_session", "job_step", "list_inputs", "hadoop_input_files",
+           "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
            "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
            "compute_stats", "live_records", "rows_to_documents", "documents_to_batch"]

@@ -15,15 +15,19 @@ executor's (:mod:`etl.core.stage`); what differs is where the work runs:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from etl.core.config import config_to_dict, params_hash
 from etl.core.document import Document
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
-from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session, write_stage_output
+from etl.core.stats import STEP_WALL_KEY, write_json
+from etl.io.fs import local_path
+from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, job_step, map_documents, read_documents_df, stage_session, write_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -84,27 +88,49 @@ def count_extra(df, make_counter) -> dict[str, Any]:
 
 
 def execute(spark, run: StageRun) -> dict[str, Any]:
-    """Run ``run.stage`` on ``spark``; returns the statistics report."""
+    """Run ``run.stage`` on ``spark``; returns the statistics report.
+
+    Each step's Spark jobs are described as ``<stage>: <step>`` (:func:`common.job_step`) and
+    its wall time goes to the report's ``step_wall_s`` (``timing.json``, beside ``stats.json``)."""
     from pyspark import StorageLevel
 
-    stage = run.stage
+    stage, wall_s = run.stage, {}
     if stage.write is not None:  # the operation writes the stage's own outputs (the shard set)
-        return stage.spark_operation()(spark, run)
-    result = stage.spark_operation()(spark, run) if stage.spark_corpus else map_stage(spark, run)
+        with job_step(spark, stage.name, "build", wall_s):
+            report = stage.spark_operation()(spark, run)
+        return {**report, STEP_WALL_KEY: wall_s}
+    with job_step(spark, stage.name, stage.spark_corpus.rpartition(":")[2] if stage.spark_corpus else "read", wall_s):
+        result = stage.spark_operation()(spark, run) if stage.spark_corpus else map_stage(spark, run)
     extra = {**base_stats(run), **result.stats}
     records = result.records
     if stage.counter is not None and records is not None:
         records = records.persist(StorageLevel.MEMORY_AND_DISK)  # the pipeline runs once, for the counts and the write
     try:
         if stage.counter is not None and records is not None:
-            extra.update(count_extra(records, stage.counter))
-        report = write_stage_output(records, run.args.output, stage.names_of_steps(run.configs), extra_stats=extra, split=result.split)
+            with job_step(spark, stage.name, "count", wall_s):
+                extra.update(count_extra(records, stage.counter))
+        with job_step(spark, stage.name, "pipeline and write" if stage.pipeline is not None else "write", wall_s):
+            report = write_stage_output(records, run.args.output, stage.names_of_steps(run.configs), extra_stats={**extra, STEP_WALL_KEY: wall_s},
+                                        split=result.split)
     finally:
         if stage.counter is not None and records is not None:
             records.unpersist()
     if result.after_write is not None:
-        result.after_write(report)
+        with job_step(spark, stage.name, "after write", wall_s):
+            result.after_write(report)
     return report
+
+
+def record_step_times(output: str, wall_s: dict[str, float]) -> None:
+    """Put the final per-step wall times into ``<output>/timing.json`` (local outputs): the
+    report was written while its last step was still running."""
+    directory = local_path(output)
+    timing = Path(directory or "", "timing.json")
+    if directory is None or not wall_s or not timing.is_file():
+        return
+    data = json.loads(timing.read_text(encoding="utf-8"))
+    data[STEP_WALL_KEY] = wall_s
+    write_json(timing, data)
 
 
 def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
@@ -114,5 +140,6 @@ def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None 
     run = resolve_run(stage, args, "spark")
     with stage_session(stage.name) as spark:
         report = execute(spark, run)
+    record_step_times(run.args.output, report.get(STEP_WALL_KEY, {}))
     print(stage_summary(stage, report), flush=True)
     return report

@@ -132,7 +132,8 @@ def project(tmp_path_factory, data_dir):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["pipeline"].update(tokenizer_vocab_size=600, train_steps=3, spark_submit="spark-submit --master local[1]")
+    params["pipeline"].update(tokenizer_vocab_size=600, train_steps=3)
+    params["spark"]["master"] = "local[1]"
     params["shards"].update(min_shards=4, max_doc_tokens=256)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
     _tiny_sample(data_dir, proj / "data" / "sample")

@@ -34,7 +34,15 @@ import yaml
 from etl.core.errors import JinglianError
 
 T = TypeVar("T")
-DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+#: The repository root when the packages run from a checkout (it has pyproject.toml and params.yaml).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+#: The default params file: the repository's ``params.yaml`` (the knob file users edit) in a
+#: checkout; in an installed jinglian, the copy shipped inside the package
+#: (``etl/core/params.yaml``, a link to ``../../params.yaml`` that the wheel stores as a file),
+#: so every stage runs without the repository.
+PACKAGED_PARAMS = Path(__file__).resolve().parent / "params.yaml"
+DEFAULT_PARAMS = (_CHECKOUT / "params.yaml" if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "params.yaml").is_file()
+                  else PACKAGED_PARAMS)
 
 
 class FrozenDict(dict):
@@ -62,8 +70,6 @@ class ParamsError(JinglianError, ValueError):
 class PipelineParams:
     """What ``dvc.yaml`` runs (the ``pipeline:`` section; read by DVC's templating, not by Python)."""
 
-    spark_submit: str = "spark-submit --master local[2]"
-    """The launcher of the Spark stages (a cluster: its master, archives and conf)."""
     inputs: str = "data/sample/*/*.jsonl"
     """Raw inputs of the clean stage (files, directories or globs)."""
     tokenizer_vocab_size: int = 8192
@@ -74,6 +80,29 @@ class PipelineParams:
     """The trainer recipe (trainer/recipes.py) the pipeline trains."""
     train_steps: int = 30
     """Optimizer steps of the pipeline's training run."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SparkParams:
+    """Where the Spark stages run (the ``spark:`` section; read by their launcher, ``python -m spark_jobs.submit``)."""
+
+    submit: str = "spark-submit"
+    """The spark-submit command (a path, or a wrapper such as a cluster's own)."""
+    master: str = "local[2]"
+    """Spark master: local[N], spark://HOST:7077, yarn, k8s://https://HOST:443."""
+    deploy_mode: str = "client"
+    """client: the driver runs where the launcher runs; cluster: on the cluster (YARN, Kubernetes)."""
+    archives: list[str] = dataclasses.field(default_factory=list)
+    """Archives shipped to every executor, e.g. [dist/jinglian-env.tar.gz#env] (scripts/package.sh builds it)."""
+    conf: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Spark settings passed as --conf, e.g. {spark.pyspark.python: ./env/bin/python, spark.executor.memory: 8g}."""
+
+    def __post_init__(self) -> None:
+        if self.deploy_mode not in ("client", "cluster"):
+            raise ValueError(f"spark.deploy_mode must be 'client' or 'cluster', got {self.deploy_mode!r}")
+        if not self.master.strip():
+            raise ValueError("spark.master must be a Spark master URL, e.g. local[2] or spark://host:7077")
+        object.__setattr__(self, "conf", FrozenDict({str(k): str(v) for k, v in self.conf.items()}))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +119,7 @@ class TrainParams:
 #: Imported lazily: validating the file does not need Spark, torch or megatron.
 SECTIONS: dict[str, str] = {
     "pipeline": "etl.core.config:PipelineParams",
+    "spark": "etl.core.config:SparkParams",
     "read": "etl.io.records:ReaderConfig",
     "tokenizer": "etl.clean.tokenize:TokenizerConfig",
     "clean": "etl.clean.pipeline:CleanConfig",
@@ -107,14 +137,14 @@ SECTIONS: dict[str, str] = {
 #: tests/test_dvc.py checks dvc.yaml against this and this against the stages' code.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "stream": ("read", "tokenizer", "clean"),  # etl.ingest runs the cleaning pipeline on each window
-    "clean": ("read", "tokenizer", "clean"),
-    "dedup": ("read", "dedup"),
-    "tfidf": ("read", "tokenizer", "tfidf"),
+    "clean": ("read", "tokenizer", "clean", "spark"),  # spark: the launcher (spark_jobs.submit) reads where the job runs
+    "dedup": ("read", "dedup", "spark"),
+    "tfidf": ("read", "tokenizer", "tfidf", "spark"),
     "quality_train": ("read", "quality_model"),
-    "quality": ("read", "quality_model"),
-    "augment": ("read", "augment"),
+    "quality": ("read", "quality_model", "spark"),
+    "augment": ("read", "augment", "spark"),
     "tokenizer": (),
-    "shards": ("read", "shards"),
+    "shards": ("read", "shards", "spark"),
     "train": ("train",),
     "report": tuple(SECTIONS),
 }
@@ -153,7 +183,7 @@ def validate_params(params: dict[str, Any], where: str = "params") -> None:
 
 
 def load_params(path: str | os.PathLike | None = None, validate: bool = True) -> dict[str, Any]:
-    """Read params.yaml (the repository's own when ``path`` is None) as a dict, validated
+    """Read params.yaml (:data:`DEFAULT_PARAMS` when ``path`` is None) as a dict, validated
     (:func:`validate_params`) unless ``validate`` is false."""
     path = Path(path) if path else DEFAULT_PARAMS
     if not path.is_file():
@@ -425,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = ArgumentParser(prog=f"python -m {__name__}",
                             description="Validate a params file, or write or check the params reference.")
-    parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml)")
+    parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml, or the copy installed with jinglian)")
     parser.add_argument("--write-docs", metavar="PATH", help=f"write the params reference generated from the config docstrings to PATH (e.g. {PARAMS_DOC})")
     parser.add_argument("--check-docs", metavar="PATH", help="exit 1 when PATH differs from the generated params reference")
     args = parser.parse_args(argv)

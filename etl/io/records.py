@@ -21,6 +21,7 @@ file (or an empty or invalid ``.gz``) becomes one ``unreadable_file`` record.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import json
@@ -38,6 +39,8 @@ import pyarrow.parquet as pq
 from etl.core.atomic import atomic_file, split_labelled_input
 from etl.core.config import FrozenDict
 from etl.core.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
+from etl.core.errors import InputError
+from etl.io.fs import file_size, local_path, open_input
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,16 @@ class InputFile:
     path: str
     name: str
     domain: str | None = None
+    location: str = ""
+    """Where readers open the file, when not ``path``: an absolute ``file://`` URI or a remote
+    one, set by the Spark driver so that executors never depend on its working directory.
+    ``path`` stays as the user gave it: the records' provenance (``meta.src_file``) does not
+    change with where the job runs."""
 
+    @property
+    def where(self) -> str:
+        """The location readers open (:attr:`location`, else :attr:`path`)."""
+        return self.location or self.path
 
 
 
@@ -136,7 +148,7 @@ def list_input_files(paths: Iterable[str | os.PathLike]) -> list[InputFile]:
             if p.is_dir():
                 for child in sorted(p.rglob("*")):
                     rel = child.relative_to(p)
-                    if child.is_file() and _is_data_file(rel):
+                    if child.is_file() and is_data_file(rel):
                         found.setdefault(str(child), InputFile(str(child), f"{p.name}/{rel.as_posix()}", domain))
             elif p.is_file():
                 if file_format(p) is None:
@@ -158,7 +170,9 @@ def stage_kept_dir(path: Path) -> Path:
     return path / "kept" if is_stage_output(path) else path
 
 
-def _is_data_file(rel: Path) -> bool:
+def is_data_file(rel: Path) -> bool:
+    """True for a file inside an input directory that is read: a known suffix, no hidden or
+    ``_``-prefixed part (Spark's ``_SUCCESS``, ``.crc`` files)."""
     if any(part.startswith((".", "_")) for part in rel.parts):
         return False
     return file_format(rel) is not None
@@ -178,13 +192,36 @@ def file_format(path: str | os.PathLike) -> str | None:
 def read_inputs(paths: Iterable[str | os.PathLike], config: ReaderConfig | None = None) -> Iterator[Document]:
     """Read every input file in order, then mark repeated ids as ``duplicate_id``.
 
-    The first occurrence (in sorted file order, then line order) of an id is kept.
+    The first occurrence (in sorted file order, then line order) of an id is kept.  Inputs
+    that yield nothing but ``unreadable_file`` records (or nothing at all) raise
+    :class:`NothingRead` once they are exhausted: a job never succeeds having read nothing.
     """
     config = config or ReaderConfig()
+    paths = [os.fspath(p) for p in paths]
     seen: dict[str, str] = {}
+    read_any = False
     for input_file in list_input_files(paths):
+        unreadable = False
         for doc in read_file(input_file, config):
+            unreadable = doc.drop_reason == UNREADABLE
             yield mark_duplicate_id(doc, seen)
+        read_any = read_any or not unreadable  # an unreadable file yields one record, nothing else
+    if not read_any:
+        raise NothingRead(nothing_read_message(paths))
+
+
+#: The reason of a record that stands for a whole file that could not be read.
+UNREADABLE = "unreadable_file"
+
+
+class NothingRead(InputError):
+    """Every input file was unreadable, or the inputs held no file."""
+
+
+def nothing_read_message(paths: Iterable[str]) -> str:
+    """The one-line error of a job whose inputs yielded no readable file."""
+    return (f"read nothing from the inputs {list(paths)}: every file is unreadable ({UNREADABLE}) or none was found; "
+            "check the paths (relative ones are resolved against the directory the job was started from) and the files")
 
 
 def mark_duplicate_id(doc: Document, seen: dict[str, str]) -> Document:
@@ -234,8 +271,15 @@ def bad_record(input_file: InputFile, line: int, reason: str, error: str, raw: s
     return doc.drop(reason, READ_STEP)
 
 
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+@contextlib.contextmanager
+def _open_binary(input_file: InputFile) -> Iterator[Any]:
+    """The file's bytes (decompressed for ``.gz``), opened at its location (:mod:`etl.io.fs`)."""
+    with open_input(input_file.where) as handle:
+        if input_file.path.lower().endswith(".gz"):
+            with gzip.GzipFile(fileobj=handle, mode="rb") as inner:
+                yield inner
+        else:
+            yield handle
 
 
 def sniff_encoding(sample: bytes) -> str:
@@ -272,7 +316,7 @@ def _file_encoding(input_file: InputFile, config: ReaderConfig) -> str:
     if config.encoding != "auto":
         return config.encoding
     try:
-        with _open_binary(input_file.path) as handle:
+        with _open_binary(input_file) as handle:
             return sniff_encoding(handle.read(_SNIFF_BYTES))
     except (EOFError, OSError, zlib.error):
         return "utf-8"
@@ -282,7 +326,7 @@ def _iter_lines(input_file: InputFile) -> Iterator[tuple[int, bytes | None, str 
     """Yield ``(line_no, raw_bytes, None)``; on a truncated/corrupt stream ``(n, None, error)``."""
     line_no = 0
     try:
-        with _open_binary(input_file.path) as handle:
+        with _open_binary(input_file) as handle:
             for line_no, raw in enumerate(handle, start=1):
                 yield line_no, raw, None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
@@ -390,11 +434,10 @@ def binary_content(sample: bytes) -> str | None:
 
 def _unreadable(input_file: InputFile) -> str | None:
     """Why a line-oriented file cannot be read at all (an empty or invalid .gz, binary data), or None."""
-    path = input_file.path
-    if path.lower().endswith(".gz") and os.path.getsize(path) == 0:
+    if input_file.path.lower().endswith(".gz") and file_size(input_file.where) == 0:
         return "empty .gz file (0 bytes): not gzip data"
     try:
-        with _open_binary(path) as handle:
+        with _open_binary(input_file) as handle:
             sample = handle.read(_SNIFF_BYTES)
     except gzip.BadGzipFile as exc:
         return f"not a gzip file: {exc}"
@@ -536,7 +579,7 @@ def _dump_columns(obj: dict[str, Any]) -> str:
 
 def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
     try:
-        parquet = pq.ParquetFile(input_file.path)
+        parquet = pq.ParquetFile(local_path(input_file.where) or open_input(input_file.where))
     except (pa.ArrowInvalid, OSError) as exc:
         yield bad_record(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
         return
@@ -551,14 +594,14 @@ def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Docum
 
 
 def _read_whole(input_file: InputFile, config: ReaderConfig) -> tuple[str | None, Document | None]:
-    size = os.path.getsize(input_file.path)
+    size = file_size(input_file.where)
     gz = input_file.path.lower().endswith(".gz")
     if size > config.max_record_bytes and not gz:
         return None, bad_record(input_file, 1, "record_too_large", f"{size} bytes > read.max_record_bytes={config.max_record_bytes}", "")
     if gz and size == 0:
         return None, bad_record(input_file, 0, "unreadable_file", "empty .gz file (0 bytes): not gzip data", "")
     try:
-        with _open_binary(input_file.path) as handle:
+        with _open_binary(input_file) as handle:
             raw = handle.read(config.max_record_bytes + 1)
     except gzip.BadGzipFile as exc:
         return None, bad_record(input_file, 0, "unreadable_file", f"not a gzip file: {exc}", "")
@@ -675,9 +718,9 @@ def read_parquet_dir(path: str | os.PathLike) -> Iterator[Document]:
 
 
 __all__ = [
-    "ReaderConfig", "InputFile", "list_input_files", "is_stage_output", "stage_kept_dir", "file_format", "read_inputs", "read_file",
+    "ReaderConfig", "InputFile", "list_input_files", "is_data_file", "is_stage_output", "stage_kept_dir", "file_format", "read_inputs", "read_file",
     "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl",
-    "read_parquet_dir", "dumps_meta",
+    "read_parquet_dir", "dumps_meta", "UNREADABLE", "NothingRead", "nothing_read_message",
 ]
 
 _bad = bad_record  # backwards-compatible private name

@@ -41,7 +41,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=KINDS, default=None, help="classifier kind (default: quality_model.train.kind)")
     parser.add_argument("--base", default=None, metavar="DIR_OR_HUB_ID",
                         help="bert: the model to fine-tune (default: quality_model.train.bert_base)")
-    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml)")
+    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml, or the copy installed with jinglian)")
     parser.add_argument("--positive-domains", default="", metavar="A,B",
                         help="keep only positives of these domains (e.g. domain,expert: the curated sources)")
     parser.add_argument("--negative-reasons", default="", metavar="PREFIX,...",

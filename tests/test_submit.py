@@ -1,0 +1,40 @@
+"""The Spark launcher (``python -m spark_jobs.submit``): the ``spark:`` params section becomes spark-submit flags."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from etl.core.config import SparkParams
+from spark_jobs.submit import LOG4J2_PROPERTIES, submit_command
+
+
+def test_a_local_run_gets_the_progress_bar_and_jinglians_log_configuration(monkeypatch):
+    monkeypatch.delenv("JINGLIAN_LOG4J2", raising=False)
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    cmd = submit_command(SparkParams(), "spark_jobs/clean.py", ["--input", "data/sample"])
+    assert cmd[:5] == ["spark-submit", "--master", "local[2]", "--deploy-mode", "client"]
+    assert "spark.ui.showConsoleProgress=true" in cmd
+    assert f"spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES}" in cmd
+    assert cmd[-3:] == ["spark_jobs/clean.py", "--input", "data/sample"]
+    assert LOG4J2_PROPERTIES.is_file()
+
+
+def test_a_cluster_run_ships_the_environment_and_the_users_settings_win(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    (tmp_path / "log4j2.properties").write_text("rootLogger.level = info\n")
+    params = SparkParams(master="spark://10.0.0.1:7077", archives=["dist/jinglian-env.tar.gz#env"],
+                         conf={"spark.pyspark.python": "./env/bin/python", "spark.ui.showConsoleProgress": "false"})
+    cmd = submit_command(params, "spark_jobs/dedup.py", [], driver_python="/opt/py/bin/python")
+    flags = " ".join(cmd)
+    assert "--archives dist/jinglian-env.tar.gz#env" in flags and "--master spark://10.0.0.1:7077" in flags
+    assert "spark.pyspark.python=./env/bin/python" in cmd and "spark.pyspark.driver.python=/opt/py/bin/python" in cmd
+    assert "spark.ui.showConsoleProgress=false" in cmd and "log4j2" not in flags  # the user's log4j2.properties in SPARK_CONF_DIR
+    cluster = submit_command(SparkParams(master="yarn", deploy_mode="cluster", conf={"spark.pyspark.python": "./env/bin/python"}), "j.py", [])
+    assert not any("driver.python" in c or "log4j2" in c for c in cluster)  # the driver runs on the cluster, from the archive
+
+
+def test_dry_run_reads_the_jobs_params_file(tmp_path):
+    (tmp_path / "p.yaml").write_text("spark:\n  master: spark://h:7077\n  conf: {spark.executor.memory: 8g}\n")
+    out = subprocess.run([sys.executable, "-m", "spark_jobs.submit", "--dry-run", "spark_jobs/clean.py", "--params", str(tmp_path / "p.yaml")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--master spark://h:7077" in out and "spark.executor.memory=8g" in out and out.rstrip().endswith(f"--params {tmp_path}/p.yaml")
