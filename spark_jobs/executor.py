@@ -9,8 +9,10 @@ executor's (:mod:`etl.core.stage`); what differs is where the work runs:
 * a stage with a whole-corpus operation calls it (``Stage.spark_corpus``, a
   ``module:function`` in ``spark_jobs/corpus/``) as ``function(spark, run)``; it reads its
   own inputs (it may derive columns as it reads) and returns a :class:`SparkResult`;
-* the result is written by :func:`common.write_stage_output` (``kept/``, ``rejected/``,
-  ``stats.json`` last, atomically).
+* the result is written by :func:`common.write_stage_output`: each task writes its own
+  ``kept/`` and ``rejected/`` part files and hands back a summary (counts, the stage's extra
+  counter), so the records are computed once and never cached for the write; ``stats.json``
+  is written last.
 """
 from __future__ import annotations
 
@@ -21,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl.core.config import config_to_dict, params_hash
-from etl.core.document import Document
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
-from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, map_documents, read_documents_df, stage_session, write_stage_output
+from spark_jobs.common import BROADCAST_MAX_ROWS, map_documents, read_documents_df, stage_session, write_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -67,41 +68,18 @@ def map_stage(spark, run: StageRun) -> SparkResult:
     return SparkResult(records=map_documents(df, key, stage.pipeline(run.configs), batch_rows=batch_rows))
 
 
-def _count_partition(make_counter):
-    def run(rows):
-        counter = make_counter()
-        for row in rows:
-            counter.add(Document.from_row(row.asDict()))
-        yield counter
-
-    return run
-
-
-def count_extra(df, make_counter) -> dict[str, Any]:
-    """A stage's extra counter over the output records (one per partition, merged)."""
-    parts = df.select(*RECORD_SCHEMA.names).rdd.mapPartitions(_count_partition(make_counter))
-    return parts.fold(make_counter(), lambda a, b: make_counter().merge(a).merge(b)).to_dict()
-
-
 def execute(spark, run: StageRun) -> dict[str, Any]:
-    """Run ``run.stage`` on ``spark``; returns the statistics report."""
-    from pyspark import StorageLevel
+    """Run ``run.stage`` on ``spark``; returns the statistics report.
 
+    The records are computed once, as they are written: the stage's extra counter
+    (``Stage.counter``) is counted by the write tasks, so nothing is cached for it."""
     stage = run.stage
     if stage.write is not None:  # the operation writes the stage's own outputs (the shard set)
         return stage.spark_operation()(spark, run)
     result = stage.spark_operation()(spark, run) if stage.spark_corpus else map_stage(spark, run)
     extra = {**base_stats(run), **result.stats}
-    records = result.records
-    if stage.counter is not None and records is not None:
-        records = records.persist(StorageLevel.MEMORY_AND_DISK)  # the pipeline runs once, for the counts and the write
-    try:
-        if stage.counter is not None and records is not None:
-            extra.update(count_extra(records, stage.counter))
-        report = write_stage_output(records, run.args.output, stage.names_of_steps(run.configs), extra_stats=extra, split=result.split)
-    finally:
-        if stage.counter is not None and records is not None:
-            records.unpersist()
+    report = write_stage_output(result.records, run.args.output, stage.names_of_steps(run.configs), extra_stats=extra,
+                                split=result.split, counter=stage.counter)
     if result.after_write is not None:
         result.after_write(report)
     return report
