@@ -126,6 +126,7 @@ def test_write_stage_output_writes_parts_on_the_executors(spark, tmp_path):
     [empty] = (out / "rejected").iterdir()
     assert empty.name == "part-00000-c000.zstd.parquet" and pq.read_table(empty).num_rows == 0
     assert pq.read_schema(empty).equals(REJECTED_SCHEMA) and report["num_rejected"] == 0
+    assert not (out / "_temporary").exists()
 
 
 def test_split_outputs_are_written_in_one_pass(spark, tmp_path):

@@ -61,9 +61,6 @@ class StageOutput:
         """Check and complete the folders (``parts``: folder -> {file name: rows} the tasks
         committed), then write the reports, ``stats.json`` last."""
         filesystem, root = jfs.resolve(self.uri)
-        temporary = jfs.join(root, jfs.TEMPORARY_DIR)
-        if _exists(filesystem, temporary):  # what attempts killed mid-write left
-            filesystem.delete_dir(temporary)
         files: dict[str, int] = {}
         for folder, schema in RECORD_FOLDERS.items():
             written = dict(parts.get(folder, {}))
@@ -75,6 +72,9 @@ class StageOutput:
                 raise JinglianError(f"{jfs.join(self.uri, folder)}: the tasks reported {sorted(written)} but the folder holds "
                                     f"{sorted(found)}; the output was not committed")
             files.update({f"{folder}/{name}": rows for name, rows in sorted(written.items())})
+        temporary = jfs.join(root, jfs.TEMPORARY_DIR)
+        if _exists(filesystem, temporary):  # what attempts killed mid-write left
+            filesystem.delete_dir(temporary)
         if self.local:
             write_stage_reports(root, report)
             return
