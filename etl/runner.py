@@ -6,7 +6,8 @@ flags, loads its configs, reads the inputs, runs the per-document pipeline
 (:func:`write_stage_output`).  The Spark executor (``spark_jobs/executor.py``) does the same
 with Spark.
 
-Output layout (shared with the Spark jobs)::
+Output layout (shared with the Spark jobs, whose tasks write one
+``part-<partition>-c000.zstd.parquet`` per partition with the same Parquet writer settings)::
 
     <output>/kept/part-00000.parquet ...     kept documents (DOC_SCHEMA)
     <output>/rejected/part-00000.parquet ... rejected documents with drop_reason, drop_step

@@ -6,33 +6,56 @@
   one task per file, and marks repeated ids exactly as :func:`etl.io.records.read_inputs` does.
 * :func:`map_documents` runs a step pipeline inside partitions with ``mapInArrow``; the
   pipeline is built once per executor process and cached.
-* :func:`write_stage_output` writes ``kept/``, ``rejected/`` and ``stats.json`` atomically.
+* :func:`write_stage_output` writes ``kept/``, ``rejected/`` and ``stats.json`` as a unit:
+  each task writes its partition's part files itself, with pyarrow and the local executor's
+  Parquet settings (:func:`write_records`), and hands back only a small summary, from which
+  the driver builds ``stats.json``; the output is committed by
+  :func:`etl.io.stage_output.stage_output` (a local directory renamed, or a remote one
+  completed by a manifest and ``stats.json`` last).  Spark's own Parquet writer is not used:
+  it orders footer fields differently in each JVM, so its files were not reproducible.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import glob
+import json
 import logging
+import math
 import os
-import re
+import pickle
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from etl.core.atomic import atomic_dir, split_labelled_input
+from etl.core.atomic import split_labelled_input
 from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_batch
 from etl.core.errors import InputError, JinglianError
-from etl.core.stats import StageStats, write_stage_reports
+from etl.core.stats import StageStats
 from etl.core.step import Pipeline
-from etl.io.fs import file_uri, local_path, open_input, scheme
-from etl.io.records import READ_STEP, UNREADABLE, InputFile, NothingRead, ReaderConfig, file_format, is_data_file, list_input_files, nothing_read_message, read_file
+from etl.io.fs import absolute, file_uri, local_file, open_input, scheme
+from etl.io.records import (
+    READ_STEP,
+    UNREADABLE,
+    InputFile,
+    NothingRead,
+    ParquetPartWriter,
+    ReaderConfig,
+    file_format,
+    is_data_file,
+    list_input_files,
+    nothing_read_message,
+    read_file,
+)
+from etl.io.stage_output import RECORD_FOLDERS, part_name, stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +395,7 @@ def _is_document_parquet(location: str) -> bool:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(local_path(location) or open_input(location))
+        schema = pq.read_schema(local_file(location) or open_input(location))
     except (pa.ArrowInvalid, OSError):
         return False  # the Python reader turns it into an unreadable_file record
     if sorted(schema.names) != sorted(DOC_COLUMNS):
@@ -482,112 +505,198 @@ def map_documents(df, key: str, factory: Callable[[], Pipeline], batch_rows: int
 # ----------------------------------------------------------------------------- writing
 
 
-def compute_stats(df) -> StageStats:
-    """StageStats over an all-records DataFrame with Spark SQL aggregations (no Python pass).
+def _number(value: Any) -> int | None:
+    """``value`` as Spark's ``try_cast(try_cast(v AS double) AS long)`` of its JSON text: a
+    number or numeric string truncated to an integer; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return int(number) if math.isfinite(number) and -2.0 ** 63 <= number < 2.0 ** 63 else None
 
-    Same definitions as :meth:`StageStats.add` on ``Document.from_row(row)``: ``length``
-    counts code points like ``len``; ``chars_in`` is ``meta.chars_in`` (truncated to an
-    integer) or the text length; a null/empty ``domain`` is ``general``, an empty ``lang``
-    ``und``; a drop without ``drop_step`` counts under ``?``.  One job; one row per
-    (domain, language, step, reason) that occurs reaches the driver.
+
+def _chars_in(meta: str | None, num_chars: int) -> int:
+    """``meta.chars_in`` (truncated to an integer) when ``meta`` names it, else ``num_chars``."""
+    if meta is None or '"chars_in"' not in meta:  # a substring test is far cheaper than parsing every meta
+        return num_chars
+    try:
+        parsed = json.loads(meta)
+    except ValueError:
+        return num_chars
+    value = _number(parsed.get("chars_in")) if isinstance(parsed, dict) else None
+    return num_chars if value is None else value
+
+
+def batch_stats(batch: pa.RecordBatch, stats: StageStats | None = None) -> StageStats:
+    """Count a batch of records (:data:`RECORD_SCHEMA` columns) into ``stats`` (a new one by default).
+
+    Same definitions as :meth:`StageStats.add` on ``Document.from_row(row)``, read from the
+    columns without building documents: characters are code points (``len``); ``chars_in``
+    is ``meta.chars_in`` truncated to an integer, or the text length; a null/empty
+    ``domain`` is ``general``, an empty ``lang`` ``und``; a drop without ``drop_step``
+    counts under ``?``.
     """
-    from pyspark.sql import functions as F
-
-    text = F.coalesce(F.col("text"), F.lit(""))
-    num_chars = F.length(text)
-    # meta JSON is parsed only where it names chars_in (the cleaning stage's outputs): a substring test is far cheaper
-    from_meta = F.expr("CASE WHEN instr(meta, '\"chars_in\"') > 0 THEN try_cast(try_cast(get_json_object(meta, '$.chars_in') AS double) AS long) END")
-    chars_in = F.coalesce(from_meta, num_chars)
-    kept = F.col("drop_reason").isNull()
-    domain = F.when(F.coalesce(F.col("domain"), F.lit("")) == "", F.lit("general")).otherwise(F.col("domain"))
-    lang = F.when(F.coalesce(F.col("lang"), F.lit("")) == "", F.lit("und")).otherwise(F.col("lang"))
-    step = F.when(kept, F.lit(None)).otherwise(F.coalesce(F.col("drop_step"), F.lit("?")))
-    rows = (df.select(domain.alias("domain"), F.when(kept, lang).alias("lang"), step.alias("step"), F.col("drop_reason").alias("reason"),
-                      chars_in.alias("chars_in"), num_chars.alias("chars"))
-            .groupBy("domain", "lang", "step", "reason")  # one row per combination: a few dozen
-            .agg(F.count("*").alias("n"), F.sum("chars_in").alias("chars_in"), F.sum("chars").alias("chars"))
-            .collect())
-    stats = StageStats()
-    for r in rows:
-        n, chars = int(r["n"]), int(r["chars"] or 0)
-        stats.num_in += n
-        stats.chars_in += int(r["chars_in"] or 0)
-        stats.in_by_domain[r["domain"]] += n
-        if r["reason"] is None:
-            stats.num_kept += n
-            stats.chars_out += chars
-            stats.kept_by_domain[r["domain"]] += n
-            stats.kept_chars_by_domain[r["domain"]] += chars
-            stats.kept_by_lang[r["lang"]] += n
-            stats.kept_chars_by_lang[r["lang"]] += chars
-        else:
-            stats.dropped[(r["step"], r["reason"])] += n
-    stats.num_rejected = stats.num_in - stats.num_kept
+    stats = stats if stats is not None else StageStats()
+    columns = [batch.column(n).to_pylist() for n in ("text", "domain", "lang", "meta", "drop_reason", "drop_step")]
+    for text, domain, lang, meta, reason, step in zip(*columns):
+        num_chars = len(text or "")
+        domain = domain or "general"
+        stats.num_in += 1
+        stats.chars_in += _chars_in(meta, num_chars)
+        stats.in_by_domain[domain] += 1
+        if reason is not None:
+            stats.num_rejected += 1
+            stats.dropped[("?" if step is None else step, reason)] += 1
+            continue
+        lang = lang or "und"
+        stats.num_kept += 1
+        stats.chars_out += num_chars
+        stats.kept_by_lang[lang] += 1
+        stats.kept_chars_by_lang[lang] += num_chars
+        stats.kept_by_domain[domain] += 1
+        stats.kept_chars_by_domain[domain] += num_chars
     return stats
 
 
-#: A Spark part file: ``part-<partition>-<job uuid>-c<file>.<codec>.parquet``.
-_PART_NAME = re.compile(r"part-(\d+)-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}-(c\d+)(\..+)")
+@dataclass
+class PartSummary:
+    """What a write task hands back to the driver instead of its records."""
+
+    partition: int
+    files: dict[str, dict[str, int]]
+    """Folder (``kept``/``rejected``) -> {part file name: rows} committed by the task."""
+    stats: StageStats
+    counter: Any = None
+    """The stage's extra counter over the task's records (``Stage.counter``), or None."""
 
 
-def canonical_parts(directory: Path) -> None:
-    """Make a Parquet directory Spark wrote byte-reproducible: part files lose the random job
-    UUID from their names (``part-00003-c000.zstd.parquet``), and Spark's ``_SUCCESS`` marker
-    and the local filesystem's ``.crc`` checksum files are removed."""
-    for path in directory.iterdir():
-        match = _PART_NAME.fullmatch(path.name)
-        if path.name == "_SUCCESS" or path.name.endswith(".crc"):
-            path.unlink()
-        elif match:
-            path.rename(path.with_name(f"part-{match[1]}-{match[2]}{match[3]}"))
+def _write_records_partition(uri: str, make_counter: Callable[[], Any] | None):
+    """The ``mapInArrow`` function of :func:`write_records`: one task's records to its part files."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        partition, attempt = context.partitionId(), f"attempt-{context.stageId()}-{context.taskAttemptId()}"
+        writers: dict[str, ParquetPartWriter] = {}
+        stats, counter = StageStats(), make_counter() if make_counter else None
+        try:
+            for batch in batches:
+                kept = pc.is_null(batch.column("drop_reason"))
+                for folder, mask in (("kept", kept), ("rejected", pc.invert(kept))):
+                    rows = batch.filter(mask)
+                    if rows.num_rows and folder not in writers:
+                        writers[folder] = ParquetPartWriter(uri, f"{folder}/{part_name(partition)}", RECORD_FOLDERS[folder], attempt)
+                    if rows.num_rows:
+                        writers[folder].write(rows)
+                batch_stats(batch, stats)
+                for row in batch.to_pylist() if counter is not None else ():
+                    counter.add(Document.from_row(row))
+            files = {folder: {part_name(partition): writer.commit()} for folder, writer in writers.items()}
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        summary = pickle.dumps(PartSummary(partition, files, stats, counter))
+        yield pa.record_batch([pa.array([summary], pa.binary())], names=["summary"])
+
+    return run
+
+
+def write_records(records, uri: str, make_counter: Callable[[], Any] | None = None) -> list[PartSummary]:
+    """Write every partition of ``records`` (:data:`RECORD_SCHEMA`, in the order given) as
+    ``kept/`` and ``rejected/`` part files under ``uri``, executor-side; one job.
+
+    Each task writes its partition's kept rows to ``kept/part-<partition>-c000.zstd.parquet``
+    and its rejected rows to ``rejected/...`` (none for an empty side) with the local
+    executor's Parquet writer (:class:`etl.io.records.ParquetPartWriter`: an attempt-unique
+    temporary name, then a move), and hands back only a :class:`PartSummary`: the documents
+    never travel back to the JVM, and the statistics (and ``make_counter()``'s counter) come
+    from the summaries, so whatever computes ``records`` runs once, uncached.
+    """
+    schema = spark_schema(pa.schema([("summary", pa.binary())]))
+    rows = records.select(*RECORD_SCHEMA.names).mapInArrow(_write_records_partition(uri, make_counter), schema).collect()
+    return sorted((pickle.loads(row["summary"]) for row in rows), key=lambda s: s.partition)
+
+
+def _write_frame_partition(uri: str, prefix: str, schema: pa.Schema):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        partition, attempt = context.partitionId(), f"attempt-{context.stageId()}-{context.taskAttemptId()}"
+        writer = None
+        try:
+            for batch in batches:
+                if batch.num_rows and writer is None:
+                    writer = ParquetPartWriter(uri, f"{prefix}{partition:05d}.parquet", schema, attempt)
+                if batch.num_rows:
+                    writer.write(batch)
+            files = {writer.name: writer.commit()} if writer is not None else {}
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        yield pa.record_batch([pa.array(list(files)), pa.array(list(files.values()), pa.int64())], names=["name", "rows"])
+
+    return run
+
+
+def write_parts(frame, uri: str, prefix: str = "part-") -> dict[str, int]:
+    """Write each non-empty partition of ``frame`` as one Parquet file ``<uri>/<prefix><partition>.parquet``,
+    executor-side (:class:`etl.io.records.ParquetPartWriter`); returns {file name: rows}."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(frame.schema)
+    out = spark_schema(pa.schema([("name", pa.string()), ("rows", pa.int64())]))
+    return {row["name"]: row["rows"] for row in frame.mapInArrow(_write_frame_partition(uri, prefix, schema), out).collect()}
 
 
 def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: dict[str, Any] | None = None,
-                       split: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), atomically.
+                       split: tuple[Any, Any] | None = None, counter: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Write ``kept/`` and ``rejected/`` Parquet plus ``stats.json`` (last), committed as a unit.
+
+    ``df`` holds all records (:data:`RECORD_SCHEMA`); a stage that tells kept from rejected
+    rows before its expensive columns are computed may pass ``split=(kept, rejected)``
+    instead (``df`` None), and the two are written in one job (the rejected side's part files
+    are numbered after the kept side's partitions).  Either way the records are computed
+    once, as they are written (:func:`write_records`), and nothing is cached.  ``counter``
+    (``Stage.counter``) adds its counts over the records to the report.
 
     The files are byte-identical for the same input and params: rows sorted within each
-    partition, part files named by partition (:func:`canonical_parts`), wall times in
-    ``timing.json`` apart from ``stats.json`` (:func:`etl.core.stats.write_stage_reports`).
-
-    ``df`` holds all records (:data:`RECORD_SCHEMA`); it is cached, written twice (filtered
-    on ``drop_reason``) and counted.  A stage that can tell kept from rejected rows before
-    its expensive columns are computed passes ``split=(kept, rejected)`` instead (``df``
-    None): each frame is computed once, as it is written, nothing is cached, and the
-    statistics are read back from the written files.
+    partition, part files named by partition and written by pyarrow with fixed settings,
+    wall times in ``timing.json`` apart from ``stats.json``
+    (:func:`etl.core.stats.write_stage_reports`).  ``output`` is a local path or a URI;
+    how each is committed is :func:`etl.io.stage_output.stage_output`'s.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     started = time.time()
-    cached = None
-    if split is None:
-        cached = df.select(*RECORD_SCHEMA.names).persist(StorageLevel.MEMORY_AND_DISK)
-        split = (cached.filter(F.col("drop_reason").isNull()), cached.filter(F.col("drop_reason").isNotNull()))
-    try:
-        with atomic_dir(output) as tmp:
-            kept, rejected = split
-            # sorted within each (hash-assigned) partition: rows arrive from a shuffle in fetch order
-            kept.select(*DOC_COLUMNS).sortWithinPartitions(*DOC_COLUMNS).write.mode("overwrite").parquet(str(tmp / "kept"))
-            rejected.select(*RECORD_SCHEMA.names).sortWithinPartitions(*RECORD_SCHEMA.names).write.mode("overwrite").parquet(str(tmp / "rejected"))
-            canonical_parts(tmp / "kept")
-            canonical_parts(tmp / "rejected")
-            if cached is None:
-                spark = kept.sparkSession
-                null = F.lit(None).cast("string")
-                written = spark.read.parquet(str(tmp / "kept")).select(*DOC_COLUMNS, null.alias("drop_reason"), null.alias("drop_step"))
-                cached = written.unionByName(spark.read.parquet(str(tmp / "rejected")).select(*RECORD_SCHEMA.names))
-            report = compute_stats(cached).to_dict(list(step_names))
-            report["elapsed_s"] = round(time.time() - started, 3)
-            report.update(extra_stats or {})
-            write_stage_reports(tmp, report)
-    finally:
-        if cached is not None:
-            cached.unpersist()
+    frames = [df] if split is None else list(split)
+    records = frames[0].select(*RECORD_SCHEMA.names)
+    for frame in frames[1:]:
+        records = records.unionByName(frame.select(*RECORD_SCHEMA.names))
+    # sorted within each (hash-assigned) partition: rows arrive from a shuffle in fetch order
+    records = records.sortWithinPartitions(*RECORD_SCHEMA.names)
+    with stage_output(absolute(output)) as target:
+        summaries = write_records(records, target.uri, counter)
+        stats, parts = StageStats(), {folder: {} for folder in RECORD_FOLDERS}
+        total = counter() if counter is not None else None
+        for summary in summaries:  # in partition order, so float sums do not depend on task timing
+            stats.merge(summary.stats)
+            for folder, files in summary.files.items():
+                parts[folder].update(files)
+            if total is not None:
+                total.merge(summary.counter)
+        report = stats.to_dict(list(step_names))
+        report["elapsed_s"] = round(time.time() - started, 3)
+        report.update(extra_stats or {})
+        report.update(total.to_dict() if total is not None else {})
+        target.finish(parts, report)
     return report
 
 
 __all__ = ["get_spark", "stage_session", "job_step", "list_inputs", "hadoop_input_files",
            "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
-           "write_stage_output", "spark_schema", "hint_small", "RECORD_SCHEMA",
-           "compute_stats", "live_records", "rows_to_documents", "documents_to_batch"]
+           "write_stage_output", "write_records", "write_parts", "spark_schema", "hint_small", "RECORD_SCHEMA", "PartSummary",
+           "batch_stats", "live_records", "rows_to_documents", "documents_to_batch"]

@@ -9,8 +9,10 @@ executor's (:mod:`etl.core.stage`); what differs is where the work runs:
 * a stage with a whole-corpus operation calls it (``Stage.spark_corpus``, a
   ``module:function`` in ``spark_jobs/corpus/``) as ``function(spark, run)``; it reads its
   own inputs (it may derive columns as it reads) and returns a :class:`SparkResult`;
-* the result is written by :func:`common.write_stage_output` (``kept/``, ``rejected/``,
-  ``stats.json`` last, atomically).
+* the result is written by :func:`common.write_stage_output`: each task writes its own
+  ``kept/`` and ``rejected/`` part files and hands back a summary (counts, the stage's extra
+  counter), so the records are computed once and never cached for the write; ``stats.json``
+  is written last.
 """
 from __future__ import annotations
 
@@ -23,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from etl.core.config import config_to_dict, params_hash
-from etl.core.document import Document
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from etl.core.stats import STEP_WALL_KEY, write_json
-from etl.io.fs import local_path
-from spark_jobs.common import BROADCAST_MAX_ROWS, RECORD_SCHEMA, job_step, map_documents, read_documents_df, stage_session, write_stage_output
+from etl.io.fs import local_file
+from spark_jobs.common import BROADCAST_MAX_ROWS, job_step, map_documents, read_documents_df, stage_session, write_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -71,29 +72,13 @@ def map_stage(spark, run: StageRun) -> SparkResult:
     return SparkResult(records=map_documents(df, key, stage.pipeline(run.configs), batch_rows=batch_rows))
 
 
-def _count_partition(make_counter):
-    def run(rows):
-        counter = make_counter()
-        for row in rows:
-            counter.add(Document.from_row(row.asDict()))
-        yield counter
-
-    return run
-
-
-def count_extra(df, make_counter) -> dict[str, Any]:
-    """A stage's extra counter over the output records (one per partition, merged)."""
-    parts = df.select(*RECORD_SCHEMA.names).rdd.mapPartitions(_count_partition(make_counter))
-    return parts.fold(make_counter(), lambda a, b: make_counter().merge(a).merge(b)).to_dict()
-
-
 def execute(spark, run: StageRun) -> dict[str, Any]:
     """Run ``run.stage`` on ``spark``; returns the statistics report.
 
     Each step's Spark jobs are described as ``<stage>: <step>`` (:func:`common.job_step`) and
-    its wall time goes to the report's ``step_wall_s`` (``timing.json``, beside ``stats.json``)."""
-    from pyspark import StorageLevel
-
+    its wall time goes to the report's ``step_wall_s`` (``timing.json``, beside ``stats.json``).
+    The records are computed once, as they are written: the stage's extra counter
+    (``Stage.counter``) is counted by the write tasks, so nothing is cached for it."""
     stage, wall_s = run.stage, {}
     if stage.write is not None:  # the operation writes the stage's own outputs (the shard set)
         with job_step(spark, stage.name, "build", wall_s):
@@ -102,19 +87,9 @@ def execute(spark, run: StageRun) -> dict[str, Any]:
     with job_step(spark, stage.name, stage.spark_corpus.rpartition(":")[2] if stage.spark_corpus else "read", wall_s):
         result = stage.spark_operation()(spark, run) if stage.spark_corpus else map_stage(spark, run)
     extra = {**base_stats(run), **result.stats}
-    records = result.records
-    if stage.counter is not None and records is not None:
-        records = records.persist(StorageLevel.MEMORY_AND_DISK)  # the pipeline runs once, for the counts and the write
-    try:
-        if stage.counter is not None and records is not None:
-            with job_step(spark, stage.name, "count", wall_s):
-                extra.update(count_extra(records, stage.counter))
-        with job_step(spark, stage.name, "pipeline and write" if stage.pipeline is not None else "write", wall_s):
-            report = write_stage_output(records, run.args.output, stage.names_of_steps(run.configs), extra_stats={**extra, STEP_WALL_KEY: wall_s},
-                                        split=result.split)
-    finally:
-        if stage.counter is not None and records is not None:
-            records.unpersist()
+    with job_step(spark, stage.name, "pipeline and write" if stage.pipeline is not None else "write", wall_s):
+        report = write_stage_output(result.records, run.args.output, stage.names_of_steps(run.configs),
+                                    extra_stats={**extra, STEP_WALL_KEY: wall_s}, split=result.split, counter=stage.counter)
     if result.after_write is not None:
         with job_step(spark, stage.name, "after write", wall_s):
             result.after_write(report)
@@ -124,7 +99,7 @@ def execute(spark, run: StageRun) -> dict[str, Any]:
 def record_step_times(output: str, wall_s: dict[str, float]) -> None:
     """Put the final per-step wall times into ``<output>/timing.json`` (local outputs): the
     report was written while its last step was still running."""
-    directory = local_path(output)
+    directory = local_file(output)
     timing = Path(directory or "", "timing.json")
     if directory is None or not wall_s or not timing.is_file():
         return

@@ -193,11 +193,6 @@ UNTRACKED = re.compile(r"(^|/)timing\.json$|^reports/report\.md$|^reports/eval/|
 
 @pytest.mark.dvc
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (#14 open): Spark's Parquet writer (parquet-mr 1.17) lists each column chunk's "
-    "encodings in HashSet order, which changes from one JVM to the next, so Spark-written part files "
-    "differ by a few footer bytes with identical rows and metadata; the train checkpoint's .metadata "
-    "differs too. strict: this fails as soon as the rerun is byte-identical, so the marker goes then"))
 def test_forced_rerun_writes_byte_identical_outputs_and_leaves_dvc_lock_unchanged(project):
     proj, env, _ = project
     lock, before = (proj / "dvc.lock").read_text(), _digests(proj)
@@ -272,15 +267,3 @@ def test_push_and_pull_restore_outputs_from_the_local_remote(project):
     _run([sys.executable, "-m", "dvc", "pull"], proj, env)
     assert sorted(p.name for p in kept.iterdir()) == before
     assert "up to date" in _run([sys.executable, "-m", "dvc", "status"], proj, env).stdout
-
-
-def test_spark_part_files_get_names_without_the_job_uuid(tmp_path):
-    from spark_jobs.common import canonical_parts
-
-    names = ["part-00000-8eb9bc9d-9161-49bc-b153-47926c900755-c000.zstd.parquet", ".part-00000-8eb9bc9d-9161-49bc-b153-47926c900755-c000.zstd.parquet.crc",
-             "part-00007-0a1b2c3d-0000-4000-8000-00000000abcd-c001.snappy.parquet", "_SUCCESS", "._SUCCESS.crc", "notes.txt"]
-    for name in names:
-        (tmp_path / name).write_bytes(name.encode())
-    canonical_parts(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "part-00000-c000.zstd.parquet", "part-00007-c001.snappy.parquet"]
-    assert (tmp_path / "part-00000-c000.zstd.parquet").read_bytes() == names[0].encode()

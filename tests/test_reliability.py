@@ -16,7 +16,8 @@ import pytest
 from etl.clean.pipeline import main as clean_main
 from etl.core.atomic import OUTPUT_MARKER, check_output
 from etl.core.config import ParamsError, load_params
-from etl.core.errors import OutputRefused, one_line
+from etl.core.document import Document
+from etl.core.errors import JinglianError, OutputRefused, one_line
 from etl.io.records import ReaderConfig, parse_json_record, read_inputs, read_parquet_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,3 +342,98 @@ def test_vcs_housekeeping_files_do_not_block_an_output_and_are_kept(tmp_path):
     (out / ".gitignore").write_text("/kept\n")  # what DVC leaves beside a stage's outs
     clean_main(["--input", str(src), "--output", str(out), "--no-progress"])
     assert (out / ".gitignore").read_text() == "/kept\n" and (out / "kept").is_dir()
+
+
+# ----------------------------------------------------------------------------- part files and remote outputs
+
+
+def test_uri_helpers_map_hadoop_schemes_and_keep_local_paths_absolute(tmp_path, monkeypatch):
+    from etl.io import fs as jfs
+
+    monkeypatch.chdir(tmp_path)
+    assert jfs.arrow_uri("s3a://bucket/corpus/clean") == "s3://bucket/corpus/clean"
+    assert jfs.arrow_uri("s3n://bucket/x") == "s3://bucket/x" and jfs.arrow_uri("hdfs://nn:8020/x") == "hdfs://nn:8020/x"
+    assert [jfs.scheme(u) for u in ("runs/clean", "file:///tmp/x", "HDFS://nn/x", "s3a://b/x")] == ["", "file", "hdfs", "s3a"]
+    assert jfs.is_local("runs/clean") and jfs.is_local("file:///tmp/x") and not jfs.is_local("s3a://b/x")
+    assert jfs.local_path("runs/clean") == str(tmp_path / "runs" / "clean") and jfs.local_path("file:///tmp/x") == "/tmp/x"
+    assert jfs.absolute("runs/clean") == str(tmp_path / "runs" / "clean") and jfs.absolute("hdfs://nn/x") == "hdfs://nn/x"
+    assert jfs.join("s3://b/out/", "kept", "part-0.parquet") == "s3://b/out/kept/part-0.parquet"
+    with pytest.raises(ValueError, match="not a local path"):
+        jfs.local_path("hdfs://nn/x")
+    filesystem, path = jfs.resolve(f"file://{tmp_path}/out")
+    assert type(filesystem).__name__ == "LocalFileSystem" and path == f"{tmp_path}/out"
+
+
+def test_part_writer_attempts_commit_one_file_and_a_failed_attempt_leaves_nothing(tmp_path):
+    """A task attempt writes under _temporary/<attempt>/ and moves its file onto the part name;
+    a retry or speculative attempt writes the same bytes onto the same name; an aborted attempt
+    leaves no file; row groups do not depend on the batches that arrive."""
+    from etl.core.document import DOC_SCHEMA, documents_to_table
+    from etl.io.records import ParquetPartWriter, write_parquet
+
+    docs = [Document(id=f"d{i:04d}", text=f"text {i}") for i in range(5000)]
+    table = documents_to_table(docs, False)
+    root = f"file://{tmp_path / 'out'}"
+    name = "kept/part-00000-c000.zstd.parquet"
+    broken = ParquetPartWriter(root, name, DOC_SCHEMA, attempt="attempt-1")
+    broken.write(table.to_batches(max_chunksize=700)[0])
+    broken.abort()
+    assert not (tmp_path / "out" / name).exists() and not list((tmp_path / "out" / "_temporary").rglob("*.parquet"))
+    for attempt, chunk in (("attempt-2", 3000), ("attempt-3", 999)):
+        writer = ParquetPartWriter(root, name, DOC_SCHEMA, attempt=attempt)
+        for batch in table.to_batches(max_chunksize=chunk):
+            writer.write(batch)
+        assert writer.commit() == 5000
+        if attempt == "attempt-2":
+            first = (tmp_path / "out" / name).read_bytes()
+    assert (tmp_path / "out" / name).read_bytes() == first
+    assert [pq.ParquetFile(tmp_path / "out" / name).metadata.row_group(i).num_rows for i in range(3)] == [2048, 2048, 904]
+    write_parquet(docs, tmp_path / "local.parquet")  # the local executor's writer: the same bytes for the same rows
+    assert (tmp_path / "local.parquet").read_bytes() == first
+
+
+def test_remote_outputs_are_committed_by_manifest_and_stats_last(tmp_path):
+    """The protocol for hdfs:// and s3a:// outputs, run through pyarrow's local filesystem: a
+    user's directory is refused, an old output is cleared (stats.json first), and finish()
+    writes the manifest and the reports with stats.json last; no directory is renamed."""
+    from pyarrow import fs
+
+    from etl.core.document import DOC_SCHEMA, REJECTED_SCHEMA
+    from etl.io.records import ParquetPartWriter
+    from etl.io.stage_output import MANIFEST, StageOutput, clear_remote_output
+
+    local = fs.LocalFileSystem()
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "thesis.txt").write_text("mine")
+    with pytest.raises(OutputRefused, match="not a jinglian output"):
+        clear_remote_output(local, str(users), f"file://{users}")
+    assert (users / "thesis.txt").read_text() == "mine"
+
+    out = tmp_path / "out"
+    (out / "kept").mkdir(parents=True)
+    (out / OUTPUT_MARKER).write_text("{}")
+    (out / "kept" / "part-00009-c000.zstd.parquet").write_bytes(b"stale")
+    (out / "stats.json").write_text("{}")
+    clear_remote_output(local, str(out), f"file://{out}")
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER]
+
+    uri = f"file://{out}"
+    writer = ParquetPartWriter(uri, "kept/part-00001-c000.zstd.parquet", DOC_SCHEMA, attempt="attempt-7")
+    writer.write(pa.RecordBatch.from_pylist([{"id": "a", "text": "t", "source": "", "domain": "general", "lang": "en", "meta": "{}"}],
+                                            schema=DOC_SCHEMA))
+    parts = {"kept": {"part-00001-c000.zstd.parquet": writer.commit()}}
+    (out / "_temporary" / "attempt-9").mkdir(parents=True)  # left by a killed attempt
+    (out / "_temporary" / "attempt-9" / "half.parquet").write_bytes(b"partial")
+    StageOutput(uri, local=False).finish(parts, {"num_in": 1, "num_kept": 1, "elapsed_s": 1.5})
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [OUTPUT_MARKER, MANIFEST, "kept", "metrics.json", "rejected", "stats.json", "timing.json"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["files"] == {"kept/part-00001-c000.zstd.parquet": 1, "rejected/part-00000-c000.zstd.parquet": 0}
+    assert pq.read_schema(out / "rejected" / "part-00000-c000.zstd.parquet").equals(REJECTED_SCHEMA)
+    assert json.loads((out / "stats.json").read_text()) == {"num_in": 1, "num_kept": 1}
+    assert (out / "stats.json").stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file())
+
+    (out / "kept" / "part-00005-c000.zstd.parquet").write_bytes(b"?")  # a file no task reported: not committed
+    with pytest.raises(JinglianError, match="reported"):
+        StageOutput(uri, local=False).finish(parts, {})

@@ -1,7 +1,15 @@
 """Spark tier: the shared adapter (spark_jobs/common.py) reads stage outputs natively with the
-same records as the Python reader, keeps an explicit partition count, and computes the
-same statistics as :class:`etl.core.stats.StageStats` with Spark SQL."""
+same records as the Python reader, keeps an explicit partition count, writes each partition's
+part files on the executors (statistics from the tasks' summaries, the same as
+:class:`etl.core.stats.StageStats`), and writes byte-identical outputs in two JVMs."""
 from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,8 +67,10 @@ def test_repeated_ids_or_odd_rows_fall_back_to_the_python_reader(spark, tmp_path
     assert read_stage_parquet(spark, list_input_files([raw])) is None
 
 
-def test_sql_stats_equal_stage_stats(spark):
-    from spark_jobs.common import RECORD_SCHEMA, compute_stats
+def test_batch_stats_equal_stage_stats():
+    """The write tasks count their records from the columns (no Document built): same numbers as StageStats."""
+    from etl.core.document import rows_to_batch
+    from spark_jobs.common import RECORD_SCHEMA, batch_stats
 
     docs = [
         Document(id="a", text="hello 😀", lang="en", domain="general", meta={"chars_in": 20}),
@@ -73,9 +83,90 @@ def test_sql_stats_equal_stage_stats(spark):
     rows = [d.to_row() for d in docs]
     rows[2]["lang"] = None  # a null language counts as 'und' like an empty one
     expected = StageStats().add_all(Document.from_row(r) for r in rows).to_dict(["read", "quality"])
-    df = spark.createDataFrame([tuple(r[n] for n in RECORD_SCHEMA.names) for r in rows], ", ".join(f"{n} string" for n in RECORD_SCHEMA.names))
-    assert compute_stats(df).to_dict(["read", "quality"]) == expected
+    batch = rows_to_batch(rows, RECORD_SCHEMA)
+    assert batch_stats(batch).to_dict(["read", "quality"]) == expected
+    halves = batch_stats(batch.slice(0, 3)).merge(batch_stats(batch.slice(3)))  # per task, merged on the driver
+    assert halves.to_dict(["read", "quality"]) == expected
     assert expected["kept_by_lang"]["und"] == {"docs": 2, "chars": 9} and expected["chars_in"] == 20 + 2 + 9 + 7 + 3 + 7
+
+
+def test_write_stage_output_writes_parts_on_the_executors(spark, tmp_path):
+    """Each partition's kept and rejected rows become one pyarrow-written part file each (none
+    for an empty side, one empty file for an empty folder), with no temporaries left; the
+    statistics and the counter come from the tasks' summaries."""
+    import pyarrow.parquet as pq
+
+    from augment.pipeline import AugmentStats
+    from etl.core.document import DOC_SCHEMA, REJECTED_SCHEMA
+    from spark_jobs.common import RECORD_SCHEMA, write_stage_output
+
+    docs = _docs("d", 40)
+    for doc in docs[::7]:
+        doc.drop("too_short", "quality")
+    frame = spark.createDataFrame([tuple(d.to_row()[n] for n in RECORD_SCHEMA.names) for d in docs],
+                                  ", ".join(f"{n} string" for n in RECORD_SCHEMA.names)).repartition(3, "id")
+    report = write_stage_output(frame, f"file://{tmp_path / 'out'}", ["quality"], extra_stats={"extra": 1}, counter=AugmentStats)
+    out = tmp_path / "out"
+    assert report["num_kept"] == 34 and report["num_rejected"] == 6 and report["extra"] == 1
+    assert report["augment"] == {"num_originals": 40, "by_method": {}}  # the stage counter, counted by the write tasks
+    assert json.loads((out / "stats.json").read_text()) == {k: v for k, v in report.items() if k != "elapsed_s"}
+    assert sorted(p.name for p in out.iterdir()) == [".jinglian-output", "kept", "metrics.json", "rejected", "stats.json", "timing.json"]
+    for folder, schema, ids in (("kept", DOC_SCHEMA, {d.id for d in docs if not d.dropped}), ("rejected", REJECTED_SCHEMA, {d.id for d in docs if d.dropped})):
+        files = sorted((out / folder).iterdir())
+        assert all(re.fullmatch(r"part-0000[0-2]-c000\.zstd\.parquet", f.name) for f in files), files
+        tables = [pq.read_table(f) for f in files]
+        assert all(t.schema.equals(schema) and t.num_rows for t in tables)
+        assert {i for t in tables for i in t.column("id").to_pylist()} == ids
+        for table in tables:  # sorted within each part
+            assert table.column("id").to_pylist() == sorted(table.column("id").to_pylist())
+        assert pq.ParquetFile(files[0]).metadata.row_group(0).column(0).compression == "ZSTD"
+
+    kept_only = frame.filter("drop_reason IS NULL")
+    report = write_stage_output(kept_only, str(out), ["quality"])
+    [empty] = (out / "rejected").iterdir()
+    assert empty.name == "part-00000-c000.zstd.parquet" and pq.read_table(empty).num_rows == 0
+    assert pq.read_schema(empty).equals(REJECTED_SCHEMA) and report["num_rejected"] == 0
+    assert not (out / "_temporary").exists()
+
+
+def test_split_outputs_are_written_in_one_pass(spark, tmp_path):
+    """``split=(kept, rejected)``: both frames in one job; the rejected parts are numbered after the kept partitions."""
+    from spark_jobs.common import RECORD_SCHEMA, write_stage_output
+
+    docs = _docs("d", 12)
+    for doc in docs[:4]:
+        doc.drop("near_duplicate", "dedup")
+    frame = spark.createDataFrame([tuple(d.to_row()[n] for n in RECORD_SCHEMA.names) for d in docs],
+                                  ", ".join(f"{n} string" for n in RECORD_SCHEMA.names))
+    split = (frame.filter("drop_reason IS NULL").repartition(2), frame.filter("drop_reason IS NOT NULL").repartition(1))
+    report = write_stage_output(None, str(tmp_path / "out"), ["dedup"], split=split)
+    assert report["num_kept"] == 8 and report["dropped_by_step"] == {"dedup": {"near_duplicate": 4}}
+    assert sorted(p.name for p in (tmp_path / "out" / "rejected").iterdir()) == ["part-00002-c000.zstd.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out" / "kept").iterdir()) == ["part-00000-c000.zstd.parquet", "part-00001-c000.zstd.parquet"]
+
+
+def _spark_submit(args, cwd):
+    env = {**os.environ, "JINGLIAN_SPARK_LOG_LEVEL": "ERROR"}
+    cmd = [str(Path(sys.executable).with_name("spark-submit")), "--master", "local[2]", "--conf", "spark.ui.enabled=false", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_clean_job_output_is_byte_identical_across_jvms(tmp_path, data_dir):
+    """Two spark-submit runs (two JVMs, two sets of Python workers) of the clean job write the
+    same bytes in kept/, rejected/ and stats.json (#14: DVC reruns leave dvc.lock unchanged)."""
+    root = Path(__file__).resolve().parent.parent
+    inputs = [str(data_dir / n) for n in ("general_en.jsonl", "html_pages.jsonl", "dialogues.jsonl", "expert.jsonl")]
+    for name in ("a", "b"):
+        _spark_submit(["spark_jobs/clean.py", "--input", *inputs, "--output", str(tmp_path / name)], root)
+
+    def files(out):
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "timing.json"}
+
+    first, second = files(tmp_path / "a"), files(tmp_path / "b")
+    assert any(name.startswith("kept/part-") for name in first) and any(name.startswith("rejected/part-") for name in first)
+    assert "stats.json" in first and sorted(first) == sorted(second)
+    assert [name for name in first if first[name] != second[name]] == []
 
 
 def test_partitions_follow_input_size_and_each_file_is_its_own_read_task(spark, tmp_path):

@@ -142,9 +142,14 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] 
                             "its own outputs (remove it yourself or choose another path)")
 
 
+def output_marker_text(kind: str = "stage") -> str:
+    """The content of :data:`OUTPUT_MARKER` (byte-identical on every run)."""
+    return json.dumps({"format": "jinglian-output/1", "kind": kind}) + "\n"
+
+
 def write_output_marker(directory: str | os.PathLike, kind: str = "stage") -> None:
     """Mark ``directory`` as a jinglian output (byte-identical on every run)."""
-    Path(directory, OUTPUT_MARKER).write_text(json.dumps({"format": "jinglian-output/1", "kind": kind}) + "\n", encoding="utf-8")
+    Path(directory, OUTPUT_MARKER).write_text(output_marker_text(kind), encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -197,11 +202,15 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) ->
     os.replace(tmp, final)
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as pretty, key-sorted JSON text ending in a newline (what :func:`write_json` writes)."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as pretty, key-sorted UTF-8 JSON."""
     with atomic_file(path) as handle:
-        json.dump(obj, handle, ensure_ascii=False, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
+        handle.write(json_text(obj))
 
 
 LABEL_RE = re.compile(r"^[\w.-]+$")

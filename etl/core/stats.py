@@ -120,13 +120,19 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, Any]:
             "kept_share": round(int(report.get("num_kept", 0)) / num_in, 4) if num_in else 0.0}
 
 
-def write_stage_reports(directory: str | os.PathLike, report: dict[str, Any]) -> None:
-    """Write a stage's ``stats.json`` (the report less its wall times), ``metrics.json``
-    (:func:`headline_metrics`) and ``timing.json`` (the wall times, and ``wall_s``, seconds
-    since the process started), each atomically; stats.json last, as the stage's completion mark."""
-    directory = Path(directory)
+def stage_report_files(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(file name, content)`` of a stage's reports, in writing order: ``timing.json`` (the
+    wall times, and ``wall_s``, seconds since the process started), ``metrics.json``
+    (:func:`headline_metrics`), and last ``stats.json`` (the report less its wall times), the
+    stage's completion mark."""
     timing = {key: report[key] for key in VOLATILE_KEYS if key in report}
     timing["wall_s"] = round(time.time() - _STARTED_S, 3)
-    write_json(directory / "timing.json", timing)
-    write_json(directory / "metrics.json", headline_metrics(report))
-    write_json(directory / "stats.json", {k: v for k, v in report.items() if k not in VOLATILE_KEYS})
+    return [("timing.json", timing), ("metrics.json", headline_metrics(report)),
+            ("stats.json", {k: v for k, v in report.items() if k not in VOLATILE_KEYS})]
+
+
+def write_stage_reports(directory: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write a stage's reports (:func:`stage_report_files`) into a local directory, each
+    atomically; stats.json last, as the stage's completion mark."""
+    for name, content in stage_report_files(report):
+        write_json(Path(directory) / name, content)

@@ -27,6 +27,7 @@ import gzip
 import json
 import logging
 import os
+import posixpath
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from etl.core.atomic import atomic_file, split_labelled_input
 from etl.core.config import FrozenDict
 from etl.core.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
 from etl.core.errors import InputError
-from etl.io.fs import file_size, local_path, open_input
+from etl.io.fs import file_size, local_file, open_input
 
 logger = logging.getLogger(__name__)
 
@@ -579,7 +580,7 @@ def _dump_columns(obj: dict[str, Any]) -> str:
 
 def _read_parquet(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
     try:
-        parquet = pq.ParquetFile(local_path(input_file.where) or open_input(input_file.where))
+        parquet = pq.ParquetFile(local_file(input_file.where) or open_input(input_file.where))
     except (pa.ArrowInvalid, OSError) as exc:
         yield bad_record(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
         return
@@ -671,14 +672,20 @@ def _read_html(input_file: InputFile, config: ReaderConfig) -> Iterator[Document
 # --------------------------------------------------------------------------------- writers
 
 
-def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: bool = False, rows_per_group: int = 2048) -> int:
+#: Rows per row group of every record Parquet file, local and Spark (:class:`ParquetPartWriter`).
+ROWS_PER_GROUP = 2048
+#: ``pyarrow.parquet.ParquetWriter`` options of every record Parquet file, local and Spark.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+
+
+def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: bool = False, rows_per_group: int = ROWS_PER_GROUP) -> int:
     """Atomically write documents to one Parquet file; returns the number of rows."""
     from etl.core.document import DOC_SCHEMA, REJECTED_SCHEMA
 
     schema = REJECTED_SCHEMA if rejected else DOC_SCHEMA
     count = 0
     with atomic_file(path, "wb") as handle:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(handle, schema, **PARQUET_OPTIONS) as writer:
             batch: list[Document] = []
             for doc in docs:
                 batch.append(doc)
@@ -690,6 +697,78 @@ def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: b
                 writer.write_table(documents_to_table(batch, rejected))
                 count += len(batch)
     return count
+
+
+class ParquetPartWriter:
+    """One Parquet part file written by one task attempt, committed by moving it onto its name.
+
+    The file is written under ``<root>/_temporary/<attempt>/<name>`` and moved to
+    ``<root>/<name>`` by :meth:`commit` (:func:`etl.io.fs.commit_file`), so a failed or
+    speculative attempt never leaves a partial file under the final name, and two attempts of
+    one task (same rows, same bytes) give one file.  The writer settings are
+    :func:`write_parquet`'s (:data:`PARQUET_OPTIONS`, row groups of exactly
+    :data:`ROWS_PER_GROUP` rows whatever batches arrive), so local and Spark outputs of the
+    same rows are written the same way.  ``root`` is a local path or a URI (:func:`etl.io.fs.resolve`).
+    """
+
+    def __init__(self, root: str, name: str, schema: pa.Schema, attempt: str, rows_per_group: int = ROWS_PER_GROUP):
+        from etl.io import fs as jfs
+
+        self.filesystem, self.root = jfs.resolve(root)
+        self.name, self.schema, self.rows_per_group = name, schema, rows_per_group
+        self.tmp = jfs.join(self.root, jfs.TEMPORARY_DIR, attempt, name)
+        self.final = jfs.join(self.root, name)
+        for folder in {posixpath.dirname(self.tmp), posixpath.dirname(self.final)}:
+            self.filesystem.create_dir(folder, recursive=True)
+        self.stream = self.filesystem.open_output_stream(self.tmp)
+        self.writer = pq.ParquetWriter(self.stream, schema, **PARQUET_OPTIONS)
+        self.pending: list[pa.RecordBatch] = []
+        self.num_pending = 0
+        self.num_rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Buffer ``batch`` (columns named as the schema's) and write every full row group."""
+        if batch.num_rows == 0:
+            return
+        self.pending.append(batch)
+        self.num_pending += batch.num_rows
+        if self.num_pending >= self.rows_per_group:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        table = pa.Table.from_batches(self.pending).select(self.schema.names).cast(self.schema)
+        full = table.num_rows if final else table.num_rows - table.num_rows % self.rows_per_group
+        for start in range(0, full, self.rows_per_group):  # one single-chunk table per row group, as write_parquet
+            self.writer.write_table(table.slice(start, min(self.rows_per_group, full - start)).combine_chunks())
+        rest = table.slice(full).combine_chunks()
+        self.pending = rest.to_batches() if rest.num_rows else []
+        self.num_pending = rest.num_rows
+        self.num_rows += full
+
+    def commit(self) -> int:
+        """Finish the file and move it onto its final name; returns the number of rows."""
+        from etl.io import fs as jfs
+
+        if self.pending:
+            self._flush(final=True)
+        if self.num_rows == 0:
+            self.writer.write_table(self.schema.empty_table())
+        self.writer.close()
+        self.stream.close()
+        jfs.commit_file(self.filesystem, self.tmp, self.final)
+        return self.num_rows
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (after a failure)."""
+        for close in (self.writer.close, self.stream.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the failure being handled is the one to report
+                pass
+        try:
+            self.filesystem.delete_file(self.tmp)
+        except OSError:
+            pass
 
 
 def write_jsonl(docs: Iterable[Document], path: str | os.PathLike) -> int:
@@ -719,7 +798,8 @@ def read_parquet_dir(path: str | os.PathLike) -> Iterator[Document]:
 
 __all__ = [
     "ReaderConfig", "InputFile", "list_input_files", "is_data_file", "is_stage_output", "stage_kept_dir", "file_format", "read_inputs", "read_file",
-    "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl",
+    "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl", "ParquetPartWriter",
+    "ROWS_PER_GROUP", "PARQUET_OPTIONS",
     "read_parquet_dir", "dumps_meta", "UNREADABLE", "NothingRead", "nothing_read_message",
 ]
 

@@ -40,7 +40,7 @@ from etl.dedup.cluster import (
     rank_of,
 )
 from etl.io.records import READ_STEP, ReaderConfig
-from spark_jobs.common import hint_small, live_records, read_documents_df
+from spark_jobs.common import hint_small, live_records, read_documents_df, write_parts
 from spark_jobs.executor import SparkResult
 
 logger = logging.getLogger(__name__)
@@ -385,27 +385,28 @@ def cluster_report_df(comp, keepers, live, config: DedupConfig) -> dict[str, Any
 
 
 def append_index_df(kept_feats, index_dir: str, config: DedupConfig) -> int:
-    """Write the kept documents' features as new ``part-*.parquet`` files of the index."""
+    """Write the kept documents' features as new ``part-<batch>-<partition>.parquet`` files of
+    the index; returns how many rows were added.
+
+    The tasks write their files into a hidden staging folder of the index
+    (:func:`spark_jobs.common.write_parts`), then the driver moves each into the index: a
+    failed job adds nothing, and the index is never read half-appended.
+    """
     from etl.core.atomic import write_json
 
-    index_path = Path(index_dir)
+    index_path = Path(index_dir).resolve()
     index_path.mkdir(parents=True, exist_ok=True)
     if check_fingerprint(index_path, config) is None:
         write_json(index_path / "index.json", config.fingerprint())
-    tmp = index_path / f".tmp-{uuid.uuid4().hex[:8]}"
-    rows = kept_feats.select("id", "exact_key", "signature", "band_keys")
-    rows.write.parquet(str(tmp))
     batch = uuid.uuid4().hex[:8]
-    count = 0
-    for i, part in enumerate(sorted(tmp.glob("part-*.parquet"))):
-        os.replace(part, index_path / f"part-{batch}-{i:05d}.parquet")
-        count += 1
-    shutil.rmtree(tmp, ignore_errors=True)
-    return spark_count(rows) if count else 0
-
-
-def spark_count(df) -> int:
-    return int(df.count())
+    staging = index_path / f".tmp-{batch}"
+    try:
+        written = write_parts(kept_feats.select("id", "exact_key", "signature", "band_keys"), str(staging), prefix=f"part-{batch}-")
+        for name in sorted(written):
+            os.replace(staging / name, index_path / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sum(written.values())
 
 
 def resolve_bands(config: DedupConfig) -> DedupConfig:
