@@ -5,8 +5,10 @@ Words come from the project's shared tokenizer (:mod:`etl.clean.tokenize`: jieba
 NLTK for the rest), lower-cased, each document tokenized once.  Its features are two blocks:
 
 * words: the word 1..``word_max``-grams;
-* characters: the ``char_min``..``char_max``-grams of each word with ``<``/``>`` marking the
-  word's ends (fastText's subword scheme).
+* characters: the ``char_min``..``char_max``-grams of each whitespace-separated chunk of the
+  lower-cased text padded with spaces (``char_scope: text``, as scikit-learn's ``char_wb``; in
+  Chinese they cross jieba's word boundaries), or of each word with ``<``/``>`` marking its
+  ends (``char_scope: word``, fastText's subword scheme).
 
 Each block is hashed into the same ``features`` buckets (scikit-learn's ``FeatureHasher``:
 signed murmur3, counts) and L2-normalised on its own, then the character block is scaled by
@@ -43,10 +45,13 @@ def feature_blocks(text: str, settings: dict[str, Any]) -> tuple[list[str], list
         words.extend("\x01".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
     chars: list[str] = []
     lo, hi = settings["char_min"], settings["char_max"]
-    for tok in tokens:
-        word = f"<{tok}>"
-        for n in range(lo, min(hi, len(word)) + 1):
-            chars.extend("\x02" + word[i:i + n] for i in range(len(word) - n + 1))
+    if settings.get("char_scope", "word") == "text":
+        pieces = [f" {chunk} " for chunk in text[: settings["max_chars"]].lower().split()]
+    else:
+        pieces = [f"<{tok}>" for tok in tokens]
+    for piece in pieces:
+        for n in range(lo, min(hi, len(piece)) + 1):
+            chars.extend("\x02" + piece[i:i + n] for i in range(len(piece) - n + 1))
     return words, chars
 
 
@@ -65,7 +70,7 @@ def ngram_settings(train) -> dict[str, Any]:
     """The manifest settings of an n-gram model trained with ``train`` (a QualityTrainConfig)."""
     return {"features": train.ngram_features, "word_max": train.ngram_word_max, "char_min": train.ngram_char_min,
             "char_max": train.ngram_char_max, "max_chars": train.max_chars, "english": "wordpunct",
-            "block_norm": True, "char_weight": train.ngram_char_weight}
+            "block_norm": True, "char_weight": train.ngram_char_weight, "char_scope": train.ngram_char_scope}
 
 
 
