@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-python -m pytest -q -m "not distributed and not gpu" "$@"
+python -m pytest -q --durations=15 -m "not distributed and not gpu" "$@"
 if compgen -G "tests/distributed/test_*.py" >/dev/null; then
   torchrun --standalone --nproc_per_node 4 -m pytest -q -p no:cacheprovider -m distributed tests/distributed
 fi

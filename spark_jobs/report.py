@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from etl.core.cli import ArgumentParser
-from etl.core.config import DEFAULT_PARAMS, params_hash
+from etl.core.config import default_params, params_hash
 from etl.core.errors import run_main
 from etl.core.metrics import read_metrics
 
@@ -369,7 +369,7 @@ def write_report(pipeline: Path, out: Path, metrics_path: Path | None = None, pa
     write_plot_data(out.parent / "plots", manifest, metrics, tokens)
     (out.parent / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")
     (out.parent / "pipeline.json").write_text(json.dumps(pipeline_metrics(manifest, metrics), indent=2) + "\n", encoding="utf-8")
-    params_path = params_path or DEFAULT_PARAMS
+    params_path = params_path or default_params()
     md = ["# jinglian run report", "", f"Revision `{git_revision(params_path.resolve().parent)}`, params `{params_path.name}` "
           f"(hash `{params_hash(params_path.read_text(encoding='utf-8')) if params_path.is_file() else 'missing'}`).", "",
           "```", *summary, "```", ""]

@@ -216,3 +216,13 @@ def test_config_mappings_are_read_only_and_picklable():
     assert pickle.loads(pickle.dumps(cfg)) == cfg and hash(cfg) == hash(pickle.loads(pickle.dumps(cfg)))
     with pytest.raises(ValueError, match=r"mix.weights.general: expected a number"):
         build_config(_WithMap, {"weights": {"general": "seven"}}, "mix")
+
+
+def test_without_params_a_stage_reads_the_params_yaml_of_its_working_directory(tmp_path, monkeypatch):
+    from etl.core.config import DEFAULT_PARAMS, default_params, load_section
+
+    monkeypatch.chdir(tmp_path)
+    assert default_params() == DEFAULT_PARAMS  # nothing here: the repository's (or the installed copy)
+    (tmp_path / "params.yaml").write_text("shards:\n  seed: 7\n", encoding="utf-8")
+    assert default_params() == tmp_path / "params.yaml"
+    assert load_section(load_params(None), "shards").seed == 7

@@ -69,7 +69,7 @@ def add_io_args(parser: argparse.ArgumentParser, on_error: bool = True, input_he
     parser.add_argument("--output", required=True, metavar="DIR",
                         help=output_help or "output directory; receives kept/, rejected/ and stats.json, written atomically. It must not "
                                             "exist, be empty, or be a previous jinglian output (which is replaced); it may not overlap an input")
-    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: the repository's params.yaml, or the copy installed with jinglian)")
+    parser.add_argument("--params", default=None, metavar="YAML", help="params file (default: ./params.yaml, else the repository's, else the copy installed with jinglian)")
     if on_error:
         parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default=None,
                             help="per-record failures: 'skip' rejects the record with reason error_<Type>; 'raise' stops the job "

@@ -45,6 +45,13 @@ DEFAULT_PARAMS = (_CHECKOUT / "params.yaml" if (_CHECKOUT / "pyproject.toml").is
                   else PACKAGED_PARAMS)
 
 
+def default_params() -> Path:
+    """The params file read when none is given: ``params.yaml`` in the current directory (the
+    project a user runs from, as DVC's own default), else :data:`DEFAULT_PARAMS`."""
+    here = Path("params.yaml")
+    return here.resolve() if here.is_file() else DEFAULT_PARAMS
+
+
 class FrozenDict(dict):
     """A read-only dict for mapping fields of frozen configs; unlike ``MappingProxyType``
     it pickles (Spark ships configs to executors) and compares equal to a plain dict."""
@@ -183,9 +190,9 @@ def validate_params(params: dict[str, Any], where: str = "params") -> None:
 
 
 def load_params(path: str | os.PathLike | None = None, validate: bool = True) -> dict[str, Any]:
-    """Read params.yaml (:data:`DEFAULT_PARAMS` when ``path`` is None) as a dict, validated
+    """Read params.yaml (:func:`default_params` when ``path`` is None) as a dict, validated
     (:func:`validate_params`) unless ``validate`` is false."""
-    path = Path(path) if path else DEFAULT_PARAMS
+    path = Path(path) if path else default_params()
     if not path.is_file():
         raise FileNotFoundError(f"params file {str(path)!r} does not exist (pass --params PATH)")
     try:
@@ -455,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = ArgumentParser(prog=f"python -m {__name__}",
                             description="Validate a params file, or write or check the params reference.")
-    parser.add_argument("--params", default=None, help="params file to validate (default: the repository's params.yaml, or the copy installed with jinglian)")
+    parser.add_argument("--params", default=None, help="params file to validate (default: ./params.yaml, else the repository's, else the installed copy)")
     parser.add_argument("--write-docs", metavar="PATH", help=f"write the params reference generated from the config docstrings to PATH (e.g. {PARAMS_DOC})")
     parser.add_argument("--check-docs", metavar="PATH", help="exit 1 when PATH differs from the generated params reference")
     args = parser.parse_args(argv)
@@ -470,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.check_docs} is up to date")
     else:
         load_params(args.params)
-        print(f"{args.params or DEFAULT_PARAMS}: valid")
+        print(f"{args.params or default_params()}: valid")
     return 0
 
 
