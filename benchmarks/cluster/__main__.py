@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -122,6 +123,7 @@ def bench_scale(scale: int, master: str, args: argparse.Namespace) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the cluster's daemons
     if args.packed:
         subprocess.run(["bash", "scripts/package.sh"], cwd=ROOT, check=True)
     python = None if args.packed else sys.executable
