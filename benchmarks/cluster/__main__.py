@@ -78,7 +78,12 @@ def run_stage(stage: str, master: str, source: Path, out: Path, args: argparse.N
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = MemorySampler(proc.pid)
     sampler.start()
-    output, _ = proc.communicate()
+    try:
+        output, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:  # stopped early (SIGTERM): no spark-submit left behind
+            proc.terminate()
+            proc.wait(timeout=60)
     wall_s = time.time() - started
     sampler.done.set()
     sampler.join()
