@@ -51,13 +51,18 @@ def prepare_output(output: str | os.PathLike, keep_valid: bool = False) -> Path:
 
 
 def finish_output(out: Path, output: str, entries: list[dict[str, Any]], plan, cfg, params_section: dict, info,
-                  rejected: Sequence[Any]) -> dict[str, Any]:
-    """Write rejected records and the manifest (last); returns the manifest."""
+                  rejected: Sequence[Any], reasons: dict[str, int] | None = None) -> dict[str, Any]:
+    """Write rejected records and the manifest (last); returns the manifest.
+
+    ``reasons``: the rejected records are written already (by Spark's executors, under
+    ``rejected/``) and these are their counts per reason; ``rejected`` is then ignored."""
     from etl.io.records import write_parquet
 
-    reasons = Counter(d.drop_reason for d in rejected)
-    if rejected:
-        write_parquet(rejected, out / "rejected" / "part-0.parquet", rejected=True)
+    if reasons is None:
+        reasons = Counter(d.drop_reason for d in rejected)
+        if rejected:
+            write_parquet(rejected, out / "rejected" / "part-0.parquet", rejected=True)
+    reasons = dict(sorted(reasons.items()))  # the same order however the records were counted
     tokenizer = info.to_dict()
     tokenizer["path"] = copy_tokenizer(info.path, out)
     manifest = make_manifest(entries, plan, cfg, params_section, tokenizer, dict(reasons))

@@ -3,7 +3,7 @@
 * :func:`get_spark` builds the session; the master is the launcher's choice
   (``spark-submit --master local[2]`` on a laptop, the cluster's master in production).
 * :func:`read_documents_df` reads raw inputs with the same readers as the local runner,
-  one task per file, and marks repeated ids exactly as :func:`etl.io.records.read_inputs` does.
+  one task per file or per ``read.split_bytes`` range of a large JSON Lines file, and marks repeated ids exactly as :func:`etl.io.records.read_inputs` does.
 * :func:`map_documents` runs a step pipeline inside partitions with ``mapInArrow``; the
   pipeline is built once per executor process and cached.
 * :func:`write_stage_output` writes ``kept/``, ``rejected/`` and ``stats.json`` as a unit:
@@ -41,19 +41,23 @@ from etl.core.document import DOC_COLUMNS, REJECTED_SCHEMA, Document, rows_to_ba
 from etl.core.errors import InputError, JinglianError
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline
-from etl.io.fs import absolute, file_uri, local_file, open_input, scheme
+from etl.io.fs import absolute, file_size, file_uri, local_file, open_input, scheme
 from etl.io.records import (
     READ_STEP,
     UNREADABLE,
+    FileSpan,
     InputFile,
     NothingRead,
     ParquetPartWriter,
     ReaderConfig,
+    byte_ranges,
+    count_span_lines,
     file_format,
     is_data_file,
     list_input_files,
     nothing_read_message,
     read_file,
+    splittable,
 )
 from etl.io.stage_output import RECORD_FOLDERS, part_name, stage_output
 
@@ -183,13 +187,16 @@ def _with_derived(batch: pa.RecordBatch, derive: Derive | None) -> pa.RecordBatc
 def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = None, batch_rows: int = 4096):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            columns = ("file_index", "path", "name", "domain", "location")
-            for file_index, path, name, domain, location in zip(*(batch.column(c).to_pylist() for c in columns)):
+            columns = ("file_index", "part", "path", "name", "domain", "location", "start", "end", "newlines_before", "has_records")
+            for file_index, part, path, name, domain, location, start, end, before, has_records in zip(
+                    *(batch.column(c).to_pylist() for c in columns)):
                 rows = []
-                # position in the file's reading order: meta.src_line may be an earlier stage's line
-                for position, doc in enumerate(read_file(InputFile(path, name, domain, location or ""), reader_config)):
+                span = None if start < 0 else FileSpan(start, end, before, has_records)
+                # position in the range's reading order: meta.src_line may be an earlier stage's line
+                for position, doc in enumerate(read_file(InputFile(path, name, domain, location or ""), reader_config, span)):
                     row = doc.to_row()
                     row["file_index"] = file_index
+                    row["part"] = part
                     row["line"] = position
                     rows.append(row)
                     if len(rows) >= batch_rows:
@@ -201,7 +208,9 @@ def _read_files_partition(reader_config: ReaderConfig, derive: Derive | None = N
     return run
 
 
-_READ_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("file_index", pa.int64()), ("line", pa.int64())])
+_READ_SCHEMA = pa.schema(list(RECORD_SCHEMA) + [("file_index", pa.int64()), ("part", pa.int64()), ("line", pa.int64())])
+#: Columns that order records as the local reader reads them: file, byte range, position in the range.
+_READ_ORDER = ("file_index", "part", "line")
 #: Tasks per core for the per-document Python work: two, so one slow partition does not idle a core.
 PARTITIONS_PER_CORE = 2
 
@@ -228,6 +237,12 @@ def list_inputs(spark, paths: Sequence[str]) -> tuple[list[InputFile], int]:
     (:func:`hadoop_input_files`), with the same rules.  A glob that matches nothing or a
     missing path is an :class:`InputError`.
     """
+    sized = list_inputs_sized(spark, paths)
+    return [f for f, _ in sized], sum(size for _, size in sized)
+
+
+def list_inputs_sized(spark, paths: Sequence[str]) -> list[tuple[InputFile, int]]:
+    """:func:`list_inputs` as ``(file, size in bytes)`` pairs, sorted by path."""
     local = [raw for raw in paths if not scheme(split_labelled_input(os.fspath(raw))[1])]
     found: dict[str, tuple[InputFile, int]] = {}
     for f in list_input_files(local):
@@ -236,8 +251,7 @@ def list_inputs(spark, paths: Sequence[str]) -> tuple[list[InputFile], int]:
         if raw not in local:
             for f, size in hadoop_input_files(spark, os.fspath(raw)):
                 found.setdefault(f.location, (f, size))
-    files = sorted(found.values(), key=lambda item: item[0].path)
-    return [f for f, _ in files], sum(size for _, size in files)
+    return sorted(found.values(), key=lambda item: item[0].path)
 
 
 def hadoop_input_files(spark, raw: str) -> list[tuple[InputFile, int]]:
@@ -296,7 +310,8 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
     """
     from pyspark import StorageLevel
 
-    files, input_bytes = list_inputs(spark, paths)  # a listing, not data: fine on the driver
+    sized = list_inputs_sized(spark, paths)  # a listing, not data: fine on the driver
+    files, input_bytes = [f for f, _ in sized], sum(size for _, size in sized)
     if not files:
         raise InputError(f"no input files found in {list(paths)}")
     num_partitions = partitions or default_partitions(spark, input_bytes)
@@ -307,18 +322,57 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
             schema = pa.unify_schemas([pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string())]), derive[1]])
             native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), spark_schema(schema))
         return native.persist(StorageLevel.MEMORY_AND_DISK) if cache else native
-    return _read_with_python(spark, files, reader_config, num_partitions, derive, inputs=paths)
+    return _read_with_python(spark, files, reader_config, num_partitions, derive, inputs=paths, sizes=[size for _, size in sized])
 
 
-def file_listing(spark, files):
-    """``file_index, path, name, domain`` of the input files, one partition (one read task) per file.
+_LISTING_SCHEMA = ("file_index long, part long, path string, name string, domain string, location string, "
+                   "start long, end long, newlines_before long, has_records boolean")
+
+
+def read_tasks(spark, files: Sequence[InputFile], reader_config: ReaderConfig | None = None,
+               sizes: Sequence[int] | None = None) -> list[tuple]:
+    """One row of :data:`_LISTING_SCHEMA` per read task: a whole file (``start`` -1), or one
+    ``read.split_bytes`` range of a :func:`etl.io.records.splittable` file larger than that.
+
+    A range's first line number needs the newlines before it: one Spark job counts the
+    newlines of every range of the split files in parallel (a ``bytes.count`` pass, one task
+    per range; only two numbers per range reach the driver), and the driver adds them up
+    per file.  ``sizes``: the files' sizes from the listing (else each split candidate is
+    asked for its size)."""
+    split_bytes = (reader_config or ReaderConfig()).split_bytes
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for i, f in enumerate(files):
+        size = sizes[i] if sizes is not None else (file_size(f.where) if splittable(f) else 0)
+        if splittable(f) and size > split_bytes:
+            spans[i] = byte_ranges(size, split_bytes)
+    jobs = [(i, f_start, f_end, files[i].where) for i, ranges in spans.items() for f_start, f_end in ranges]
+    counted: dict[tuple[int, int], tuple[int, bool]] = {}
+    if jobs:
+        counts = spark.sparkContext.parallelize(jobs, numSlices=len(jobs)).map(
+            lambda job: ((job[0], job[1]), count_span_lines(job[3], job[1], job[2]))).collect()
+        counted = dict(counts)
+    rows: list[tuple] = []
+    for i, f in enumerate(files):
+        if i not in spans:
+            rows.append((i, 0, f.path, f.name, f.domain, f.location, -1, -1, 0, True))
+            continue
+        has_records = any(counted[(i, start)][1] for start, _ in spans[i])
+        before = 0
+        for part, (start, end) in enumerate(spans[i]):
+            rows.append((i, part, f.path, f.name, f.domain, f.location, start, end, before, has_records))
+            before += counted[(i, start)][0]
+    return rows
+
+
+def file_listing(spark, files, reader_config: ReaderConfig | None = None, sizes: Sequence[int] | None = None):
+    """The read tasks of the input files (:func:`read_tasks`), one partition (one task) per
+    file or per range of a split file.
 
     Tasks are handed out as cores free up.  A hash repartition of a few file indices left
     some tasks with three files and others with none (measured: one core read 41 MB while the
     other idled)."""
-    rows = [(i, f.path, f.name, f.domain, f.location) for i, f in enumerate(files)]
-    return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)),
-                                 "file_index long, path string, name string, domain string, location string")
+    rows = read_tasks(spark, files, reader_config, sizes)
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)), _LISTING_SCHEMA)
 
 
 #: Default of ``spark.jinglian.broadcastMaxRows``: a join side this small (counted, not
@@ -352,12 +406,13 @@ def check_read_something(records, num_files: int, inputs: Sequence[str]) -> None
 
 
 def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int, derive: Derive | None = None,
-                      inputs: Sequence[str] = ()):
+                      inputs: Sequence[str] = (), sizes: Sequence[int] | None = None):
     """Python reader tasks, then ``dup_first`` from the ``id`` column alone.
 
-    ``num_partitions`` tasks: with more files than that, each task reads a run of files
-    (the listing is coalesced); with fewer, each file is read by one task and the records
-    are spread by a hash of (file, position).  The records are cached (the Python reader
+    ``num_partitions`` tasks: with more read tasks (files, or ranges of large JSON Lines
+    files: :func:`read_tasks`) than that, each task reads a run of them (the listing is
+    coalesced); with fewer, each is read by one task and the records are spread by a hash
+    of (file, range, position).  The records are cached (the Python reader
     runs once).  A repeated id is found by counting ids; only records of repeated ids are
     ordered by (file, position), and their ``dup_first`` joins back on (file, position),
     broadcast when small.  With no repeated id, the cached records are returned as they are.
@@ -366,13 +421,14 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    listing = file_listing(spark, files)
-    if len(files) > num_partitions:
+    listing = file_listing(spark, files, reader_config, sizes)
+    num_tasks = listing.rdd.getNumPartitions()
+    if num_tasks > num_partitions:
         listing = listing.coalesce(num_partitions)
     schema = _READ_SCHEMA if derive is None else pa.unify_schemas([_READ_SCHEMA, derive[1]])
     records = listing.mapInArrow(_read_files_partition(reader_config, derive), spark_schema(schema))
-    if len(files) < num_partitions:
-        records = records.repartition(num_partitions, "file_index", "line")
+    if num_tasks < num_partitions:
+        records = records.repartition(num_partitions, *_READ_ORDER)
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
     check_read_something(records, len(files), inputs or [f.path for f in files])
     claiming = records.filter(F.col("drop_reason").isNull())  # a record rejected while read does not claim its id
@@ -380,15 +436,15 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     num_repeated = repeated.count()
     if num_repeated == 0:
         repeated.unpersist()
-        return records.withColumn("dup_first", F.lit(None).cast("string")).drop("file_index", "line")
-    first = Window.partitionBy("id").orderBy("file_index", "line")
+        return records.withColumn("dup_first", F.lit(None).cast("string")).drop(*_READ_ORDER)
+    first = Window.partitionBy("id").orderBy(*_READ_ORDER)
     where = F.concat_ws(":", F.get_json_object("meta", "$.src_file"), F.get_json_object("meta", "$.src_line"))
-    copies = (claiming.select("id", "file_index", "line", "meta").join(hint_small(spark, repeated, num_repeated), "id", "left_semi")
+    copies = (claiming.select("id", *_READ_ORDER, "meta").join(hint_small(spark, repeated, num_repeated), "id", "left_semi")
               .withColumn("_rank", F.row_number().over(first)).withColumn("dup_first", F.first(where).over(first))
-              .filter("_rank > 1").select("file_index", "line", "dup_first").persist(StorageLevel.MEMORY_AND_DISK))
+              .filter("_rank > 1").select(*_READ_ORDER, "dup_first").persist(StorageLevel.MEMORY_AND_DISK))
     num_copies = copies.count()
     repeated.unpersist()
-    return records.join(hint_small(spark, copies, num_copies), ["file_index", "line"], "left").drop("file_index", "line")
+    return records.join(hint_small(spark, copies, num_copies), list(_READ_ORDER), "left").drop(*_READ_ORDER)
 
 
 def _is_document_parquet(location: str) -> bool:
@@ -696,7 +752,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-__all__ = ["get_spark", "stage_session", "job_step", "list_inputs", "hadoop_input_files",
+__all__ = ["get_spark", "stage_session", "job_step", "list_inputs", "list_inputs_sized", "read_tasks", "hadoop_input_files",
            "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
            "write_stage_output", "write_records", "write_parts", "spark_schema", "hint_small", "RECORD_SCHEMA", "PartSummary",
            "batch_stats", "live_records", "rows_to_documents", "documents_to_batch"]

@@ -10,48 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from etl.io.records import read_parquet_dir
+from spark_jobs.standalone import bare_python, cluster_env, standalone_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_TAR = ROOT / "dist" / "jinglian-env.tar.gz"
 SLICES = ("general_en.jsonl", "general_zh.jsonl", "dialogues.jsonl", "html_pages.jsonl", "domain_medical.jsonl")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
-
-
-def _bare_python() -> str:
-    """The base interpreter of this venv: no jinglian, no PYTHONPATH."""
-    return str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}")
-
-
-def _cluster_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK", "PYTHON", "SPARK", "VIRTUAL_ENV", "JINGLIAN"))}
-    env.update(SPARK_HOME=str(_spark_home()), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=_bare_python(), SPARK_LOG_DIR=str(tmp / "logs"),
-               SPARK_NO_DAEMONIZE="1", PATH=os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p))
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -64,56 +37,13 @@ def packed_env():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """``spark://127.0.0.1:PORT`` of a master and two one-core workers; every process is stopped at the end."""
+    """``spark://127.0.0.1:PORT`` of a master and two one-core workers (spark_jobs/standalone.py);
+    every process is stopped at the end."""
     tmp = tmp_path_factory.mktemp("standalone")
-    env = _cluster_env(tmp)
-    bare = subprocess.run([_bare_python(), "-c", "import etl"], env=env, cwd=tmp, capture_output=True, text=True)
+    bare = subprocess.run([bare_python(), "-c", "import etl"], env=cluster_env(tmp / "logs"), cwd=tmp, capture_output=True, text=True)
     assert bare.returncode != 0, "the workers' Python must not have jinglian"
-    spark_class = str(_spark_home() / "bin" / "spark-class")
-    port, ui = _free_port(), _free_port()
-    procs: list[subprocess.Popen] = []
-
-    def start(name: str, args: list[str]) -> None:
-        log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        procs.append(subprocess.Popen([spark_class, *args], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-
-    try:
-        start("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)])
-        for i in range(2):
-            (tmp / f"worker{i}").mkdir()
-            start(f"worker{i}", ["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1", "--cores", "1",
-                                 "--memory", "2g", "--webui-port", str(_free_port()), "--work-dir", str(tmp / f"worker{i}")])
-        _wait_for_workers(ui, 2, procs, tmp)
-        yield f"spark://127.0.0.1:{port}"
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-
-
-def _wait_for_workers(ui_port: int, num: int, procs, tmp: Path, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        assert all(p.poll() is None for p in procs), "a Spark daemon exited: " + "".join(f.read_text()[-1500:] for f in tmp.glob("*.log"))
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as response:
-                if json.load(response).get("aliveworkers", 0) >= num:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{num} workers did not register in {timeout_s} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the daemon's process group (it started it: spark-class execs java), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
+    with standalone_cluster(tmp, num_workers=2, cores_per_worker=1, worker_memory="2g") as master:
+        yield master
 
 
 @pytest.fixture(scope="module")

@@ -200,3 +200,53 @@ def test_rows_to_batch_equals_arrow_from_pylist():
             {"id": "c", "text": "missing keys are null"}]
     assert rows_to_batch(rows, REJECTED_SCHEMA).equals(pa.RecordBatch.from_pylist(rows, schema=REJECTED_SCHEMA))
     assert rows_to_batch([], REJECTED_SCHEMA).num_rows == 0
+
+
+def _ragged_jsonl(path: Path) -> Path:
+    """Lines longer than a 200-byte range, CRLF ends, blank lines, an invalid JSON line, a
+    repeated id, records without ids, and no newline after the last line."""
+    rows = [json.dumps({"id": "a", "text": "short"}), "", json.dumps({"text": "无编号 " + "长" * 300}) + "\r",
+            "{not json", "   ", json.dumps({"id": "b", "text": "x" * 450, "meta": {"k": 1}}) + "\r",
+            json.dumps({"id": "a", "text": "again"})]
+    rows += [json.dumps({"text": f"line {i} " + "y" * (i * 7 % 90)}) for i in range(40)]
+    path.write_bytes(("\n".join(rows)).encode("utf-8"))  # no trailing newline
+    return path
+
+
+def _span_read(input_file, config, split_bytes):
+    from etl.io.records import FileSpan, byte_ranges, count_span_lines, read_file
+
+    size = Path(input_file.path).stat().st_size
+    ranges = byte_ranges(size, split_bytes)
+    counts = [count_span_lines(input_file.path, start, end) for start, end in ranges]
+    has_records, before, docs = any(c[1] for c in counts), 0, []
+    for (start, end), (newlines, _) in zip(ranges, counts):
+        docs += list(read_file(input_file, config, FileSpan(start, end, before, has_records)))
+        before += newlines
+    return docs
+
+
+@pytest.mark.parametrize("split_bytes", [1, 7, 64, 200, 1000])
+def test_byte_ranges_read_the_same_records_as_the_whole_file(tmp_path, split_bytes):
+    """Every line is read by exactly one line-aligned range, with the whole-file reader's ids,
+    line numbers, text, meta and rejections (invalid_json, no trailing newline, CRLF, blanks)."""
+    from etl.io.records import InputFile, read_file
+
+    f = InputFile(str(_ragged_jsonl(tmp_path / "big.jsonl")), "big.jsonl")
+    whole = [d.to_row() for d in read_file(f, ReaderConfig())]
+    assert [r["drop_reason"] for r in whole].count("invalid_json") == 1 and len(whole) == 45
+    assert [d.to_row() for d in _span_read(f, ReaderConfig(), split_bytes)] == whole
+
+
+def test_a_blank_or_unreadable_file_is_reported_once_by_its_first_range(tmp_path):
+    from etl.io.records import InputFile
+
+    blank = tmp_path / "blank.jsonl"
+    blank.write_bytes(b"\n  \n\r\n" * 50)
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b'{"text": "a"}\n\x00\x01' * 40)
+    for path in (blank, binary):
+        docs = _span_read(InputFile(str(path), path.name), ReaderConfig(), 16)
+        assert [d.drop_reason for d in docs] == ["no_text" if path is blank else "unreadable_file"]
+    with pytest.raises(ValueError, match="read.split_bytes"):
+        ReaderConfig(split_bytes=0)

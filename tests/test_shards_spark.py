@@ -40,3 +40,36 @@ def test_spark_build_equals_local_build(spark, tmp_path, corpus, tokenizer_dir):
     local_valid = json.loads((tmp_path / "local" / "valid" / "manifest.json").read_text())
     assert made_valid["num_slots"] > 0 and made_valid["groups"] == local_valid["groups"]
     assert [s["sha256"] for s in made_valid["shards"]] == [s["sha256"] for s in local_valid["shards"]]
+
+
+@pytest.mark.spark
+def test_group_numbering_equals_a_window_and_executors_write_rejected(spark, tmp_path):
+    """``number_in_groups`` (sort, per-partition counts, offsets) numbers rows as
+    ``row_number()`` over a window per group does, with each group spread over many tasks;
+    rejected records are written by the executors, one part per non-empty partition."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from etl.core.document import Document
+    from etl.io.records import read_parquet_dir
+    from spark_jobs.common import documents_to_batch, spark_schema
+    from spark_jobs.corpus.shards import number_in_groups, write_rejected
+
+    rows = [(f"d{i}", "abc"[i % 3] if i % 7 else "a", f"{(i * 7919) % 1000:04d}") for i in range(600)]
+    frame = spark.createDataFrame(rows, "id string, group string, order_key string").repartition(5)
+    numbered, ordered = number_in_groups(frame, "group", ("order_key", "id"))
+    window = frame.withColumn("k", F.row_number().over(Window.partitionBy("group").orderBy("order_key", "id")) - 1)
+    assert ordered.rdd.getNumPartitions() > 1
+    assert sorted(map(tuple, numbered.collect())) == sorted(map(tuple, window.collect()))
+    numbered.unpersist()
+    ordered.unpersist()
+
+    docs = [Document(id=f"r{i}", text="t", source="s", meta={"src_file": "x", "src_line": i}).drop("too_few_tokens" if i % 2 else "no_group", "shards")
+            for i in range(10)]
+    batch = documents_to_batch(docs)
+    rejected = spark.createDataFrame(batch.to_pandas(), spark_schema(batch.schema)).repartition(3)
+    (tmp_path / "rejected").mkdir()
+    (tmp_path / "rejected" / "part-00009.parquet").write_bytes(b"stale")
+    assert write_rejected(rejected, tmp_path / "rejected") == {"too_few_tokens": 5, "no_group": 5}
+    assert sorted(d.id for d in read_parquet_dir(tmp_path / "rejected")) == sorted(d.id for d in docs)
+    assert not (tmp_path / "rejected" / "part-00009.parquet").exists()

@@ -190,3 +190,21 @@ def test_partitions_follow_input_size_and_each_file_is_its_own_read_task(spark, 
     assert sorted(len(r["names"]) for r in per_task) == [1] * 5
     records = _read_with_python(spark, files, ReaderConfig(), 3)
     assert records.rdd.getNumPartitions() == 3 and records.count() == 15
+
+
+def test_a_large_jsonl_file_is_read_by_many_line_aligned_ranges(spark, tmp_path):
+    """``read.split_bytes`` splits one JSON Lines file into many read tasks with exactly the
+    records, ids, line numbers, rejections and duplicate-id marks of one task per file."""
+    from test_io import _ragged_jsonl
+
+    from spark_jobs.common import file_listing, read_documents_df
+
+    (tmp_path / "in").mkdir()
+    path = _ragged_jsonl(tmp_path / "in" / "big.jsonl")
+    (tmp_path / "in" / "small.jsonl").write_text('{"id": "b", "text": "repeated id in a later file"}\n')
+    tiny = ReaderConfig(split_bytes=200)
+    assert file_listing(spark, list_input_files([path]), tiny).rdd.getNumPartitions() == -(-path.stat().st_size // 200)
+    split = read_documents_df(spark, [str(tmp_path / "in")], tiny, partitions=3)
+    whole = read_documents_df(spark, [str(tmp_path / "in")], ReaderConfig(), partitions=3)
+    assert _rows(split) == _rows(whole)
+    assert sum(r[6] == "invalid_json" for r in _rows(split)) == 1 and sum(r[8] is not None for r in _rows(split)) == 2

@@ -89,12 +89,20 @@ class ReaderConfig:
     silent default. Unmapped fields are read under their own names and, failing that, in the
     guide's knowledge-record layout (``knowledge_id``; ``metadata.source``/``domain``/``lang``).
     Stage outputs read back are never remapped."""
+    split_bytes: int = 128 * 1024 * 1024
+    """Bytes of one read task's range of a large uncompressed JSON Lines file (Spark): such a
+    file is read by ``ceil(size / split_bytes)`` tasks over line-aligned byte ranges, as
+    Hadoop's ``LineRecordReader`` splits text. 128 MiB, Spark's
+    ``spark.sql.files.maxPartitionBytes``. Compressed files are read by one task. Records,
+    ids and line numbers do not change with it."""
 
     def __post_init__(self) -> None:
         if self.text_unit not in ("file", "paragraph"):
             raise ValueError(f"read.text_unit must be 'file' or 'paragraph', got {self.text_unit!r}")
         if self.max_record_bytes <= 0:
             raise ValueError(f"read.max_record_bytes must be positive, got {self.max_record_bytes}")
+        if self.split_bytes < 1:
+            raise ValueError(f"read.split_bytes must be positive, got {self.split_bytes}")
         if not self.default_domain:
             raise ValueError("read.default_domain must be a non-empty string")
         if not 2 <= self.max_nesting_depth <= 500:
@@ -126,6 +134,53 @@ class InputFile:
     def where(self) -> str:
         """The location readers open (:attr:`location`, else :attr:`path`)."""
         return self.location or self.path
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """A line-aligned byte range ``[start, end)`` of a splittable file, read by one task.
+
+    The range holds the lines that *begin* inside it (Hadoop's ``LineRecordReader`` rule): it
+    skips a partial first line unless ``start`` is 0 or follows a newline, and reads the line
+    that straddles ``end`` to its end, so each line is read by exactly one range.
+    ``newlines_before`` (the count of ``\\n`` bytes in ``[0, start)``, from
+    :func:`count_span_lines` over the earlier ranges) numbers the lines as the whole-file
+    reader does; ``file_has_records`` tells the first range whether the whole file is blank."""
+
+    start: int
+    end: int
+    newlines_before: int = 0
+    file_has_records: bool = True
+
+
+def splittable(input_file: InputFile) -> bool:
+    """True for a file read as byte ranges when large: uncompressed JSON Lines."""
+    return file_format(input_file.path) == "jsonl" and not input_file.path.lower().endswith(".gz")
+
+
+def byte_ranges(size: int, split_bytes: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of ``split_bytes`` (the last one shorter) covering ``size`` bytes."""
+    return [(start, min(start + split_bytes, size)) for start in range(0, size, split_bytes)] or [(0, 0)]
+
+
+_BLANK_BYTES = b" \t\n\r\x0b\x0c"  # what bytes.strip() removes: a line of only these is blank
+
+
+def count_span_lines(location: str, start: int, end: int, chunk_bytes: int = 16 << 20) -> tuple[int, bool]:
+    """``(newlines, has_content)`` of the bytes ``[start, end)`` of the file at ``location``:
+    the ``\\n`` count (to number the next ranges' lines) and whether any byte is not blank."""
+    newlines, content = 0, False
+    with open_input(location) as handle:
+        handle.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = handle.read(min(chunk_bytes, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            newlines += chunk.count(b"\n")
+            content = content or bool(chunk.translate(None, _BLANK_BYTES))
+    return newlines, content
 
 
 
@@ -239,19 +294,29 @@ def mark_duplicate_id(doc: Document, seen: dict[str, str]) -> Document:
     return doc
 
 
-def read_file(input_file: InputFile | str, config: ReaderConfig | None = None) -> Iterator[Document]:
-    """Read one file of any supported format into documents (bad records marked dropped)."""
+def read_file(input_file: InputFile | str, config: ReaderConfig | None = None, span: FileSpan | None = None) -> Iterator[Document]:
+    """Read one file of any supported format into documents (bad records marked dropped).
+
+    ``span``: only the lines beginning in this byte range of a :func:`splittable` file, with
+    the records, ids and line numbers the whole-file read gives them; whole-file records
+    (``unreadable_file``, ``no_text`` for a blank file) come from the range at offset 0 only."""
     config = config or ReaderConfig()
     if isinstance(input_file, str):
         input_file = InputFile(input_file, Path(input_file).name)
     fmt = file_format(input_file.path)
-    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "html": _read_html}
     if fmt is None:
         raise ValueError(f"{input_file.path}: unknown file type")
+    if span is not None and not splittable(input_file):
+        raise ValueError(f"{input_file.path}: only uncompressed JSON Lines files are read by byte range")
     try:
-        yield from readers[fmt](input_file, config)
+        if span is not None:
+            yield from _read_jsonl(input_file, config, span)
+        else:
+            readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "html": _read_html}
+            yield from readers[fmt](input_file, config)
     except OSError as exc:  # unreadable file: one rejected record names it
-        yield bad_record(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
+        if span is None or span.start == 0:
+            yield bad_record(input_file, 0, "unreadable_file", f"{type(exc).__name__}: {exc}", "")
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -332,6 +397,31 @@ def _iter_lines(input_file: InputFile) -> Iterator[tuple[int, bytes | None, str 
                 yield line_no, raw, None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         yield line_no + 1, None, f"{type(exc).__name__}: {exc}"
+
+
+def _iter_span_lines(input_file: InputFile, span: FileSpan) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """``(line_no, raw_bytes, None)`` for the lines that begin in ``span`` (see :class:`FileSpan`)."""
+    with open_input(input_file.where) as handle:
+        line_no = span.newlines_before
+        position = span.start
+        if span.start > 0:
+            handle.seek(span.start - 1)
+            if handle.read(1) != b"\n":  # inside a line: it belongs to the range it began in
+                while True:
+                    piece = handle.readline(1 << 20)
+                    position += len(piece)
+                    if not piece:
+                        return
+                    if piece.endswith(b"\n"):
+                        line_no += 1
+                        break
+        while position < span.end:
+            raw = handle.readline()
+            if not raw:
+                return
+            line_no += 1
+            position += len(raw)
+            yield line_no, raw, None
 
 
 def _reject_constant(name: str) -> Any:
@@ -447,14 +537,17 @@ def _unreadable(input_file: InputFile) -> str | None:
     return binary_content(sample)
 
 
-def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Document]:
+def _read_jsonl(input_file: InputFile, config: ReaderConfig, span: FileSpan | None = None) -> Iterator[Document]:
+    first = span is None or span.start == 0  # the range that speaks for the whole file
     problem = _unreadable(input_file)
     if problem is not None:
-        yield bad_record(input_file, 0, "unreadable_file", problem, "")
+        if first:
+            yield bad_record(input_file, 0, "unreadable_file", problem, "")
         return
     encoding = _file_encoding(input_file, config)
-    records = 0
-    for line_no, raw, error in _iter_lines(input_file):
+    records = 0 if span is None or not span.file_has_records else 1
+    lines = _iter_lines(input_file) if span is None else _iter_span_lines(input_file, span)
+    for line_no, raw, error in lines:
         if error is not None:
             yield bad_record(input_file, line_no, "truncated_file", error, "")
             return
@@ -474,7 +567,7 @@ def _read_jsonl(input_file: InputFile, config: ReaderConfig) -> Iterator[Documen
             yield bad_record(input_file, line_no, reason, error, line)
             continue
         yield record_to_document(obj, input_file, line_no, config, raw=line)
-    if records == 0:  # an empty file is reported, not silently read as nothing
+    if records == 0 and first:  # an empty file is reported, not silently read as nothing
         yield bad_record(input_file, 0, "no_text", "the file holds no records (it is empty or blank)", "")
 
 
@@ -797,7 +890,8 @@ def read_parquet_dir(path: str | os.PathLike) -> Iterator[Document]:
 
 
 __all__ = [
-    "ReaderConfig", "InputFile", "list_input_files", "is_data_file", "is_stage_output", "stage_kept_dir", "file_format", "read_inputs", "read_file",
+    "ReaderConfig", "InputFile", "FileSpan", "splittable", "byte_ranges", "count_span_lines",
+    "list_input_files", "is_data_file", "is_stage_output", "stage_kept_dir", "file_format", "read_inputs", "read_file",
     "record_to_document", "mark_duplicate_id", "sniff_encoding", "write_parquet", "write_jsonl", "ParquetPartWriter",
     "ROWS_PER_GROUP", "PARQUET_OPTIONS",
     "read_parquet_dir", "dumps_meta", "UNREADABLE", "NothingRead", "nothing_read_message",

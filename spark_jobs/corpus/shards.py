@@ -4,13 +4,15 @@ WebDataset shards in parallel.
 
 * extract: read the inputs (``GROUP=DIR`` tags a whole input with its mix group).
 * transform: encode records in partitions (``mapInArrow``; the tokenizer loads once per executor
-  process); number each group's records in the order sha256(seed, id) with a window; bring only
+  process); number each group's records in the order sha256(seed, id) (:func:`number_in_groups`:
+  a range-partitioned sort, per-partition counts, offsets added in the partitions); bring only
   per-group sizes to the driver (counts in document units; one int per record in token units)
   and plan the mix there (``shards.mix.plan_mix``); give each record its slot(s) with a
   broadcast of the plan's slot positions; range-partition by slot.
 * load: every partition writes ``shard-<partition>-<n>.tar`` for its contiguous slot range
-  (temporary name, then rename); the driver gathers the per-shard entries and writes rejected
-  records and ``manifest.json`` last. Same bytes as ``python -m shards build`` with the same
+  (temporary name, then rename); executors write the rejected records
+  (``rejected/part-<partition>.parquet``); the driver gathers the per-shard entries and the
+  rejection counts and writes ``manifest.json`` last. Same bytes as ``python -m shards build`` with the same
   ``--partitions``.
 """
 from __future__ import annotations
@@ -19,7 +21,9 @@ import bisect
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +31,7 @@ import pyarrow as pa
 from etl.core.document import DOC_COLUMNS, Document, rows_to_batch
 from etl.core.errors import JinglianError
 from etl.core.stage import StageRun
-from etl.io.records import ReaderConfig
+from etl.io.records import ReaderConfig, write_parquet
 from shards.build import TokenizerInfo, layout_shards, make_encoder, parse_inputs, plan_for, plan_units, tokenizer_info, write_partition
 from shards.config import ShardsConfig
 from shards.manifest import finish_output, prepare_output
@@ -100,7 +104,6 @@ def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partit
     with). ``records`` may be already encoded (the frame of an earlier call); ``holdout`` plans the
     validation set (shards/split.py)."""
     from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     encoded = records
@@ -109,8 +112,7 @@ def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partit
         encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
     kept = encoded.filter(F.col("drop_reason").isNull() & (F.col("holdout") == F.lit(holdout)))
     rejected = encoded.filter(F.col("drop_reason").isNotNull())
-    numbered = kept.withColumn("k", F.row_number().over(Window.partitionBy("group").orderBy("order_key", "id")) - 1)
-    numbered = numbered.persist(StorageLevel.MEMORY_AND_DISK)  # read twice: sizes, then slots
+    numbered, ordered = number_in_groups(kept.select(*_NUMBERED_COLUMNS), "group", ("order_key", "id"))  # read twice: sizes, then slots
     token_sizes = _group_sizes(numbered)
     if holdout:
         plan = holdout_plan(plan_units(cfg, token_sizes), list(cfg.weights))
@@ -123,8 +125,58 @@ def transform(spark, records, cfg: ShardsConfig, info: TokenizerInfo, num_partit
     names, num_items = list(plan.names), plan.num_items
     slotted = numbered.select("id", "domain", "group", "source", "lang", "tokens", "target", "k").rdd.flatMap(
         lambda row: _slots_of(row, names, positions.value, num_items, bounds))
-    ordered = slotted.repartitionAndSortWithinPartitions(numPartitions=len(bounds), partitionFunc=lambda key: key[0])
-    return plan, cuts, ordered, rejected, (encoded, numbered), cfg
+    slots = slotted.repartitionAndSortWithinPartitions(numPartitions=len(bounds), partitionFunc=lambda key: key[0])
+    return plan, cuts, slots, rejected, (encoded, numbered, ordered), cfg
+
+
+_NUMBERED_COLUMNS = ("id", "domain", "group", "source", "lang", "order_key", "num_tokens", "tokens", "target")
+
+
+def number_in_groups(frame, group: str, order: Sequence[str]):
+    """``frame`` plus ``k``: each row's 0-based rank within its ``group`` in ``order`` -- what
+    ``row_number().over(Window.partitionBy(group).orderBy(*order)) - 1`` gives, without one
+    task per group (a large group spread over many tasks, as ``zipWithIndex`` numbers an RDD).
+
+    The rows are sorted by (group, order) with range partitioning and cached; one small job
+    counts rows per (partition, group) (partitions x groups numbers reach the driver); each
+    partition then adds its offsets (rows of the same group in earlier partitions) to the
+    positions of its rows. Returns the numbered frame and the sorted one, both cached (the
+    caller unpersists them when done with the numbered frame)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    spark = frame.sparkSession
+    ordered = frame.orderBy(group, *order).persist(StorageLevel.MEMORY_AND_DISK)
+    counts = ordered.groupBy(F.spark_partition_id().alias("p"), group).count().collect()
+    offsets: dict[tuple[int, str], int] = {}
+    seen: dict[str, int] = {}
+    for row in sorted(counts, key=lambda r: r["p"]):
+        offsets[(row["p"], row[group])] = seen.get(row[group], 0)
+        seen[row[group]] = seen.get(row[group], 0) + row["count"]
+    table = spark.sparkContext.broadcast(offsets)
+
+    def add_k(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        partition = TaskContext.get().partitionId()
+        next_k: dict[str, int] = {}
+        for batch in batches:
+            ks = []
+            for g in batch.column(group).to_pylist():
+                k = next_k.get(g)
+                k = table.value[(partition, g)] if k is None else k
+                ks.append(k)
+                next_k[g] = k + 1
+            yield pa.RecordBatch.from_arrays(batch.columns + [pa.array(ks, pa.int64())], names=batch.schema.names + ["k"])
+
+    schema = pa.schema([*_arrow_fields(frame.schema), ("k", pa.int64())])
+    return ordered.mapInArrow(add_k, spark_schema(schema)).persist(StorageLevel.MEMORY_AND_DISK), ordered
+
+
+def _arrow_fields(struct) -> list[pa.Field]:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return list(to_arrow_schema(struct))
 
 
 def _group_sizes(numbered) -> dict[str, np.ndarray]:
@@ -173,8 +225,35 @@ def load(ordered, rejected, plan, cuts, cfg: ShardsConfig, section: dict, info: 
 
     entries = ordered.mapPartitionsWithIndex(write).collect()  # per-shard metadata only
     logger.info("shards written (%d)", len(entries))
-    rejected_docs = [] if rejected is None else [Document.from_row(r) for r in rejected.select(*DOC_COLUMNS).toArrow().to_pylist()]
-    return finish_output(out, output, entries, plan, cfg, section, info, rejected_docs)
+    reasons = {} if rejected is None else write_rejected(rejected, out / "rejected")
+    return finish_output(out, output, entries, plan, cfg, section, info, [], reasons=reasons)
+
+
+def write_rejected(rejected, folder: Path) -> dict[str, int]:
+    """Write the rejected records from the executors, ``<folder>/part-<partition>.parquet``
+    per non-empty partition (atomically, :func:`etl.io.records.write_parquet`); only the
+    counts per reason reach the driver. ``folder`` must be on storage the executors share."""
+    from pyspark import TaskContext
+
+    target = str(folder)
+    for stale in folder.glob("part-*.parquet"):  # an earlier build's parts (another partitioning)
+        stale.unlink()
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        docs = [doc for batch in batches for doc in rows_to_documents(batch)]
+        if docs:
+            write_parquet(docs, Path(target) / f"part-{TaskContext.get().partitionId():05d}.parquet", rejected=True)
+        counts = Counter(d.drop_reason for d in docs)
+        yield pa.RecordBatch.from_pydict({"reason": list(counts), "n": list(counts.values())}, schema=_REASONS_SCHEMA)
+
+    rows = rejected.select(*DOC_COLUMNS).mapInArrow(write, spark_schema(_REASONS_SCHEMA)).collect()
+    reasons: Counter = Counter()
+    for row in rows:
+        reasons[row["reason"]] += row["n"]
+    return dict(reasons)
+
+
+_REASONS_SCHEMA = pa.schema([("reason", pa.string()), ("n", pa.int64())])
 
 
 def run_shards(spark, run: StageRun) -> dict:
