@@ -390,6 +390,12 @@ def test_part_writer_attempts_commit_one_file_and_a_failed_attempt_leaves_nothin
     assert [pq.ParquetFile(tmp_path / "out" / name).metadata.row_group(i).num_rows for i in range(3)] == [2048, 2048, 904]
     write_parquet(docs, tmp_path / "local.parquet")  # the local executor's writer: the same bytes for the same rows
     assert (tmp_path / "local.parquet").read_bytes() == first
+    # one task's batches may differ in nullability and metadata (Spark's after a join): the same file
+    strict = pa.schema([f.with_nullable(False) for f in table.schema], metadata={b"from": b"join"})
+    writer = ParquetPartWriter(root, name, DOC_SCHEMA, attempt="attempt-4")
+    for i, batch in enumerate(table.to_batches(max_chunksize=999)):
+        writer.write(batch if i % 2 else pa.RecordBatch.from_arrays(batch.columns, schema=strict))
+    assert writer.commit() == 5000 and (tmp_path / "out" / name).read_bytes() == first
 
 
 def test_remote_outputs_are_committed_by_manifest_and_stats_last(tmp_path):

@@ -823,13 +823,18 @@ class ParquetPartWriter:
         """Buffer ``batch`` (columns named as the schema's) and write every full row group."""
         if batch.num_rows == 0:
             return
-        self.pending.append(batch)
+        # each batch in the schema's exact form: batches of one task may differ in field
+        # nullability or metadata (Spark's Arrow batches after a join or union), which
+        # Table.from_batches refuses to mix
+        columns = [batch.column(f.name) for f in self.schema]
+        columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, self.schema)]
+        self.pending.append(pa.RecordBatch.from_arrays(columns, schema=self.schema))
         self.num_pending += batch.num_rows
         if self.num_pending >= self.rows_per_group:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
-        table = pa.Table.from_batches(self.pending).select(self.schema.names).cast(self.schema)
+        table = pa.Table.from_batches(self.pending, schema=self.schema)
         full = table.num_rows if final else table.num_rows - table.num_rows % self.rows_per_group
         for start in range(0, full, self.rows_per_group):  # one single-chunk table per row group, as write_parquet
             self.writer.write_table(table.slice(start, min(self.rows_per_group, full - start)).combine_chunks())
