@@ -132,3 +132,12 @@ def test_report_shows_validation_curves_and_the_evaluation_table(tmp_path):
     assert "| entity recall | 50.0% | >= 92.0% | - | **no** |" in md
     assert "| general | 40.00 | - | - | 1,234 |" in md
     assert evaluation_section(tmp_path / "none", None, None) == []
+
+
+def test_train_summary_shows_the_trend_not_only_two_single_steps():
+    from spark_jobs.report import summary_lines
+
+    metrics = [{"step": i, "loss": loss, **({"val_loss": v} if v else {})}
+               for i, (loss, v) in enumerate([(9.0, None), (9.2, 8.4), (8.0, None), (8.1, None), (9.3, 8.0)], 1)]
+    (line,) = summary_lines({}, None, None, metrics)
+    assert "loss 9.000 -> 9.300" in line and "first/last 1: 9.000 -> 9.300" in line and "validation loss 8.400 -> 8.000" in line
