@@ -93,7 +93,7 @@ def wait_for_workers(ui_port: int, num: int, procs: list[subprocess.Popen], work
             with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as response:
                 if json.load(response).get("aliveworkers", 0) >= num:
                     return
-        except OSError:
+        except (OSError, ValueError):  # not up yet, or the UI still serving its HTML page while it starts
             pass
         time.sleep(1)
     raise RuntimeError(f"{num} workers did not register in {timeout_s} s")
