@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from import_graph import PACKAGES, expected_stage_code  # noqa: E402
+from import_graph import expected_stage_code, is_code_dep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def main() -> int:
         while end < len(lines) and re.match(r"\s+- ", lines[end]):
             end += 1
         items = [line.strip()[2:] for line in lines[deps_at + 1:end]]
-        is_code = [d.endswith((".py", ".sh")) or d.split("/")[0] in PACKAGES for d in items]
+        is_code = [is_code_dep(d) for d in items]
         data = [d for d, c in zip(items, is_code) if not c]
         code = sorted(expected_stage_code(ROOT, name, stage["cmd"]))
         if sorted(d for d, c in zip(items, is_code) if c) != code:

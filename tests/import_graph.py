@@ -15,6 +15,11 @@ from pathlib import Path
 PACKAGES = ("etl", "augment", "shards", "trainer", "spark_jobs")
 
 
+def is_code_dep(dep: str) -> bool:
+    """Whether a dvc.yaml dep is code (a .py file, a shell script, or a path in a package) rather than data."""
+    return dep.endswith((".py", ".sh")) or dep.split("/")[0] in PACKAGES
+
+
 def module_file(root: Path, module: str) -> Path | None:
     """The file of first-party ``module`` (``a/b.py`` or ``a/b/__init__.py``), or None."""
     if module.split(".")[0] not in PACKAGES:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from import_graph import PACKAGES, closure, entry_points, expected_stage_code, plain_cmd, stage_code
+from import_graph import closure, entry_points, expected_stage_code, is_code_dep, plain_cmd, stage_code
 
 from etl.core.config import SECTIONS, STAGE_SECTIONS
 
@@ -43,7 +43,7 @@ def _dep_paths(stage: dict) -> list[str]:
 def _code_deps(stage: dict) -> set[str]:
     """The stage's deps that are code: .py files and shell scripts (folders are not allowed: a
     folder dep reruns the stage when any file in it changes, used or not)."""
-    return {d for d in _dep_paths(stage) if d.endswith((".py", ".sh")) or d.split("/")[0] in PACKAGES}
+    return {d for d in _dep_paths(stage) if is_code_dep(d)}
 
 
 def _section_literals(path: Path) -> set[str]:

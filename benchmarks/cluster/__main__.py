@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.dedup.__main__ import MemorySampler
+from benchmarks.dedup.__main__ import run_sampled
 from benchmarks.dedup.generate import write_corpus
 from etl.io.records import read_parquet_dir
 from spark_jobs.standalone import standalone_cluster
@@ -73,22 +73,9 @@ def run_stage(stage: str, master: str, source: Path, out: Path, args: argparse.N
     """One spark-submit of ``spark_jobs/<stage>.py``: wall time, CPU time and peak RSS of the driver's tree."""
     cmd = [str(VENV_BIN / "spark-submit"), *submit_args(master, args), str(ROOT / "spark_jobs" / f"{stage}.py"),
            "--input", str(source), "--output", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    started = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    try:
-        output, _ = proc.communicate()
-    finally:
-        if proc.poll() is None:  # stopped early (SIGTERM): no spark-submit left behind
-            proc.terminate()
-            proc.wait(timeout=60)
-    wall_s = time.time() - started
-    sampler.done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{stage} on {master} failed ({proc.returncode}):\n{output[-4000:]}")
+    returncode, output, wall_s, sampler = run_sampled(cmd)
+    if returncode != 0:
+        raise RuntimeError(f"{stage} on {master} failed ({returncode}):\n{output[-4000:]}")
     stats = json.loads((out / "stats.json").read_text())
     return {"wall_s": round(wall_s, 2), "driver_cpu_s": round(sum(sampler.cpu_s.values()), 2),
             "driver_tree_peak_bytes": sum(sampler.peak.values()), "num_in": stats["num_in"], "num_kept": stats["num_kept"]}

@@ -89,21 +89,34 @@ class MemorySampler(threading.Thread):
             time.sleep(self.interval_s)
 
 
-def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[str, Any]:
-    cmd = [str(VENV_BIN / "spark-submit"), "--master", f"local[{cores}]", "--driver-memory", driver_memory,
-           "--conf", "spark.ui.enabled=false", "--conf", f"spark.sql.shuffle.partitions={4 * cores}",
-           str(ROOT / "spark_jobs" / "dedup.py"), "--input", str(corpus / "docs"), "--output", str(out)]
+def run_sampled(cmd: list[str]) -> tuple[int, str, float, MemorySampler]:
+    """Run ``cmd`` (a spark-submit) with this repository's Python and code, sampling its process
+    tree's CPU and memory; returns (exit code, output, wall seconds, sampler). A benchmark
+    stopped early (SIGTERM) leaves no child behind."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     started = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = MemorySampler(proc.pid)
     sampler.start()
-    output, _ = proc.communicate()
+    try:
+        output, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
     wall_s = time.time() - started
     sampler.done.set()
     sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"spark-submit failed ({proc.returncode}):\n{output[-4000:]}")
+    return proc.returncode, output, wall_s, sampler
+
+
+def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[str, Any]:
+    cmd = [str(VENV_BIN / "spark-submit"), "--master", f"local[{cores}]", "--driver-memory", driver_memory,
+           "--conf", "spark.ui.enabled=false", "--conf", f"spark.sql.shuffle.partitions={4 * cores}",
+           str(ROOT / "spark_jobs" / "dedup.py"), "--input", str(corpus / "docs"), "--output", str(out)]
+    returncode, output, wall_s, sampler = run_sampled(cmd)
+    if returncode != 0:
+        raise RuntimeError(f"spark-submit failed ({returncode}):\n{output[-4000:]}")
     stats = json.loads((out / "stats.json").read_text())
     return {"wall_s": round(wall_s, 2), "cpu_s": round(sum(sampler.cpu_s.values()), 2), "memory_peak": sampler.peak,
             "stats": {k: stats[k] for k in ("num_in", "num_kept", "drop_reasons")},
