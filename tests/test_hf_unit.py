@@ -12,9 +12,9 @@ import torch
 
 from tests.hf_tiny import fixed_batch, hf_logits_and_loss, make_model, make_tokenizer
 from trainer.config import ModelConfig
-from trainer.hf import export_hf, import_hf
+from trainer.hf import _layer_row_blocks, export_hf, import_hf
 from trainer.hf_config import UnsupportedModelError, model_config_from_hf
-from trainer.hf_weights import SafetensorsReader, pack_qkv, unpack_qkv
+from trainer.hf_weights import FC1, QKV, SafetensorsReader, pack_qkv
 from trainer.pretrained import check_shards_tokenizer, read_common
 
 LLAMA31 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
@@ -83,7 +83,10 @@ def test_qkv_packing_groups_query_heads_with_their_kv_head():
     packed = pack_qkv(q, k, v, m)
     # group 0: q heads 0, 1, k head 0, v head 0; then group 1
     assert packed[:, 0].tolist() == [0, 1, 2, 3, 100, 101, 200, 201, 4, 5, 6, 7, 102, 103, 202, 203]
-    assert all(torch.equal(a, b) for a, b in zip(unpack_qkv(packed, m), (q, k, v)))
+    # the importer's row blocks (each stored as one checkpoint chunk) tile the packed rows in order
+    blocks = sorted(_layer_row_blocks(QKV + "weight", ["q", "k", "v"], m), key=lambda b: b[3])
+    assert [b[3] for b in blocks] == [sum(b[2] for b in blocks[:i]) for i in range(len(blocks))]
+    assert torch.equal(torch.cat([{"q": q, "k": k, "v": v}[n][first:first + rows] for n, first, rows, _ in blocks]), packed)
 
 
 @pytest.mark.parametrize("kind, dtype, shard", [("llama", torch.float32, None), ("qwen2", torch.bfloat16, "60KB")])
@@ -99,6 +102,10 @@ def test_import_then_export_is_bit_identical_and_loads_in_transformers(tmp_path,
     for key in stored.shapes:
         stored.get(key)
     assert stored.fallbacks == 0  # the direct reader reads records written without a CRC
+    model = read_common(tmp_path / "ckpt")["config"]["model"]
+    chunks = {k: len(stored.metadata.state_dict_metadata[k].chunks) for k in (QKV + "weight", FC1 + "weight")}
+    # weights are stored as row blocks of the Hugging Face tensors, written from the mapped files
+    assert chunks == {QKV + "weight": model["num_layers"] * 3 * (model["num_query_groups"] or model["num_attention_heads"]), FC1 + "weight": model["num_layers"] * 2}
     common = read_common(tmp_path / "ckpt")
     assert common["hf"]["tokenizer"]["eos_id"] == 0 and common["config"]["model"]["padded_vocab_size"] == 384
     export_hf(tmp_path / "ckpt", tmp_path / "out", max_shard_bytes=50_000)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import io
+import mmap
 import os
 import pickle
 import struct
@@ -62,7 +63,8 @@ def _storage_dtype(kind) -> torch.dtype | None:
 
 
 class CheckpointTensors:
-    """Whole tensors of checkpoint directory ``path`` by key (``get``), their shapes and dtypes."""
+    """Whole tensors of checkpoint directory ``path`` by key (``get``: a copy) or row ranges
+    of them as views of the files (``row_views``), their shapes and dtypes."""
 
     def __init__(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp  # noqa: PLC0415
@@ -72,6 +74,8 @@ class CheckpointTensors:
         meta = self.metadata.state_dict_metadata
         self.shapes = {k: (tuple(v.size), v.properties.dtype) for k, v in meta.items() if hasattr(v, "size")}
         self.fallbacks = 0
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._views: dict[tuple[str, tuple[int, ...]], torch.Tensor | None] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.shapes
@@ -98,28 +102,38 @@ class CheckpointTensors:
         self._dcp.load(out, storage_reader=self._dcp.FileSystemReader(str(self.path)), no_dist=True)
         return out[key]
 
+    def _data_start(self, f, info, shape: tuple[int, ...], dtype: torch.dtype) -> int | None:
+        """Absolute offset in open file ``f`` of the tensor bytes of stored chunk ``info`` (a
+        ``torch.save`` archive); None when the chunk is not a dense tensor of ``shape``/``dtype``."""
+        if getattr(info, "transform_descriptors", None):
+            return None
+        try:
+            archive = zipfile.ZipFile(_FileSlice(f, info.offset, info.length))
+            names = {i.filename.rsplit("/", 1)[-1] if not i.filename.endswith("/data/0") else "data/0": i
+                     for i in archive.infolist()}
+            pickled, data = names.get("data.pkl"), names.get("data/0")
+            if pickled is None or data is None or {pickled.compress_type, data.compress_type} != {zipfile.ZIP_STORED}:
+                return None
+            # The pickle's bytes are read directly: zipfile would check a CRC-32 that the
+            # writer may have left out (torch's compute_crc32=False, as ``trainer.hf import``).
+            if not _seek_member_data(f, info.offset, pickled):
+                return None
+            layout = _LayoutUnpickler(io.BytesIO(f.read(pickled.file_size))).load()
+        except (zipfile.BadZipFile, pickle.UnpicklingError, TypeError, ValueError, AttributeError, EOFError):
+            return None
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if not self._layout_matches(layout, shape, dtype) or data.file_size != numel * dtype.itemsize:
+            return None
+        if not _seek_member_data(f, info.offset, data):
+            return None
+        return f.tell()
+
     def _read_chunk(self, info, region: torch.Tensor) -> bool:
         """Read one stored chunk into ``region``; False when it is not in the expected form."""
-        if getattr(info, "transform_descriptors", None):
-            return False
         with open(self.path / info.relative_path, "rb", buffering=0) as f:
-            try:
-                archive = zipfile.ZipFile(_FileSlice(f, info.offset, info.length))
-                names = {i.filename.rsplit("/", 1)[-1] if not i.filename.endswith("/data/0") else "data/0": i
-                         for i in archive.infolist()}
-                pickled, data = names.get("data.pkl"), names.get("data/0")
-                if pickled is None or data is None or {pickled.compress_type, data.compress_type} != {zipfile.ZIP_STORED}:
-                    return False
-                # The pickle's bytes are read directly: zipfile would check a CRC-32 that the
-                # writer may have left out (torch's compute_crc32=False, as ``trainer.hf import``).
-                if not _seek_member_data(f, info.offset, pickled):
-                    return False
-                layout = _LayoutUnpickler(io.BytesIO(f.read(pickled.file_size))).load()
-            except (zipfile.BadZipFile, pickle.UnpicklingError, TypeError, ValueError, AttributeError, EOFError):
-                return False
-            if not self._layout_matches(layout, region) or data.file_size != region.numel() * region.element_size():
-                return False
-            if not _seek_member_data(f, info.offset, data):
+            if self._data_start(f, info, tuple(region.shape), region.dtype) is None:
                 return False
             target = region if region.is_contiguous() else torch.empty(region.shape, dtype=region.dtype)
             view = memoryview(target.view(-1).view(torch.uint8).numpy())
@@ -133,18 +147,69 @@ class CheckpointTensors:
             region.copy_(target)
         return True
 
+    def _chunk_view(self, key: str, chunk) -> torch.Tensor | None:
+        """Stored chunk ``chunk`` of ``key`` as a flat view of its file (a private memory map),
+        or None when it is not stored as a dense tensor."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex  # noqa: PLC0415
+
+        cache_key = (key, tuple(chunk.offsets))
+        if cache_key not in self._views:
+            info = self.metadata.storage_data[MetadataIndex(key, chunk.offsets)]
+            path = self.path / info.relative_path
+            dtype = self.shapes[key][1]
+            with open(path, "rb", buffering=0) as f:
+                start = self._data_start(f, info, tuple(chunk.sizes), dtype)
+            view = None
+            if start is not None:
+                if path not in self._maps:
+                    with open(path, "rb") as f:
+                        self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                numel = 1
+                for dim in chunk.sizes:
+                    numel *= dim
+                view = torch.frombuffer(self._maps[path], dtype=dtype, count=numel, offset=start) if numel else torch.empty(0, dtype=dtype)
+            self._views[cache_key] = view
+        return self._views[cache_key]
+
+    def row_views(self, key: str, lead: tuple[int, ...], start: int, count: int) -> list[torch.Tensor] | None:
+        """``tensor[lead][start:start + count]`` of ``key`` as views of the checkpoint files, one
+        per stored chunk it spans (no copy: the pages are the page cache's), in row order. None
+        when a stored chunk splits the trailing dimensions (a row-parallel TP split) or is not a
+        dense ``torch.save`` tensor: the caller reads the whole tensor (:meth:`get`) instead."""
+        shape, _ = self.shapes[key]
+        k = len(lead)
+        chunks = self.metadata.state_dict_metadata[key].chunks
+        parts, pos = [], start
+        while pos < start + count:
+            for chunk in chunks:
+                o, z = tuple(chunk.offsets), tuple(chunk.sizes)
+                if (all(o[d] <= lead[d] < o[d] + z[d] for d in range(k)) and o[k] <= pos < o[k] + z[k]
+                        and all(o[d] == 0 and z[d] == shape[d] for d in range(k + 1, len(shape)))):
+                    break
+            else:
+                return None
+            flat = self._chunk_view(key, chunk)
+            if flat is None:
+                return None
+            end = min(start + count, o[k] + z[k])
+            strides = _dense_strides(z)
+            first = sum((i - od) * st for i, od, st in zip((*lead, pos), o, strides))
+            parts.append(flat[first:first + (end - pos) * strides[k]].view((end - pos, *shape[k + 1:])))
+            pos = end
+        return parts
+
     @staticmethod
-    def _layout_matches(layout, region: torch.Tensor) -> bool:
+    def _layout_matches(layout, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
         if layout is None or not isinstance(layout, tuple) or len(layout) != 4:
             return False
         pid, offset, size, stride = layout
         if not (isinstance(pid, tuple) and len(pid) >= 5):
             return False
         numel = 1
-        for dim in region.shape:
+        for dim in shape:
             numel *= dim
-        return (offset == 0 and size == tuple(region.shape) and stride == _dense_strides(size)
-                and int(pid[4]) == numel and _storage_dtype(pid[1]) == region.dtype)
+        return (offset == 0 and size == tuple(shape) and stride == _dense_strides(size)
+                and int(pid[4]) == numel and _storage_dtype(pid[1]) == dtype)
 
 
 def _seek_member_data(f, base: int, member: zipfile.ZipInfo) -> bool:

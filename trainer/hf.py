@@ -13,9 +13,10 @@ without the distributed optimizer; LoRA runs have their adapters merged) and wri
 config.json, generation_config.json, safetensors shards of at most 5 GB with an index, and the
 tokenizer files, loadable by ``AutoModelForCausalLM.from_pretrained``.
 
-Both directions stream: the importer reads each Hugging Face tensor straight into its place in
-the megatron tensors (peak memory about one copy of the model in its dtype, which one
-``torch.distributed.checkpoint`` save needs); the exporter reads one parameter kind at a time
+Both directions stream: the importer stores the large tensors as chunks that are row blocks of
+the Hugging Face tensors (megatron's q/k/v grouping and gate/up stacking are row orders) and
+writes each one straight from the memory-mapped safetensors files, so nothing is copied in
+memory (a dtype cast makes one chunk at a time); the exporter reads one parameter kind at a time
 from the checkpoint and writes it into the planned safetensors files. Neither needs
 ``torch.distributed`` to be initialised, so both run as plain processes (and inside tests).
 """
@@ -23,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,6 @@ from trainer.hf_weights import (
     EMBEDDING,
     EXTRA_STATE_MODULES,
     FC1,
-    FINAL_NORM,
     OUTPUT,
     QKV,
     TORCH_DTYPES,
@@ -53,7 +56,6 @@ from trainer.hf_weights import (
     hf_global_names,
     hf_layer_names,
     hf_tensor_shapes,
-    layer_to_hf,
     layer_to_megatron,
     megatron_key_shapes,
     merge_lora_delta,
@@ -114,38 +116,82 @@ def tokenizer_info(directory: Path) -> dict[str, Any] | None:
 
 # ----------------------------------------------------------------------------- import
 
-def _read_into(reader: SafetensorsReader, name: str, out: torch.Tensor) -> None:
-    entry = reader.entries.get(name)
-    if entry is not None and entry.dtype == out.dtype and out.is_contiguous():
-        reader.get(name, out=out)
-    else:
-        out.copy_(reader.get(name))
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One stored piece of a checkpoint tensor: where it sits (``offsets``, ``sizes``) and how to
+    make it (``load``, called only when the writer reaches it)."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    load: Callable[[], torch.Tensor]
 
 
-def megatron_state_from_hf(reader: SafetensorsReader, model: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """Checkpoint-space tensors of ``model`` from the Hugging Face tensors of ``reader``; each
-    tensor read once into its final place (the q/k/v heads through one layer's buffer)."""
-    state: dict[str, Any] = {}
+def _rows_loader(reader: SafetensorsReader, name: str, start: int, count: int, dtype: torch.dtype, lead: int):
+    def load() -> torch.Tensor:
+        rows = reader.rows(name, start, count)
+        rows = rows if rows.dtype == dtype else rows.to(dtype)
+        return rows.view((1,) * lead + tuple(rows.shape))
+    return load
+
+
+def _stacked_loader(reader: SafetensorsReader, key: str, model: ModelConfig, shape: tuple[int, ...], dtype: torch.dtype):
+    def load() -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype)
+        for i in range(model.num_layers):
+            out[i] = layer_to_megatron(key, [reader.rows(n) for n in hf_layer_names(i, model)[key]], model)
+        return out
+    return load
+
+
+def _layer_row_blocks(key: str, names: list[str], model: ModelConfig) -> list[tuple[str, int, int, int]]:
+    """``(hf name, first row, rows, row in the megatron layer tensor)`` of each contiguous block
+    of one layer's megatron tensor ``key`` (the q/k/v heads group by group, gate then up)."""
+    if key in (QKV + "weight", QKV + "bias"):
+        dim, groups = model.kv_channels, model.query_groups
+        per_group = model.num_attention_heads // groups
+        blocks, row = [], 0
+        for g in range(groups):
+            for name, first, rows in ((names[0], g * per_group * dim, per_group * dim), (names[1], g * dim, dim), (names[2], g * dim, dim)):
+                blocks.append((name, first, rows, row))
+                row += rows
+        return blocks
+    if key in (FC1 + "weight", FC1 + "bias"):
+        return [(names[0], 0, model.ffn_size, 0), (names[1], 0, model.ffn_size, model.ffn_size)]
+    return [(names[0], 0, None, 0)]
+
+
+def megatron_chunks_from_hf(reader: SafetensorsReader, model: ModelConfig, dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], list[Chunk]]]:
+    """Checkpoint key -> (global shape, chunks) of ``model`` built from the Hugging Face tensors of
+    ``reader``. Weights are chunks that are row blocks of the Hugging Face tensors
+    (megatron's q/k/v grouping and gate/up stacking are row orders, so nothing is rearranged in
+    memory): they are written from the files' pages, one at a time. Small per-layer tensors
+    (norms, biases) are stacked; the vocabulary padding is a chunk of zeros."""
+    plan: dict[str, tuple[tuple[int, ...], list[Chunk]]] = {}
     shapes = megatron_key_shapes(model)
     for key, name in hf_global_names(model).items():
-        state[key] = torch.zeros(shapes[key], dtype=dtype)
-        rows = reader.entries[name].shape[0] if name in reader else model.vocab_size
-        _read_into(reader, name, state[key][:rows] if key != FINAL_NORM else state[key])
-    for key in shapes:
-        if key in state:
+        shape = shapes[key]
+        if name not in reader:
+            raise ValueError(f"tensor {name!r} missing from the safetensors files")
+        rows = reader.entries[name].shape[0] if len(shape) > 1 else None
+        chunks = [Chunk((0,) * len(shape), (rows,) + shape[1:] if rows else shape, _rows_loader(reader, name, 0, rows or 1, dtype, 0)
+                        if rows else (lambda n=name: reader.rows(n).to(dtype)))]
+        if rows and rows < shape[0]:
+            pad = (shape[0] - rows,) + shape[1:]
+            chunks.append(Chunk((rows,) + (0,) * (len(shape) - 1), pad, lambda p=pad: torch.zeros(p, dtype=dtype)))
+        plan[key] = (shape, chunks)
+    for key, shape in shapes.items():
+        if key in plan:
             continue
-        stacked = torch.empty(shapes[key], dtype=dtype)
+        if len(shape) < 3:  # norms and biases: small, stacked into one chunk
+            plan[key] = (shape, [Chunk((0,) * len(shape), shape, _stacked_loader(reader, key, model, shape, dtype))])
+            continue
+        chunks = []
         for i in range(model.num_layers):
-            names = hf_layer_names(i, model)[key]
-            if key in (QKV + "weight", QKV + "bias"):
-                stacked[i] = layer_to_megatron(key, [reader.get(n) for n in names], model)
-            elif key.startswith(FC1) and key != FC1 + "layer_norm_weight":
-                for half, name in zip(stacked[i].chunk(2), names):
-                    _read_into(reader, name, half)
-            else:
-                _read_into(reader, names[0], stacked[i])
-        state[key] = stacked
-    return state
+            for name, first, rows, row in _layer_row_blocks(key, hf_layer_names(i, model)[key], model):
+                rows = reader.entries[name].shape[0] if rows is None else rows
+                chunks.append(Chunk((i, row) + (0,) * (len(shape) - 2), (1, rows) + shape[2:], _rows_loader(reader, name, first, rows, dtype, 1)))
+        plan[key] = (shape, chunks)
+    return plan
 
 
 def _extra_state_objects(model: ModelConfig) -> dict[str, list]:
@@ -173,16 +219,56 @@ def _no_zip_crc32():
         config.save.compute_crc32 = previous
 
 
-def write_model_checkpoint(path: Path, tensors: dict[str, Any], common: dict[str, Any]) -> Path:
-    """A model-only dist_checkpointing (torch_dist) directory at ``path``, written to a
-    temporary sibling and renamed (``common.pt`` and ``metadata.json`` as megatron writes them)."""
+def _chunk_planner(plan: dict[str, tuple[tuple[int, ...], list[Chunk]]], dtype: torch.dtype):
+    """A ``torch.distributed.checkpoint`` save planner that adds ``plan``'s chunks to the state
+    dict's items and makes each chunk only when the writer asks for it (its loader keeps at
+    most one chunk in memory); what a distributed save of the same chunks would write."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner  # noqa: PLC0415
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties  # noqa: PLC0415
+    from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType  # noqa: PLC0415
+
+    class ChunkSavePlanner(DefaultSavePlanner):
+        def create_local_plan(self):
+            local = super().create_local_plan()
+            self.loaders: dict[tuple[str, tuple[int, ...]], Callable[[], torch.Tensor]] = {}
+            items = []
+            for fqn, (shape, chunks) in plan.items():
+                for chunk in chunks:
+                    offsets = torch.Size(chunk.offsets)
+                    items.append(WriteItem(index=MetadataIndex(fqn, offsets), type=WriteItemType.SHARD,
+                                           tensor_data=TensorWriteData(chunk=ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(chunk.sizes)),
+                                                                       properties=TensorProperties(dtype=dtype), size=torch.Size(shape))))
+                    self.loaders[(fqn, tuple(chunk.offsets))] = chunk.load
+            data = {**(local.planner_data or {}), **{fqn: (fqn,) for fqn in plan}}
+            self.plan = dataclasses.replace(local, items=list(local.items) + items, planner_data=data)
+            return self.plan
+
+        def resolve_data(self, write_item):
+            load = self.loaders.get((write_item.index.fqn, tuple(write_item.index.offset or ())))
+            if load is None:
+                return super().resolve_data(write_item)
+            tensor = load()
+            if tuple(tensor.shape) != tuple(write_item.tensor_data.chunk.sizes) or tensor.dtype != dtype:
+                raise AssertionError(f"{write_item.index.fqn} chunk at {list(write_item.index.offset)}: "
+                                     f"{tensor.dtype}{list(tensor.shape)}, planned {dtype}{list(write_item.tensor_data.chunk.sizes)}")
+            return tensor
+
+    return ChunkSavePlanner()
+
+
+def write_model_checkpoint(path: Path, plan: dict[str, tuple[tuple[int, ...], list[Chunk]]], dtype: torch.dtype,
+                           objects: dict[str, Any], common: dict[str, Any]) -> Path:
+    """A model-only dist_checkpointing (torch_dist) directory at ``path`` holding ``plan``'s
+    tensors (chunks written as they are made) and ``objects``, written to a temporary sibling and
+    renamed (``common.pt`` and ``metadata.json`` as megatron writes them)."""
     import torch.distributed.checkpoint as dcp  # noqa: PLC0415
 
     tmp = path.parent / f".{path.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with _no_zip_crc32():
-        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(tmp), thread_count=1), no_dist=True)
+    with _no_zip_crc32(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(objects, storage_writer=dcp.FileSystemWriter(str(tmp), thread_count=1), planner=_chunk_planner(plan, dtype), no_dist=True)
     canonical_dcp_metadata(tmp, path.name)
     torch.save({"common": common}, tmp / "common.pt")
     (tmp / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
@@ -206,8 +292,7 @@ def import_hf(source: str, out: str | os.PathLike, *, seq_len: int = 4096, dtype
                                     f"(e.g. {unused[:3]}); the variant is not supported")
     source_dtype = reader.entries["model.embed_tokens.weight"].dtype
     target = TORCH_DTYPES[dtype] if dtype else source_dtype
-    tensors = megatron_state_from_hf(reader, model, target)
-    tensors.update(_extra_state_objects(model))
+    plan = megatron_chunks_from_hf(reader, model, target)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     copy_meta_files(src, root / HF_DIR)
@@ -215,7 +300,7 @@ def import_hf(source: str, out: str | os.PathLike, *, seq_len: int = 4096, dtype
               "vocab_size": model.vocab_size, "adam_steps": [], "scheduler": None,
               "hf": {"source": str(source), "architecture": architecture_of(hf),
                      "dtype": str(target).removeprefix("torch."), "tokenizer": tokenizer_info(src)}}
-    path = write_model_checkpoint(root / ITERATION, tensors, common)
+    path = write_model_checkpoint(root / ITERATION, plan, target, _extra_state_objects(model), common)
     (root / "latest").write_text(ITERATION)
     logger.info("imported %s (%s, %d layers, vocab %d padded to %d) -> %s", source, architecture_of(hf),
                 model.num_layers, model.vocab_size, model.padded_vocab_size, path)
@@ -237,22 +322,35 @@ def _lora_scale(common: dict[str, Any]) -> float:
     return float(lora.get("alpha", 32.0)) / float(lora.get("rank", 16))
 
 
-def _load_layer_key(ckpt: CheckpointTensors, key: str, common: dict[str, Any]) -> tuple[torch.Tensor, bool]:
-    """A stacked layer tensor with any LoRA adapters of it merged; (tensor, merged?)."""
-    tensor = ckpt.get(key)
+def _merged_layer_key(ckpt: CheckpointTensors, key: str, common: dict[str, Any]) -> torch.Tensor | None:
+    """The stacked layer tensor ``key`` with its LoRA adapters merged; None without adapters."""
     base = key.rsplit(".", 1)[0]
     if not key.endswith(".weight") or f"{base}.lora_a" not in ckpt:
-        return tensor, False
-    lora_a, lora_b = ckpt.get(f"{base}.lora_a"), ckpt.get(f"{base}.lora_b")
+        return None
+    tensor, lora_a, lora_b = ckpt.get(key), ckpt.get(f"{base}.lora_a"), ckpt.get(f"{base}.lora_b")
     tp = int(common.get("layout", {}).get("tp", 1))
     for i in range(tensor.shape[0]):
         tensor[i] = merge_lora_delta(tensor[i], lora_a[i], lora_b[i], _lora_scale(common), key, tp)
-    return tensor, True
+    return tensor
+
+
+def _hf_blocks(key: str, i: int, model: ModelConfig, layer_rows: int) -> dict[str, list[tuple[int, int]]]:
+    """Hugging Face name -> its ``(first row, rows)`` blocks in layer ``i`` of megatron tensor
+    ``key`` (``layer_rows`` rows), in the Hugging Face tensor's row order."""
+    blocks: dict[str, list[tuple[int, int, int]]] = {}
+    for name, first, rows, row in _layer_row_blocks(key, hf_layer_names(i, model)[key], model):
+        blocks.setdefault(name, []).append((first, row, layer_rows if rows is None else rows))
+    return {name: [(row, rows) for _, row, rows in sorted(items)] for name, items in blocks.items()}
 
 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike, *, dtype: str | None = None,
               tokenizer: str | None = None, max_shard_bytes: int | None = None) -> Path:
-    """Export trainer checkpoint ``source`` as a Hugging Face model directory ``out``."""
+    """Export trainer checkpoint ``source`` as a Hugging Face model directory ``out``.
+
+    Each Hugging Face tensor is written as row blocks of the checkpoint's tensors, viewed in
+    the checkpoint files where a stored chunk holds whole rows (as an import or a data- or
+    pipeline-parallel run stores them); a tensor split otherwise (row-parallel TP) or with
+    LoRA adapters to merge is read whole, one parameter kind at a time."""
     path = checkpoint_path(source)
     common = read_common(path)
     model = build_config(ModelConfig, dict(common["config"]["model"]), "model")
@@ -268,17 +366,25 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike, *, dtype: str |
     specs = {name: (shape, out_dtype) for name, shape in hf_tensor_shapes(model).items()}
     writer = SafetensorsShardWriter(out_dir, specs, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}))
     for key, name in hf_global_names(model).items():
-        tensor = ckpt.get(key)
-        writer.write(name, tensor[:model.vocab_size] if key in (EMBEDDING, OUTPUT) else tensor)
+        rows = model.vocab_size if key in (EMBEDDING, OUTPUT) else ckpt.shapes[key][0][0]
+        parts = ckpt.row_views(key, (), 0, rows)
+        writer.write_parts(name, parts if parts is not None else [ckpt.get(key)[:rows]])
     merged = 0
-    for key in megatron_key_shapes(model):
+    for key, shape in megatron_key_shapes(model).items():
         if not key.startswith("decoder.layers."):
             continue
-        stacked, was_merged = _load_layer_key(ckpt, key, common)
-        merged += was_merged
+        stacked = _merged_layer_key(ckpt, key, common)
+        merged += stacked is not None
         for i in range(model.num_layers):
-            for name, tensor in zip(hf_layer_names(i, model)[key], layer_to_hf(key, stacked[i], model)):
-                writer.write(name, tensor)
+            for name, blocks in _hf_blocks(key, i, model, shape[1]).items():
+                parts = []
+                for row, rows in blocks:
+                    views = None if stacked is not None else ckpt.row_views(key, (i,), row, rows)
+                    if views is None:
+                        stacked = ckpt.get(key) if stacked is None else stacked
+                        views = [stacked[i, row:row + rows]]
+                    parts += views
+                writer.write_parts(name, parts)
         del stacked
     writer.close()
     _write_configs(out_dir, model, out_dtype, meta, hf_info)

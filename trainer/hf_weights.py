@@ -15,13 +15,15 @@ one checkpoint serves both specs. Layouts:
 * ``embedding.word_embeddings.weight`` and ``output_layer.weight`` carry zero rows for the
   padded vocabulary; tied models have no ``output_layer.weight`` (megatron ties it).
 
-The safetensors helpers read a tensor with one ``readinto`` into its final buffer (no mmap, so
-resident memory is the tensors actually held) and write shards by seeking to each tensor's
-offset, so an exporter holds one parameter kind at a time, never the whole model.
+The safetensors reader gives either a copy read with one ``readinto`` into its final buffer, or
+rows of a tensor as a zero-copy view of the file (a private memory map: the importer writes
+the checkpoint straight from the page cache); the writer writes shards by seeking to each
+tensor's offset, so an exporter holds one parameter kind at a time, never the whole model.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -135,17 +137,6 @@ def pack_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelConf
     return packed.reshape(-1, *rest)
 
 
-def unpack_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`pack_qkv`."""
-    groups, dim = model.query_groups, model.kv_channels
-    per_group = model.num_attention_heads // groups
-    rest = qkv.shape[1:]
-    grouped = qkv.reshape(groups, (per_group + 2) * dim, *rest)
-    q, k, v = torch.split(grouped, [per_group * dim, dim, dim], dim=1)
-    return (q.reshape(-1, *rest).contiguous(), k.reshape(-1, *rest).contiguous(),
-            v.reshape(-1, *rest).contiguous())
-
-
 def pad_vocab(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """Append zero rows up to ``rows`` (padding for tensor parallelism)."""
     if weight.shape[0] == rows:
@@ -160,15 +151,6 @@ def layer_to_megatron(key: str, tensors: list[torch.Tensor], model: ModelConfig)
     if key in (FC1 + "weight", FC1 + "bias"):
         return torch.cat(tensors)
     return tensors[0]
-
-
-def layer_to_hf(key: str, tensor: torch.Tensor, model: ModelConfig) -> list[torch.Tensor]:
-    """Inverse of :func:`layer_to_megatron`: Hugging Face tensors in hf_layer_names order."""
-    if key in (QKV + "weight", QKV + "bias"):
-        return list(unpack_qkv(tensor, model))
-    if key in (FC1 + "weight", FC1 + "bias"):
-        return [t.contiguous() for t in torch.chunk(tensor, 2)]
-    return [tensor]
 
 
 def merge_lora_delta(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float,
@@ -234,6 +216,7 @@ class SafetensorsReader:
         self.entries: dict[str, TensorEntry] = {}
         for path in files:
             self.entries.update(read_header(path))
+        self._maps: dict[Path, mmap.mmap] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -259,6 +242,30 @@ class SafetensorsReader:
                     raise ValueError(f"{entry.path}: truncated while reading {name}")
                 done += n
         return out
+
+
+    def rows(self, name: str, start: int = 0, count: int | None = None) -> torch.Tensor:
+        """Rows ``[start, start + count)`` of tensor ``name`` (all by default) as a view of the
+        file, not a copy: a private (copy-on-write) memory map, so nothing is read until used and
+        the pages are the page cache's. The tensor's storage is exactly those rows, so a writer
+        that saves whole storages (``torch.save``) writes only them."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ValueError(f"tensor {name!r} missing from the safetensors files")
+        rows = entry.shape[0] if entry.shape else 1
+        count = rows - start if count is None else count
+        if not 0 <= start <= start + count <= rows:
+            raise ValueError(f"tensor {name}: rows [{start}, {start + count}) outside its {rows}")
+        row_bytes = entry.num_bytes // max(rows, 1)
+        mapped = self._maps.get(entry.path)
+        if mapped is None:
+            with open(entry.path, "rb") as f:
+                mapped = self._maps[entry.path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        numel = count * row_bytes // entry.dtype.itemsize
+        if numel == 0:
+            return torch.empty((count, *entry.shape[1:]), dtype=entry.dtype)
+        flat = torch.frombuffer(mapped, dtype=entry.dtype, count=numel, offset=entry.start + start * row_bytes)
+        return flat.view(count, *entry.shape[1:]) if entry.shape else flat.view(())
 
 
 def plan_shards(specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
@@ -327,14 +334,25 @@ class SafetensorsShardWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write ``tensor`` (cast to the planned dtype) as ``name``."""
-        shape, dtype = self.specs[name]
+        shape, _ = self.specs[name]
         if tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"tensor {name}: shape {list(tensor.shape)}, planned {list(shape)}")
-        data = tensor.detach().to(dtype).contiguous()
+        self.write_parts(name, [tensor.reshape(1, *shape)] if not shape else [tensor])
+
+    def write_parts(self, name: str, parts: list[torch.Tensor]) -> None:
+        """Write tensor ``name`` as the concatenation of ``parts`` along the first dimension (each
+        cast to the planned dtype), without building it: views of a memory map go from the page
+        cache to the file."""
+        shape, dtype = self.specs[name]
+        rows = sum(p.shape[0] for p in parts)
+        if (rows, *(parts[0].shape[1:] if parts else ())) != (tuple(shape) or (1,)) or any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            raise ValueError(f"tensor {name}: parts {[list(p.shape) for p in parts]} do not make the planned {list(shape)}")
         index, offset = self.where[name]
         handle = self.handles[index]
         handle.seek(offset)
-        handle.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
+        for part in parts:
+            data = part.detach().to(dtype).contiguous()
+            handle.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
         self.written.add(name)
 
     def close(self) -> list[str]:
