@@ -112,9 +112,24 @@ def test_repetition_shortcuts_give_the_plain_definitions():
         units = [rng.choice("abcdefgh")[: rng.randint(1, 3)] * rng.randint(1, 2) for _ in range(rng.randint(0, 40))]
         for n in range(1, 12):
             assert quality.dup_ngram_chars(units, n) == _dup_reference(units, n)
-        fracs = {n: rng.choice([0.0, 0.05, 0.2]) for n in range(5, 11)}
-        plain = next((f"dup_{n}_gram_frac" for n, f in sorted(fracs.items()) if len(units) >= n and _dup_reference(units, n) / 100 > f), None)
-        got = quality.repetition("x" * 100, units, {}, fracs, quality.RepetitionConfig())
-        assert got == plain
+        top = {n: rng.choice([0.1, 0.3, 0.6, 1.0]) for n in rng.sample(range(1, 6), 3)}
+        dup = {n: rng.choice([0.0, 0.05, 0.2]) for n in range(rng.randint(1, 6), 11)}
+        sep = rng.choice(["", " "])
+        plain = next((f"top_{n}_gram_frac" for n, f in sorted(top.items()) if len(units) >= n and quality.top_ngram_chars(units, n, sep) / 100 > f), None)
+        plain = plain or next((f"dup_{n}_gram_frac" for n, f in sorted(dup.items()) if len(units) >= n and _dup_reference(units, n) / 100 > f), None)
+        assert quality.repetition("x" * 100, units, top, dup, quality.RepetitionConfig(), unit_sep=sep) == plain
+
+
+def test_compiled_ngram_counts_match_the_reference_on_real_units():
+    from etl.clean.ngrams import NGramCounter
+
+    for name, units_of in (("general_zh", quality._CJK_UNITS.findall), ("general_en", tokenize)):
+        for text in _texts(name)[:40]:
+            units = units_of(text)
+            grams = NGramCounter(units)
+            for n in range(1, 21):
+                if len(units) >= n:
+                    assert grams.top_chars(n, 1) == quality.top_ngram_chars(units, n, " ")
+                    assert (grams.dup_chars(n) or 0) == quality.dup_ngram_chars(units, n)
     for token in ["", ".", "...", "“”", "a.", "，", "x", "#1", "—·～"]:
         assert quality._is_symbol(token) == all(ch in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~，。！？：；、（）【】《》“”‘’「」『』…—·～" for ch in token)

@@ -35,6 +35,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from etl.clean.ngrams import NGramCounter
 from etl.clean.tokenize import CJK_PUNCT, DEFAULT_TOKENIZER, HAN, TokenizerConfig, tokenize
 from etl.core.document import Document
 
@@ -326,13 +327,16 @@ def repetition(text: str, units: list[str], top: dict[int, float], dup: dict[int
         return "dup_line_frac"
     if chars_dup / num_chars > config.dup_line_char_frac:
         return "dup_line_char_frac"
+    grams = NGramCounter(units)  # n grows through both loops: top n-grams first, then duplicates
     for n, frac in sorted(top.items()):
-        if len(units) >= n and top_ngram_chars(units, n, unit_sep) / num_chars > frac:
+        if len(units) >= n and grams.top_chars(n, len(unit_sep)) / num_chars > frac:
             return f"top_{n}_gram_frac"
+    if top and dup and min(dup) < max(top):
+        grams = NGramCounter(units)
     for n, frac in sorted(dup.items()):
         if len(units) < n:
             break  # longer n-grams do not fit either
-        repeated = _dup_ngram_chars(units, n)
+        repeated = grams.dup_chars(n)
         if repeated is None:
             break  # no repeated n-gram, so no repeated longer one: each fraction is 0
         if repeated / num_chars > frac:
