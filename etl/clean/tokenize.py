@@ -39,12 +39,13 @@ _USER_DICT_LINE = re.compile(r"^(.+?)(?: ([0-9]+))?(?: ([a-z]+))?$")
 class TokenizerConfig:
     """Tokenizer settings (the ``tokenizer:`` section of params.yaml)."""
 
-    segmenter: str = "jieba"
-    """Chinese segmenter: ``jieba`` (the Python library) or ``rjieba`` (jieba-rs, same dictionary
-    and algorithm; identical words on every Han run of the shared corpora and about Nx faster,
-    ``python -m benchmarks.segment``)."""
+    segmenter: str = "rjieba"
+    """Chinese segmenter: ``rjieba`` (jieba-rs, jieba's dictionary and algorithm, 4-19x faster) or
+    ``jieba``.  On the 361,704 Han runs of the shared corpora they cut 361,702 identically (all
+    without the HMM; with it jieba-rs keeps 常在 whole in two runs) and no clean or TF-IDF
+    decision differs (``python -m benchmarks.segment``, docs/benchmarks.md#segment)."""
     user_dicts: tuple[str, ...] = ()
-    """jieba user dictionary files (one ``word [freq] [pos]`` per line) loaded at start."""
+    """jieba user dictionary files (one ``word [freq] [pos]`` per line) loaded at start, by either segmenter."""
     hmm: bool = True
     """Let jieba's HMM find words missing from its dictionary (jieba's own default)."""
     english: str = "treebank"
