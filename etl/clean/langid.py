@@ -31,7 +31,6 @@ import functools
 import re
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from py3langid.langid import MODEL_FILE, RAW_FLOOR, LanguageIdentifier
 
@@ -68,7 +67,6 @@ class LangIdConfig:
             raise ValueError(f"clean.langid.max_chars must be >= 16, got {self.max_chars}")
 
 
-@numba.njit(cache=True, nogil=True)
 def visit_features(data, nextmove, rowbase, output, scratch):
     """Features the automaton emits over the bytes ``data``: ``(ids in first-seen order,
     counts)``, i.e. ``Counter(ids)``'s keys and values.  ``scratch`` (zeros, one per feature)
@@ -92,6 +90,14 @@ def visit_features(data, nextmove, rowbase, output, scratch):
     return ids, counts
 
 
+@functools.lru_cache(maxsize=1)
+def _compiled_visit():
+    """:func:`visit_features` compiled on first use (numba loads only in processes that classify)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(visit_features)
+
+
 class CompiledLanguageIdentifier(LanguageIdentifier):
     """py3langid's identifier with the automaton walk compiled (:func:`visit_features`);
     scores are bit-identical to the stock class."""
@@ -109,7 +115,7 @@ class CompiledLanguageIdentifier(LanguageIdentifier):
 
     def _raw_score(self, text):
         arrays = self._arrays()
-        ids, counts = visit_features(np.frombuffer(text, np.uint8), *arrays)
+        ids, counts = _compiled_visit()(np.frombuffer(text, np.uint8), *arrays)
         if len(ids):
             return np.log1p(counts) @ self.nb_ptc[ids] + self.nb_pc
         return np.full(len(self.nb_classes), 0.0 if self._norm_probs else RAW_FLOOR, dtype=np.float32)

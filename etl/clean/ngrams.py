@@ -11,13 +11,12 @@ the n-gram rules run 2x (Chinese, ~270 units a document) to 3x (English, ~510 to
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
-import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
 def _next_gram_ids(prev, units, num_units, n):
     """Dense ids of the n-grams from the (n-1)-gram ids ``prev`` and the unit ids; ``(ids, count of distinct)``."""
     num_grams = len(prev) - 1
@@ -34,7 +33,6 @@ def _next_gram_ids(prev, units, num_units, n):
     return ids, (num + 1 if num_grams else 0)
 
 
-@numba.njit(cache=True)
 def _first_top_gram(ids, num):
     """``(position of the first n-gram with the highest count, that count)``."""
     counts = np.zeros(num, np.int64)
@@ -47,7 +45,6 @@ def _first_top_gram(ids, num):
     return 0, 0
 
 
-@numba.njit(cache=True)
 def _greedy_repeat_chars(ids, num, cum_chars, n):
     """Characters in n-grams repeating an earlier one, skipping past each repeat (Gopher)."""
     seen = np.zeros(num, np.bool_)
@@ -61,6 +58,14 @@ def _greedy_repeat_chars(ids, num, cum_chars, n):
             seen[ids[idx]] = True
             idx += 1
     return repeated
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The three kernels compiled on first use (numba loads only in processes that count n-grams)."""
+    import numba
+
+    return tuple(numba.njit(cache=True)(f) for f in (_next_gram_ids, _first_top_gram, _greedy_repeat_chars))
 
 
 class NGramCounter:
@@ -79,12 +84,12 @@ class NGramCounter:
         assert n >= self._n, "n-grams are built for increasing n"
         while self._n < n:
             self._n += 1
-            self._ids, self._num = _next_gram_ids(self._ids, self.unit_ids, self.num_units, self._n)
+            self._ids, self._num = _kernels()[0](self._ids, self.unit_ids, self.num_units, self._n)
         return self._ids, self._num
 
     def top_chars(self, n: int, sep_len: int) -> int:
         """:func:`etl.clean.quality.top_ngram_chars` with a separator of ``sep_len`` characters."""
-        pos, count = _first_top_gram(*self.gram_ids(n))
+        pos, count = _kernels()[1](*self.gram_ids(n))
         return (int(self.cum_chars[pos + n] - self.cum_chars[pos]) + sep_len * (n - 1)) * int(count)
 
     def dup_chars(self, n: int) -> int | None:
@@ -92,4 +97,4 @@ class NGramCounter:
         ids, num = self.gram_ids(n)
         if num == len(ids):
             return None
-        return int(_greedy_repeat_chars(ids, num, self.cum_chars, n))
+        return int(_kernels()[2](ids, num, self.cum_chars, n))
