@@ -136,7 +136,7 @@ def _stdlib_pattern(pattern) -> re.Pattern:
 
 def _treebank():
     """NLTKWordTokenizer with its own rules run by ``re`` instead of ``regex`` (about 2x faster;
-    the same tokens on the shared corpora, tests/test_foundation.py).  The stock tokenizer where
+    the same tokens on the bundled corpus slice, tests/test_tokenize.py).  The stock tokenizer where
     this NLTK or Python cannot (possessive ``*+`` needs Python 3.11)."""
     from nltk.tokenize import NLTKWordTokenizer
 
