@@ -31,7 +31,10 @@ class Word:
 
 @functools.lru_cache(maxsize=8)
 def pos_tokenizer(user_dicts: tuple[str, ...] = (), extra_words: tuple[tuple[str, str], ...] = ()):
-    """A ``jieba.posseg.POSTokenizer`` with user dictionaries and ``(word, tag)`` pairs added."""
+    """A ``jieba.posseg.POSTokenizer`` with user dictionaries and ``(word, tag)`` pairs added.
+
+    Not rjieba, which the shared word tokenizer uses: its ``tag`` segments and tags a fifth of
+    the corpus Han runs differently from jieba.posseg (``benchmarks/results/segment.json``)."""
     import jieba
     import jieba.posseg
 

@@ -1,21 +1,28 @@
 """Cleaning benchmark: jinglian's rules vs DataTrove's on the same documents in the same run.
 
-    python -m benchmarks.clean [--corpora ../shared/corpora] [--max-docs 600] [--scales 1 2 4] [--spark]
+    python -m benchmarks.clean [--corpora ../shared/corpora] [--max-docs 600] [--scales 1 2 4] [--spark] [--baseline REF]
 
 Reports documents/s and MB/s per core for (a) the whole local clean pipeline, (b) jinglian's
 Gopher quality + Gopher repetition + C4 rules versus DataTrove's GopherQualityFilter,
 GopherRepetitionFilter and C4QualityFilter (spaCy word tokenizer, DataTrove's default) on the
 same English documents, with the agreement of their keep/drop decisions, (c) optionally the
-Spark job on local[2], (d) time at 1x..4x the data, and (e) the HTML extractor comparison
-(recall of main-content blocks, leaked navigation strings, pages/s).  Results go to
-benchmarks/results/clean.json.
+Spark job on local[2], (d) time and peak memory at 1x..4x the data, and (e) the HTML extractor
+comparison (recall of main-content blocks, leaked navigation strings, pages/s).  With
+``--baseline REF`` the local pipeline of commit REF (its ``etl/`` from ``git archive``) runs on
+the same documents in the same run, alternating with the current one (``--rounds``, the round with
+least CPU time kept; documents per CPU second is the per-core rate), and every document's decision (drop reason, or the kept text's hash) is compared.
+Results go to benchmarks/results/clean.json.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--max-docs", type=int, default=600, help="documents per text corpus file")
     p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4], help="data multiples for the scaling run")
     p.add_argument("--spark", action="store_true", help="also time spark_jobs/clean.py at each scale in one Spark session (default master: all cores)")
+    p.add_argument("--baseline", default=None, help="git commit whose local clean pipeline runs beside the current one")
+    p.add_argument("--rounds", type=int, default=2, help="alternating baseline/current rounds; the best time per scale is kept")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "clean.json"))
     return p.parse_args(argv)
 
@@ -139,6 +148,43 @@ def html_comparison(corpora: Path) -> dict:
     return out
 
 
+def _run_scales(tree: Path, docs_path: Path, scales: list[int]) -> dict:
+    """benchmarks/clean/baseline.py in a fresh process with ``tree``'s ``etl`` package."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        subprocess.run([sys.executable, str(Path(__file__).with_name("baseline.py")), str(docs_path), out.name, *map(str, scales)],
+                       cwd=tree, env=env, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def _best(rounds: list[list[dict]]) -> list[dict]:
+    return [min(rows, key=lambda r: r["cpu_s"]) for rows in zip(*rounds)]
+
+
+def compare_baseline(docs: list[Document], scales: list[int], ref: str, num_rounds: int) -> tuple[list[dict], dict]:
+    """The current and ``ref``'s local pipeline, alternating, each in its own process on the same
+    documents: current scaling rows, and the baseline's rows with the decision check."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        base.mkdir()
+        archive = subprocess.run(["git", "archive", ref, "etl"], cwd=ROOT, check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+            tar.extractall(base)
+        docs_path = Path(tmp) / "docs.jsonl"
+        write_jsonl(docs, docs_path)
+        runs = [(_run_scales(base, docs_path, scales), _run_scales(ROOT, docs_path, scales)) for _ in range(num_rounds)]
+    old, new = runs[0][0]["decisions"], runs[0][1]["decisions"]
+    differing = sorted(i for i in old if old[i] != new.get(i))
+    rows_old, rows_new = _best([r[0]["scaling"] for r in runs]), _best([r[1]["scaling"] for r in runs])
+    for row_old, row_new in zip(rows_old, rows_new):
+        row_new["speedup_vs_baseline"] = round(row_old["cpu_s"] / row_new["cpu_s"], 2)
+        row_new["wall_speedup_vs_baseline"] = round(row_old["s"] / row_new["s"], 2)
+    check = {"docs": len(old), "kept_before": sum(v.startswith("kept:") for v in old.values()), "kept_after": sum(v.startswith("kept:") for v in new.values()),
+             "identical": not differing and old.keys() == new.keys(), "differing": [{"id": i, "before": old[i], "after": new.get(i)} for i in differing[:20]],
+             "what": "every document's drop reason, or sha1 of its cleaned text when kept, at 1x"}
+    return rows_new, {"ref": ref, "rounds": num_rounds, "scaling": rows_old, "decisions_check": check}
+
+
 def _copies(docs: list[Document], k: int) -> list[Document]:
     """``k`` copies of ``docs`` under distinct ids (repeated ids would be rejected by the reader)."""
     return [Document(id=f"{d.id}#{j}" if j else d.id, text=d.text, source=d.source, domain=d.domain, lang=d.lang, meta=dict(d.meta))
@@ -189,7 +235,14 @@ def main(argv=None) -> dict:
     corpora = Path(args.corpora)
     docs = load_docs(corpora, args.max_docs)
     report = {"corpora": str(corpora), "max_docs_per_file": args.max_docs, "cores": 1}
-    report["scaling_local"] = [dict(scale=k, **time_pipeline(docs * k)) for k in args.scales]
+    if args.baseline:
+        report["scaling_local"], report["baseline"] = compare_baseline(docs, args.scales, args.baseline, args.rounds)
+    else:
+        report["scaling_local"] = [dict(scale=k, **time_pipeline(docs * k)) for k in args.scales]
+    mb = _mb(docs)
+    for row in report["scaling_local"]:
+        row.setdefault("mb", round(mb * row["scale"], 3))
+        row.setdefault("mb_per_s", round(mb * row["scale"] / row["s"], 3))
     report["local_pipeline"] = report["scaling_local"][0]
     annotated = list(build_clean_pipeline(CleanConfig())(Document.from_row(d.to_row()) for d in docs))
     for raw, ann in zip(docs, annotated):

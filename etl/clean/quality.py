@@ -35,6 +35,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from etl.clean.ngrams import NGramCounter
 from etl.clean.tokenize import CJK_PUNCT, DEFAULT_TOKENIZER, HAN, TokenizerConfig, tokenize
 from etl.core.document import Document
 
@@ -46,7 +47,7 @@ _CJK_UNITS = re.compile(f"[{HAN}]|[^\\s{HAN}{CJK_PUNCT}]+")
 _LATIN_LETTER = re.compile("[A-Za-z\u00c0-\u024f]")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _SENTENCE_END = re.compile(f"[.!?]+[\"'”’」』)）]*(?=\\s|$|[{HAN}])|[。！？．]+[\"'”’」』)）]*")
-_PUNCT_CHARS = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" "，。！？：；、（）【】《》“”‘’「」『』…—·～")
+_PUNCT_STR = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" "，。！？：；、（）【】《》“”‘’「」『』…—·～"
 C4_END = (".", "?", "!", '"', "'", "。", "！", "？", "．", "”", "’", "」", "』")  # ． : full-width stop of Chinese science texts
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -226,10 +227,14 @@ def top_ngram_chars(units: Sequence[str], n: int, sep: str = " ") -> int:
 def dup_ngram_chars(units: Sequence[str], n: int) -> int:
     """Characters in n-grams that repeat an earlier n-gram, scanning greedily left to right
     and skipping past each repeat (Gopher's definition; overlapping repeats count once)."""
+    return _dup_ngram_chars(units, n) or 0
+
+
+def _dup_ngram_chars(units: Sequence[str], n: int) -> int | None:
+    """:func:`dup_ngram_chars`, or None when no n-gram occurs twice (then no longer one does)."""
     grams = list(zip(*(units[i:] for i in range(n))))
-    counts = collections.Counter(grams)
-    if len(counts) == len(grams):
-        return 0  # fast path: no n-gram occurs twice
+    if len(set(grams)) == len(grams):
+        return None  # fast path: no n-gram occurs twice
     seen: set[tuple[str, ...]] = set()
     repeated = idx = 0
     while idx < len(grams):
@@ -257,7 +262,10 @@ def is_cjk_document(doc: Document) -> bool:
 
 def gopher_quality(text: str, lines: list[str], tokens: list[str], config: GopherQualityConfig) -> str | None:
     """Gopher quality rules over precomputed lines and tokens; a reason or None."""
-    word_lens = [len(t) for t in tokens if not _is_symbol(t)]
+    # Over words, not punctuation tokens: Gopher counted whitespace-separated words ("he."),
+    # and dialogue-heavy prose has one quote or comma token per three words.
+    words = [t for t in tokens if not _is_symbol(t)]
+    word_lens = list(map(len, words))
     num_words = len(word_lens)
     if num_words < config.min_words:
         return "gopher_too_few_words"
@@ -272,11 +280,16 @@ def gopher_quality(text: str, lines: list[str], tokens: list[str], config: Gophe
         return "gopher_hash_ratio"
     if (text.count("...") + text.count("…")) / num_words > config.max_symbol_word_ratio:
         return "gopher_ellipsis_ratio"
-    return _gopher_lines(lines, config) or _gopher_words(tokens, config)
+    return _gopher_lines(lines, config) or _gopher_words(tokens, config, words)
 
 
 def _is_symbol(token: str) -> bool:
-    return all(ch in _PUNCT_CHARS for ch in token)
+    # every character is punctuation (the empty token too): nothing is left after stripping them
+    return not token.strip(_PUNCT_STR)
+
+
+def _has_alpha(token: str) -> bool:
+    return token.isalpha() or any(ch.isalpha() for ch in token)
 
 
 def _gopher_lines(lines: list[str], config: GopherQualityConfig) -> str | None:
@@ -290,11 +303,8 @@ def _gopher_lines(lines: list[str], config: GopherQualityConfig) -> str | None:
     return None
 
 
-def _gopher_words(tokens: list[str], config: GopherQualityConfig) -> str | None:
-    # Over words, not punctuation tokens: Gopher counted whitespace-separated words ("he."),
-    # and dialogue-heavy prose has one quote or comma token per three words.
-    words = [t for t in tokens if not _is_symbol(t)]
-    alpha = sum(1 for t in words if any(ch.isalpha() for ch in t))
+def _gopher_words(tokens: list[str], config: GopherQualityConfig, words: list[str]) -> str | None:
+    alpha = sum(1 for t in words if _has_alpha(t))
     if alpha / len(words) < config.min_alpha_words_frac:
         return "gopher_low_alpha_words"
     if config.min_stop_words and len(set(config.stop_words).intersection(tokens)) < config.min_stop_words:
@@ -317,11 +327,19 @@ def repetition(text: str, units: list[str], top: dict[int, float], dup: dict[int
         return "dup_line_frac"
     if chars_dup / num_chars > config.dup_line_char_frac:
         return "dup_line_char_frac"
+    grams = NGramCounter(units)  # n grows through both loops: top n-grams first, then duplicates
     for n, frac in sorted(top.items()):
-        if len(units) >= n and top_ngram_chars(units, n, unit_sep) / num_chars > frac:
+        if len(units) >= n and grams.top_chars(n, len(unit_sep)) / num_chars > frac:
             return f"top_{n}_gram_frac"
+    if top and dup and min(dup) < max(top):
+        grams = NGramCounter(units)
     for n, frac in sorted(dup.items()):
-        if len(units) >= n and dup_ngram_chars(units, n) / num_chars > frac:
+        if len(units) < n:
+            break  # longer n-grams do not fit either
+        repeated = grams.dup_chars(n)
+        if repeated is None:
+            break  # no repeated n-gram, so no repeated longer one: each fraction is 0
+        if repeated / num_chars > frac:
             return f"dup_{n}_gram_frac"
     return None
 
@@ -404,17 +422,17 @@ def check_quality(doc: Document, config: QualityConfig, tokenizer: TokenizerConf
     text = doc.text
     cjk = is_cjk_document(doc)
     lines = text.splitlines()
+    # the first reason wins, so repetition runs only on documents that pass the length rules
     if cjk:
-        units = _CJK_UNITS.findall(text)
         reason = config.cjk.enabled and cjk_quality(text, lines, config.cjk, config.gopher)
-        rep = config.repetition.enabled and repetition(text, units, config.cjk.top_ngram_char_frac,
-                                                       config.cjk.dup_ngram_char_frac, config.repetition, unit_sep="")
+        if not reason and config.repetition.enabled:
+            reason = repetition(text, _CJK_UNITS.findall(text), config.cjk.top_ngram_char_frac,
+                                config.cjk.dup_ngram_char_frac, config.repetition, unit_sep="")
     else:
         tokens = tokenize(text, tokenizer)
         reason = config.gopher.enabled and (gopher_quality(text, lines, tokens, config.gopher) if tokens else "gopher_too_few_words")
-        rep = config.repetition.enabled and repetition(text, tokens, config.repetition.top_ngram_char_frac,
-                                                       config.repetition.dup_ngram_char_frac, config.repetition)
-    reason = reason or rep
+        if not reason and config.repetition.enabled:
+            reason = repetition(text, tokens, config.repetition.top_ngram_char_frac, config.repetition.dup_ngram_char_frac, config.repetition)
     if reason:
         return reason
     if config.c4.enabled:
