@@ -44,6 +44,8 @@ class CpuSampler(threading.Thread):
         self.root_pid, self.job_file, self.interval_s = root_pid, job_file, interval_s
         self.last: dict[int, tuple[str, float]] = {}  # pid -> (category, cpu seconds) last seen
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self.thread_names: dict[int, str] = {}
+        self.thread_cpu: dict[int, float] = {}
         self.done = threading.Event()
 
     def category(self, proc: psutil.Process) -> str | None:
@@ -71,11 +73,34 @@ class CpuSampler(threading.Thread):
                     continue
                 if kind is not None:
                     self.last[p.pid] = (kind, t.user + t.system)
+            self.sample_threads([p for p in procs if p.pid in self.last and self.last[p.pid][0] == "jvm"])
             totals = dict.fromkeys(CATEGORIES, 0.0)
             for kind, cpu in self.last.values():
                 totals[kind] += cpu
             self.samples.append((time.time(), totals))
             time.sleep(self.interval_s)
+
+    def sample_threads(self, jvms: list[psutil.Process]) -> None:
+        """Last-seen CPU seconds of each JVM thread, by thread id (named from /proc)."""
+        for proc in jvms:
+            try:
+                for t in proc.threads():
+                    if t.id not in self.thread_names:
+                        try:
+                            self.thread_names[t.id] = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
+                        except OSError:
+                            continue
+                    self.thread_cpu[t.id] = t.user_time + t.system_time
+            except psutil.Error:
+                continue
+
+    def jvm_threads(self) -> dict[str, float]:
+        """JVM CPU seconds by thread kind (the name less its number): compiler, GC, task threads..."""
+        out: dict[str, float] = collections.Counter()
+        for tid, cpu in self.thread_cpu.items():
+            name = self.thread_names[tid].rstrip("0123456789#- ").strip() or "?"
+            out[name] += cpu
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
     def at(self, when: float) -> dict[str, float]:
         """Cumulative CPU per category at the last sample not after ``when``."""
@@ -172,6 +197,18 @@ def profile(job: str, job_args: list[str], cores: int, driver_memory: str, conf:
             s["gc_s"] += t["gc_s"]
             s["shuffle_write_mb"] += t["shuffle_write_bytes"] / 2**20
     total = sampler.samples[-1][1] if sampler.samples else dict.fromkeys(CATEGORIES, 0.0)
+    spans = sorted((j["start"], j.get("end", j["start"])) for j in log["jobs"].values())
+    first, last = (spans[0][0], max(e for _, e in spans)) if spans else (started, started)
+    before_first, at_last = sampler.at(first), sampler.at(last)
+    phases = {"before_first_job": {k: before_first[k] for k in CATEGORIES},
+              "after_last_job": {k: total[k] - at_last[k] for k in CATEGORIES}}
+    phases["between_jobs"] = {k: total[k] - phases["before_first_job"][k] - phases["after_last_job"][k] for k in CATEGORIES}
+    walls = {"before_first_job": first - started, "after_last_job": started + wall_s - last, "in_jobs": 0.0}
+    union_end = first
+    for s0, e0 in spans:  # wall covered by jobs (jobs of one driver thread do not overlap, but be safe)
+        walls["in_jobs"] += max(0.0, e0 - max(s0, union_end))
+        union_end = max(union_end, e0)
+    walls["between_jobs"] = last - first - walls["in_jobs"]
     in_jobs = {k: sum(s["cpu_s"][k] for s in steps.values()) for k in CATEGORIES}
     for s in steps.values():
         s["wall_s"] = round(s["wall_s"], 2)
@@ -183,6 +220,8 @@ def profile(job: str, job_args: list[str], cores: int, driver_memory: str, conf:
         "cpu_s": {k: round(v, 2) for k, v in total.items()}, "cpu_s_total": round(sum(total.values()), 2),
         "cpu_s_children_rusage": round(after.children_user + after.children_system - rusage_before.children_user - rusage_before.children_system, 2),
         "cpu_s_outside_jobs": {k: round(total[k] - in_jobs[k], 2) for k in CATEGORIES},
+        "phases": {name: {"wall_s": round(walls[name], 2), "cpu_s": {k: round(v, 2) for k, v in cpu.items()}} for name, cpu in phases.items()},
+        "jvm_threads_cpu_s": sampler.jvm_threads(),
         "num_jobs": len(log["jobs"]), "num_stages": sum(s["stages"] for s in steps.values()), "num_tasks": sum(s["tasks"] for s in steps.values()),
         "steps": steps, "jobs": per_job, "summary_line": output.strip().splitlines()[-1] if output.strip() else "",
     }
@@ -202,6 +241,9 @@ def main(argv=None) -> None:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wall {result['wall_s']} s, CPU {result['cpu_s_total']} s {result['cpu_s']} (rusage {result['cpu_s_children_rusage']}); "
           f"{result['num_jobs']} jobs, {result['num_stages']} stages, {result['num_tasks']} tasks; outside jobs {result['cpu_s_outside_jobs']}")
+    print(f"  JVM CPU by thread: {result['jvm_threads_cpu_s']}")
+    for name, phase in result["phases"].items():
+        print(f"  {name}: wall {phase['wall_s']} s, CPU {phase['cpu_s']} (between_jobs includes the CPU of jobs)")
     print(f"{'step':40s} {'jobs':>4s} {'stg':>4s} {'tasks':>5s} {'wall':>6s} {'jvm':>6s} {'pyW':>6s} {'pyD':>5s} {'taskJVM':>7s} {'deser':>5s} {'gc':>5s} {'shufMB':>7s}")
     for name, s in result["steps"].items():
         c = s["cpu_s"]
