@@ -64,6 +64,8 @@ from etl.io.stage_output import RECORD_FOLDERS, part_name, stage_output
 logger = logging.getLogger(__name__)
 
 MIN_JAVA = 17
+#: Characters of a plan's text kept for the UI, the event log and ``explain`` (Spark's default: no limit).
+MAX_PLAN_STRING_LENGTH = 1 << 18
 #: Columns of the all-records DataFrame flowing between adapter steps.
 RECORD_SCHEMA = REJECTED_SCHEMA
 _PIPELINES: dict[str, Pipeline] = {}
@@ -117,6 +119,10 @@ def get_spark(app_name: str):
     conf = spark.sparkContext.getConf()
     if not conf.contains("spark.sql.shuffle.partitions"):  # Spark's 200 is far too many on a laptop
         spark.conf.set("spark.sql.shuffle.partitions", str(max(2, 2 * spark.sparkContext.defaultParallelism)))
+    if not conf.contains("spark.sql.maxPlanStringLength"):
+        # adaptive execution renders the whole plan as text on every plan update (for the UI and
+        # the event log); a plan over several cached frames ran to gigabytes of text in the dedup job
+        spark.conf.set("spark.sql.maxPlanStringLength", str(MAX_PLAN_STRING_LENGTH))
     spark.sparkContext.setLogLevel(os.environ.get("JINGLIAN_SPARK_LOG_LEVEL", "WARN"))
     return spark
 

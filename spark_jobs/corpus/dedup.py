@@ -389,9 +389,8 @@ def _small_graph_marks(spark, edges, num_edges: int, nodes):
     """Near marks, components and keepers of a small verified edge set (counted at most
     ``spark.jinglian.localGraphMaxEdges``), in one task: the edges and their endpoints'
     ``rank``/``is_index`` (found by a broadcast of the endpoints when few) go to one partition,
-    where a union-find clusters them (:func:`cluster_rows`).  At 100k documents the
+    where a union-find clusters them (:func:`cluster_rows`), checkpointed.  At 100k documents the
     large-star/small-star rounds were about 25 Spark jobs of fixed cost; this is two."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     ends = edges.select(F.col("a").alias("id")).unionByName(edges.select(F.col("b").alias("id"))).distinct()
@@ -400,8 +399,10 @@ def _small_graph_marks(spark, edges, num_edges: int, nodes):
     rows = (edges.select("a", "b", null.cast("double").alias("rank"), null.cast("boolean").alias("is_index"))
             .unionByName(attrs.select(F.col("id").alias("a"), null.cast("string").alias("b"), "rank", "is_index")))
     clusters = rows.repartition(1).mapInArrow(_cluster_task, "id string, cluster_id string, keeper string, is_index boolean")
-    clusters = clusters.persist(StorageLevel.MEMORY_AND_DISK)
-    clusters.count()
+    # checkpointed, not persisted: the marks' plan would otherwise nest every cached frame above
+    # (features, exact marks, buckets, edges), and its text (built by adaptive execution on each
+    # plan update) ran a 2 GB driver out of heap
+    clusters = _checkpoint(clusters)
     near = (clusters.filter(~F.col("is_index"))
             .select("id", F.when(F.col("id") != F.col("keeper"), F.lit("near_duplicate")).alias("_reason"),
                     F.col("keeper").alias("_dup_of"), F.col("cluster_id").alias("_cluster")))
