@@ -64,6 +64,8 @@ from etl.io.stage_output import RECORD_FOLDERS, part_name, stage_output
 logger = logging.getLogger(__name__)
 
 MIN_JAVA = 17
+#: Characters of a plan's text kept for the UI, the event log and ``explain`` (Spark's default: no limit).
+MAX_PLAN_STRING_LENGTH = 1 << 18
 #: Columns of the all-records DataFrame flowing between adapter steps.
 RECORD_SCHEMA = REJECTED_SCHEMA
 _PIPELINES: dict[str, Pipeline] = {}
@@ -117,6 +119,10 @@ def get_spark(app_name: str):
     conf = spark.sparkContext.getConf()
     if not conf.contains("spark.sql.shuffle.partitions"):  # Spark's 200 is far too many on a laptop
         spark.conf.set("spark.sql.shuffle.partitions", str(max(2, 2 * spark.sparkContext.defaultParallelism)))
+    if not conf.contains("spark.sql.maxPlanStringLength"):
+        # adaptive execution renders the whole plan as text on every plan update (for the UI and
+        # the event log); a plan over several cached frames ran to gigabytes of text in the dedup job
+        spark.conf.set("spark.sql.maxPlanStringLength", str(MAX_PLAN_STRING_LENGTH))
     spark.sparkContext.setLogLevel(os.environ.get("JINGLIAN_SPARK_LOG_LEVEL", "WARN"))
     return spark
 
@@ -592,27 +598,46 @@ def batch_stats(batch: pa.RecordBatch, stats: StageStats | None = None) -> Stage
     columns without building documents: characters are code points (``len``); ``chars_in``
     is ``meta.chars_in`` truncated to an integer, or the text length; a null/empty
     ``domain`` is ``general``, an empty ``lang`` ``und``; a drop without ``drop_step``
-    counts under ``?``.
+    counts under ``?``.  Vectorised: Arrow counts the characters and groups the rows by
+    (domain, lang, reason, step); Python sees one row per group, and parses only the
+    ``meta`` that names ``chars_in`` (formerly a Python loop over every row's text: 5 s of
+    the dedup write at 100k documents).
     """
     stats = stats if stats is not None else StageStats()
-    columns = [batch.column(n).to_pylist() for n in ("text", "domain", "lang", "meta", "drop_reason", "drop_step")]
-    for text, domain, lang, meta, reason, step in zip(*columns):
-        num_chars = len(text or "")
-        domain = domain or "general"
-        stats.num_in += 1
-        stats.chars_in += _chars_in(meta, num_chars)
-        stats.in_by_domain[domain] += 1
+    if batch.num_rows == 0:
+        return stats
+    num_chars = pc.fill_null(pc.utf8_length(batch.column("text")), 0).cast(pa.int64())
+    meta = batch.column("meta")
+    named = pc.fill_null(pc.match_substring(meta, '"chars_in"'), False)
+    chars_in = num_chars
+    if pc.any(named).as_py():  # a substring test is far cheaper than parsing every meta
+        where = pc.indices_nonzero(named)
+        stats.chars_in += sum(_chars_in(m, n) for m, n in zip(pc.take(meta, where).to_pylist(), pc.take(num_chars, where).to_pylist()))
+        chars_in = pc.if_else(named, 0, num_chars)
+
+    def or_default(column: str, default: str):
+        values = batch.column(column)
+        return pc.if_else(pc.fill_null(pc.equal(values, ""), True), default, values)
+
+    table = pa.table({"domain": or_default("domain", "general"), "lang": or_default("lang", "und"),
+                      "reason": batch.column("drop_reason"), "step": pc.fill_null(batch.column("drop_step"), "?"),
+                      "chars": num_chars, "chars_in": chars_in})
+    groups = table.group_by(["domain", "lang", "reason", "step"]).aggregate([("chars", "sum"), ("chars_in", "sum"), ("chars", "count")])
+    for domain, lang, reason, step, chars, chars_in_sum, n in zip(*(groups.column(c).to_pylist() for c in (
+            "domain", "lang", "reason", "step", "chars_sum", "chars_in_sum", "chars_count"))):
+        stats.num_in += n
+        stats.chars_in += chars_in_sum
+        stats.in_by_domain[domain] += n
         if reason is not None:
-            stats.num_rejected += 1
-            stats.dropped[("?" if step is None else step, reason)] += 1
+            stats.num_rejected += n
+            stats.dropped[(step, reason)] += n
             continue
-        lang = lang or "und"
-        stats.num_kept += 1
-        stats.chars_out += num_chars
-        stats.kept_by_lang[lang] += 1
-        stats.kept_chars_by_lang[lang] += num_chars
-        stats.kept_by_domain[domain] += 1
-        stats.kept_chars_by_domain[domain] += num_chars
+        stats.num_kept += n
+        stats.chars_out += chars
+        stats.kept_by_lang[lang] += n
+        stats.kept_chars_by_lang[lang] += chars
+        stats.kept_by_domain[domain] += n
+        stats.kept_chars_by_domain[domain] += chars
     return stats
 
 

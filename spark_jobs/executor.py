@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 EPILOG = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
           f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
           "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
-          "                                   instead of shuffling the documents")
+          "                                   instead of shuffling the documents\n"
+          "  spark.jinglian.localGraphMaxEdges (default 2,000,000) dedup: a verified edge set with at most this many\n"
+          "                                   edges is clustered by one task's union-find, not large-star/small-star rounds")
 
 
 @dataclass

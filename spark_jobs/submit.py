@@ -11,6 +11,8 @@ else the default), and adds what a console run wants unless you set it yourself:
   only, so no JVM start-up INFO) through ``spark.driver.extraJavaOptions``; yours wins: a
   ``-Dlog4j2.configurationFile`` in that setting, ``JINGLIAN_LOG4J2=/path``, or a
   ``log4j2.properties`` in ``$SPARK_CONF_DIR``;
+* with a ``local[...]`` master, :data:`LOCAL_JVM_OPTIONS` (C1-only JIT, the parallel collector)
+  in ``spark.driver.extraJavaOptions``, unless you set the JIT or the collector yourself;
 * in client mode with ``spark.pyspark.python`` set (a shipped environment, ``./env/bin/python``,
   which exists only in the executors' directories), ``spark.pyspark.driver.python`` = this
   Python, which runs the driver.
@@ -54,12 +56,35 @@ def with_log4j2(java_options: str, config: str | None) -> str:
     return f"{java_options} -Dlog4j2.configurationFile=file:{config}".strip()
 
 
+#: Driver JVM options added for a ``local[...]`` master, where the executors are threads of the
+#: driver JVM and a job lives for minutes: C1-only JIT (C2 compiled for ~35 CPU s of a 100k-document
+#: dedup run, most of it code run a few times) and the parallel collector (G1's concurrent and
+#: refinement threads took ~15 CPU s); see docs/benchmarks.md, "Spark's overhead".  An option
+#: you set yourself for the same thing wins; ``JINGLIAN_LOCAL_JVM_OPTIONS`` replaces the list
+#: (empty: none).
+LOCAL_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1", "-XX:+UseParallelGC")
+LOCAL_JVM_ENV = "JINGLIAN_LOCAL_JVM_OPTIONS"
+
+
+def local_jvm_options(java_options: str = "") -> str:
+    """``java_options`` plus :data:`LOCAL_JVM_OPTIONS` (or ``$JINGLIAN_LOCAL_JVM_OPTIONS``),
+    less those whose subject ``java_options`` already sets (JIT tiers, a garbage collector)."""
+    wanted = shlex.split(os.environ[LOCAL_JVM_ENV]) if LOCAL_JVM_ENV in os.environ else list(LOCAL_JVM_OPTIONS)
+    given = shlex.split(java_options)
+    sets_gc = any(o.startswith("-XX:+Use") and o.endswith("GC") for o in given)
+    sets_jit = any("TieredStopAtLevel" in o or "TieredCompilation" in o for o in given)
+    extra = [o for o in wanted if not (sets_gc and o.endswith("GC")) and not (sets_jit and "Tiered" in o)]
+    return " ".join([*given, *extra])
+
+
 def submit_command(params: SparkParams, job: str, job_args: Sequence[str], driver_python: str = sys.executable) -> list[str]:
     """The spark-submit command line for ``job`` with ``job_args`` (see the module docstring)."""
     conf = dict(params.conf)
     conf.setdefault("spark.ui.showConsoleProgress", "true")
     if params.deploy_mode == "client":
         java_options = with_log4j2(conf.get("spark.driver.extraJavaOptions", ""), log4j2_configuration())
+        if params.master.startswith("local"):
+            java_options = local_jvm_options(java_options)
         if java_options:
             conf["spark.driver.extraJavaOptions"] = java_options
         if "spark.pyspark.python" in conf:

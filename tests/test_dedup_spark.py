@@ -74,17 +74,38 @@ def test_spark_equals_local_and_fixture_ids(spark, corpus_dir):
 
 @pytest.mark.parametrize("partitions, broadcast_max_rows", [(1, None), (8, None), (3, 0)])
 def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions, broadcast_max_rows):
-    """1, 3 or 8 partitions; 0 broadcast rows: every join that is broadcast by default shuffles."""
+    """1, 3 or 8 partitions; 0 broadcast rows: every join that is broadcast by default shuffles,
+    and the components come from large-star/small-star rounds, not one task's union-find."""
     from spark_jobs import dedup
 
     out = corpus_dir / f"spark{partitions}-{broadcast_max_rows}"
     if broadcast_max_rows is not None:
         spark.conf.set("spark.jinglian.broadcastMaxRows", str(broadcast_max_rows))
+        spark.conf.set("spark.jinglian.localGraphMaxEdges", str(broadcast_max_rows))
     try:
-        dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"), "--partitions", str(partitions)])
+        report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"),
+                             "--partitions", str(partitions)])
     finally:
         spark.conf.unset("spark.jinglian.broadcastMaxRows")
+        spark.conf.unset("spark.jinglian.localGraphMaxEdges")
     assert _result(out) == _result(corpus_dir / "local")
+    local_report = json.loads((corpus_dir / "local" / "stats.json").read_text())
+    assert report["dedup"]["clusters"] == local_report["dedup"]["clusters"]
+
+
+def test_cluster_rows_match_union_find_and_keeper_rules():
+    """One task's clustering: the smallest id names the component; an index member is kept,
+    else the batch member of smallest (rank, id), NaN ranking last as in Spark."""
+    from spark_jobs.corpus.dedup import cluster_rows
+
+    edges = [("b", "c"), ("c", "d"), ("x", "y"), ("p", "q"), ("q", "r")]
+    attrs = {"b": (2.0, False), "c": (1.0, False), "d": (1.0, False), "x": (float("nan"), False), "y": (5.0, False),
+             "p": (0.0, False), "q": (None, True), "r": (None, True)}
+    rows = cluster_rows(iter(edges), attrs).to_pylist()
+    got = {r["id"]: (r["cluster_id"], r["keeper"], r["is_index"]) for r in rows}
+    assert got == {"b": ("b", "c", False), "c": ("b", "c", False), "d": ("b", "c", False),
+                   "x": ("x", "y", False), "y": ("x", "y", False),
+                   "p": ("p", "q", False), "q": ("p", "q", True), "r": ("p", "q", True)}
 
 
 def test_spark_against_index_equals_local(spark, tmp_path, data_dir):

@@ -11,10 +11,13 @@ from spark_jobs.submit import LOG4J2_PROPERTIES, submit_command
 def test_a_local_run_gets_the_progress_bar_and_jinglians_log_configuration(monkeypatch):
     monkeypatch.delenv("JINGLIAN_LOG4J2", raising=False)
     monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    monkeypatch.delenv("JINGLIAN_LOCAL_JVM_OPTIONS", raising=False)
     cmd = submit_command(SparkParams(), "spark_jobs/clean.py", ["--input", "data/sample"])
     assert cmd[:5] == ["spark-submit", "--master", "local[2]", "--deploy-mode", "client"]
     assert "spark.ui.showConsoleProgress=true" in cmd
-    assert f"spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES}" in cmd
+    # a local master: the executors are driver threads, so the driver JVM gets the short-job JIT and collector
+    assert (f"spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES} "
+            "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC") in cmd
     assert cmd[-3:] == ["spark_jobs/clean.py", "--input", "data/sample"]
     assert LOG4J2_PROPERTIES.is_file()
 
@@ -31,6 +34,14 @@ def test_a_cluster_run_ships_the_environment_and_the_users_settings_win(monkeypa
     assert "spark.ui.showConsoleProgress=false" in cmd and "log4j2" not in flags  # the user's log4j2.properties in SPARK_CONF_DIR
     cluster = submit_command(SparkParams(master="yarn", deploy_mode="cluster", conf={"spark.pyspark.python": "./env/bin/python"}), "j.py", [])
     assert not any("driver.python" in c or "log4j2" in c for c in cluster)  # the driver runs on the cluster, from the archive
+    assert "TieredStopAtLevel" not in flags  # long-lived cluster executors keep the full JIT
+
+
+def test_local_jvm_options_yield_to_the_users():
+    from spark_jobs.submit import local_jvm_options
+
+    assert local_jvm_options("-XX:+UseG1GC") == "-XX:+UseG1GC -XX:TieredStopAtLevel=1"
+    assert local_jvm_options("-XX:-TieredCompilation -Dx=1") == "-XX:-TieredCompilation -Dx=1 -XX:+UseParallelGC"
 
 
 def test_dry_run_reads_the_jobs_params_file(tmp_path):

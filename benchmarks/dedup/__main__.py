@@ -5,7 +5,8 @@
 
 For each size it (1) generates a synthetic corpus with ground truth (generate.py, cached
 under --work), (2) runs ``spark-submit --master local[<cores>] spark_jobs/dedup.py`` with the
-repository's ``dedup:`` params, sampling the RSS of the driver JVM, the Python driver and the
+repository's ``dedup:`` params and the launcher's JVM options for a local master
+(``spark_jobs.submit.LOCAL_JVM_OPTIONS``, as ``python -m spark_jobs.submit`` and dvc run it), sampling the RSS of the driver JVM, the Python driver and the
 Python workers every 0.2 s, (3) runs the same shingles through datasketch in one Python
 process (``MinHash`` with its default sha1 hash, scheme pinned to affine32, then
 ``MinHashLSH(threshold, num_perm)`` insert + query + union-find), and (4) scores both
@@ -111,8 +112,11 @@ def run_sampled(cmd: list[str]) -> tuple[int, str, float, MemorySampler]:
 
 
 def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[str, Any]:
+    from spark_jobs.submit import local_jvm_options
+
     cmd = [str(VENV_BIN / "spark-submit"), "--master", f"local[{cores}]", "--driver-memory", driver_memory,
            "--conf", "spark.ui.enabled=false", "--conf", f"spark.sql.shuffle.partitions={4 * cores}",
+           "--conf", f"spark.driver.extraJavaOptions={local_jvm_options()}",  # the launcher's (python -m spark_jobs.submit)
            str(ROOT / "spark_jobs" / "dedup.py"), "--input", str(corpus / "docs"), "--output", str(out)]
     returncode, output, wall_s, sampler = run_sampled(cmd)
     if returncode != 0:

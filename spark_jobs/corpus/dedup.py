@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -32,6 +33,7 @@ from etl.dedup.cluster import (
     EXACT_STEP,
     NEAR_STEP,
     DedupConfig,
+    UnionFind,
     binary_rows_as_matrix,
     check_fingerprint,
     features_of,
@@ -318,6 +320,9 @@ def _near_marks(spark, survivors, config: DedupConfig, index):
         ends.unpersist()
     else:
         counts["num_verified_edges"] = num_candidates
+    if counts["num_verified_edges"] <= local_graph_max_edges(spark):
+        near, comp, keepers = _small_graph_marks(spark, edges, counts["num_verified_edges"], nodes)
+        return near, comp, keepers, counts
     comp = connected_components(edges, config.max_cc_iterations).persist(StorageLevel.MEMORY_AND_DISK)
     attrs = comp.join(nodes.select("id", "rank", "is_index"), "id")
     keepers = attrs.groupBy("cluster_id").agg(
@@ -328,6 +333,80 @@ def _near_marks(spark, survivors, config: DedupConfig, index):
             .select("id", F.when(F.col("id") != F.col("keeper"), F.lit("near_duplicate")).alias("_reason"),
                     F.col("keeper").alias("_dup_of"), F.col("cluster_id").alias("_cluster")))
     return near, comp, keepers, counts
+
+
+#: Default of ``spark.jinglian.localGraphMaxEdges``: a verified edge set this small (counted) is
+#: clustered by one task's union-find instead of large-star/small-star rounds.
+LOCAL_GRAPH_MAX_EDGES = 2_000_000
+
+CLUSTER_SCHEMA = pa.schema([("id", pa.string()), ("cluster_id", pa.string()), ("keeper", pa.string()), ("is_index", pa.bool_())])
+
+
+def local_graph_max_edges(spark) -> int:
+    """``--conf spark.jinglian.localGraphMaxEdges=N`` (default :data:`LOCAL_GRAPH_MAX_EDGES`)."""
+    return int(spark.conf.get("spark.jinglian.localGraphMaxEdges", str(LOCAL_GRAPH_MAX_EDGES)))
+
+
+def _spark_rank_key(rank: float | None, doc_id: str) -> tuple:
+    """The order of Spark's ``min(struct(rank, id))``: NaN above every number."""
+    return (rank is not None and math.isnan(rank), rank if rank is not None and not math.isnan(rank) else 0.0, doc_id)
+
+
+def cluster_rows(edges: Iterator[tuple[str, str]], attrs: dict[str, tuple[float | None, bool]]) -> pa.RecordBatch:
+    """:data:`CLUSTER_SCHEMA` rows for every node of ``edges``: its component's smallest id
+    (``cluster_id``) and the component's keeper (the smallest index id, else the batch
+    member of smallest ``(rank, id)``): the rules of :func:`etl.dedup.cluster._near_duplicates`
+    and of the large-star/small-star path.  ``attrs``: id -> (rank, is_index)."""
+    uf = UnionFind()
+    for a, b in edges:
+        uf.union(a, b)
+    out: dict[str, list] = {name: [] for name in CLUSTER_SCHEMA.names}
+    for cluster_id, members in sorted(uf.groups().items()):
+        indexed = [m for m in members if attrs[m][1]]
+        keeper = min(indexed) if indexed else min((m for m in members if not attrs[m][1]), key=lambda m: _spark_rank_key(attrs[m][0], m))
+        for m in members:
+            for name, value in zip(CLUSTER_SCHEMA.names, (m, cluster_id, keeper, attrs[m][1])):
+                out[name].append(value)
+    return pa.RecordBatch.from_arrays([pa.array(out[f.name], f.type) for f in CLUSTER_SCHEMA], schema=CLUSTER_SCHEMA)
+
+
+def _cluster_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow over one partition holding every edge (``a``, ``b``) and every endpoint's
+    attributes (``a`` = id, ``b`` null, ``rank``, ``is_index``)."""
+    edges: list[tuple[str, str]] = []
+    attrs: dict[str, tuple[float | None, bool]] = {}
+    for batch in batches:
+        a, b, rank, is_index = (batch.column(n).to_pylist() for n in ("a", "b", "rank", "is_index"))
+        for x, y, r, i in zip(a, b, rank, is_index):
+            if y is None:
+                attrs[x] = (r, bool(i))
+            else:
+                edges.append((x, y))
+    yield cluster_rows(iter(edges), attrs)
+
+
+def _small_graph_marks(spark, edges, num_edges: int, nodes):
+    """Near marks, components and keepers of a small verified edge set (counted at most
+    ``spark.jinglian.localGraphMaxEdges``), in one task: the edges and their endpoints'
+    ``rank``/``is_index`` (found by a broadcast of the endpoints when few) go to one partition,
+    where a union-find clusters them (:func:`cluster_rows`), checkpointed.  At 100k documents the
+    large-star/small-star rounds were about 25 Spark jobs of fixed cost; this is two."""
+    from pyspark.sql import functions as F
+
+    ends = edges.select(F.col("a").alias("id")).unionByName(edges.select(F.col("b").alias("id"))).distinct()
+    attrs = nodes.select("id", "rank", "is_index").join(hint_small(spark, ends, 2 * num_edges), "id", "left_semi")
+    null = F.lit(None)
+    rows = (edges.select("a", "b", null.cast("double").alias("rank"), null.cast("boolean").alias("is_index"))
+            .unionByName(attrs.select(F.col("id").alias("a"), null.cast("string").alias("b"), "rank", "is_index")))
+    clusters = rows.repartition(1).mapInArrow(_cluster_task, "id string, cluster_id string, keeper string, is_index boolean")
+    # checkpointed, not persisted: the marks' plan would otherwise nest every cached frame above
+    # (features, exact marks, buckets, edges), and its text (built by adaptive execution on each
+    # plan update) ran a 2 GB driver out of heap
+    clusters = _checkpoint(clusters)
+    near = (clusters.filter(~F.col("is_index"))
+            .select("id", F.when(F.col("id") != F.col("keeper"), F.lit("near_duplicate")).alias("_reason"),
+                    F.col("keeper").alias("_dup_of"), F.col("cluster_id").alias("_cluster")))
+    return near, clusters.select("id", "cluster_id"), clusters.select("cluster_id", "keeper").distinct()
 
 
 def apply_marks(spark, docs, marks: list[tuple[Any, int]]):
