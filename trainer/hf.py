@@ -13,11 +13,13 @@ without the distributed optimizer; LoRA runs have their adapters merged) and wri
 config.json, generation_config.json, safetensors shards of at most 5 GB with an index, and the
 tokenizer files, loadable by ``AutoModelForCausalLM.from_pretrained``.
 
-Both directions stream: the importer stores the large tensors as chunks that are row blocks of
+Both directions stream: the importer stores the weights as chunks that are row blocks of
 the Hugging Face tensors (megatron's q/k/v grouping and gate/up stacking are row orders) and
 writes each one straight from the memory-mapped safetensors files, so nothing is copied in
-memory (a dtype cast makes one chunk at a time); the exporter reads one parameter kind at a time
-from the checkpoint and writes it into the planned safetensors files. Neither needs
+memory (a dtype cast makes one chunk at a time); the exporter writes each Hugging Face tensor
+as row views of the checkpoint files into the planned safetensors files, reading a parameter
+kind whole only where a stored chunk splits rows (row-parallel TP) or LoRA adapters are
+merged. Neither needs
 ``torch.distributed`` to be initialised, so both run as plain processes (and inside tests).
 """
 from __future__ import annotations
