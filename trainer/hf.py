@@ -174,10 +174,9 @@ def megatron_chunks_from_hf(reader: SafetensorsReader, model: ModelConfig, dtype
         shape = shapes[key]
         if name not in reader:
             raise ValueError(f"tensor {name!r} missing from the safetensors files")
-        rows = reader.entries[name].shape[0] if len(shape) > 1 else None
-        chunks = [Chunk((0,) * len(shape), (rows,) + shape[1:] if rows else shape, _rows_loader(reader, name, 0, rows or 1, dtype, 0)
-                        if rows else (lambda n=name: reader.rows(n).to(dtype)))]
-        if rows and rows < shape[0]:
+        rows = reader.entries[name].shape[0]  # the vocabulary (embeddings), or the final norm's width
+        chunks = [Chunk((0,) * len(shape), (rows,) + shape[1:], _rows_loader(reader, name, 0, rows, dtype, 0))]
+        if rows < shape[0]:
             pad = (shape[0] - rows,) + shape[1:]
             chunks.append(Chunk((rows,) + (0,) * (len(shape) - 1), pad, lambda p=pad: torch.zeros(p, dtype=dtype)))
         plan[key] = (shape, chunks)

@@ -69,7 +69,7 @@ def _kernels():
 
 
 class NGramCounter:
-    """The n-grams of one document's units, for increasing n (``len(units) >= n`` is the caller's check)."""
+    """The n-grams of one document's units, cheapest for increasing n (``len(units) >= n`` is the caller's check)."""
 
     def __init__(self, units: Sequence[str]):
         index = {u: i for i, u in enumerate(dict.fromkeys(units))}
@@ -80,8 +80,10 @@ class NGramCounter:
         self._n, self._ids, self._num = 1, self.unit_ids, self.num_units
 
     def gram_ids(self, n: int) -> tuple[np.ndarray, int]:
-        """Dense ids of the n-grams (n at least the last n asked for) and their number of distinct values."""
-        assert n >= self._n, "n-grams are built for increasing n"
+        """Dense ids of the n-grams and their number of distinct values (built from the last n
+        asked for when n grows, from the units again when it shrinks)."""
+        if n < self._n:
+            self._n, self._ids, self._num = 1, self.unit_ids, self.num_units
         while self._n < n:
             self._n += 1
             self._ids, self._num = _kernels()[0](self._ids, self.unit_ids, self.num_units, self._n)

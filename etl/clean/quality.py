@@ -227,14 +227,9 @@ def top_ngram_chars(units: Sequence[str], n: int, sep: str = " ") -> int:
 def dup_ngram_chars(units: Sequence[str], n: int) -> int:
     """Characters in n-grams that repeat an earlier n-gram, scanning greedily left to right
     and skipping past each repeat (Gopher's definition; overlapping repeats count once)."""
-    return _dup_ngram_chars(units, n) or 0
-
-
-def _dup_ngram_chars(units: Sequence[str], n: int) -> int | None:
-    """:func:`dup_ngram_chars`, or None when no n-gram occurs twice (then no longer one does)."""
     grams = list(zip(*(units[i:] for i in range(n))))
     if len(set(grams)) == len(grams):
-        return None  # fast path: no n-gram occurs twice
+        return 0  # fast path: no n-gram occurs twice
     seen: set[tuple[str, ...]] = set()
     repeated = idx = 0
     while idx < len(grams):
@@ -327,12 +322,10 @@ def repetition(text: str, units: list[str], top: dict[int, float], dup: dict[int
         return "dup_line_frac"
     if chars_dup / num_chars > config.dup_line_char_frac:
         return "dup_line_char_frac"
-    grams = NGramCounter(units)  # n grows through both loops: top n-grams first, then duplicates
+    grams = NGramCounter(units)  # shares the n-gram ids as n grows through each loop
     for n, frac in sorted(top.items()):
         if len(units) >= n and grams.top_chars(n, len(unit_sep)) / num_chars > frac:
             return f"top_{n}_gram_frac"
-    if top and dup and min(dup) < max(top):
-        grams = NGramCounter(units)
     for n, frac in sorted(dup.items()):
         if len(units) < n:
             break  # longer n-grams do not fit either
