@@ -1,6 +1,8 @@
 """Unit tests of the cleaning functions: exact outputs and drop reasons on crafted inputs."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from etl.clean.charfilter import CharFilterConfig, filter_chars
@@ -100,6 +102,40 @@ def test_pii_masks_valid_and_leaves_invalid():
     assert out == "mail <EMAIL>, 手机 <PHONE>, ID <ID_CARD>, bad ID 110105194912310021, ip <IP>, version 2.6.32"
     assert counts == {"email": 1, "id_card": 1, "ip": 1, "phone": 1}
     assert valid_cn_id("11010519491231002X") and not valid_cn_id("110105194913310028")
+
+
+def test_pii_shortcuts_change_nothing_on_texts_near_their_conditions():
+    """mask_pii skips a pattern where a necessary character is missing; each text sits just
+    inside or outside one such condition, and the answer must equal running every pattern."""
+    from etl.clean import pii
+
+    def every_pattern(text):
+        counts = {}
+        for kind, pattern, tag, check in [("email", pii._EMAIL, "<EMAIL>", None), ("id_card", pii._ID18, "<ID_CARD>", valid_cn_id),
+                                          ("id_card", pii._ID15, "<ID_CARD>", valid_cn_id), ("ip", pii._IPV6, "<IP>", pii._valid_ipv6),
+                                          ("ip", pii._IPV4, "<IP>", pii._valid_ip), ("phone", pii._PHONE, "<PHONE>", None)]:
+            text, num = pii._sub(pattern, tag, text, check)
+            if num:
+                counts[kind] = counts.get(kind, 0) + num
+        return text, counts
+
+    texts = ["a@b.io", "no at sign.com", "110105194912310", "11010519491231002X", "1101051949123100", "fe80::1", "1::",
+             "a:b", "1.2.3.4", "1.2.3", "+1 23 45", "(555) 123-4567", "9", "12", "手机13812345678。", "ip 10.0.0.1:8080 or ::1",
+             "mail x@y.cn ID 11010519491231002X tel 010-12345678 ip 2001:db8::1", "١٢٣٤٥٦٧٨٩٠١٢٣٤٥ Arabic-Indic digits", ""]
+    for text in texts:
+        assert mask_pii(text) == every_pattern(text), text
+
+
+def test_boilerplate_patterns_anchored_or_not_match_as_one_search():
+    from etl.clean.repetition import _anchored, _boilerplate
+
+    assert _anchored(r"^share") and _anchored(r"^(?:a|b)c") and not _anchored(r"^a|b") and not _anchored(r"(?m)^a")
+    assert not _anchored("all rights reserved") and not _anchored(r"x^")
+    patterns = (r"^share$", r"^a|b", "all rights reserved", r"(?:^|x)copy", r"^(?:read more|点击查看)")
+    lines = ["share", "Share ", "a share", "xb", "ab", "zzz", "All Rights Reserved 2020", "xcopy", "copy", "点击查看更多", "更多点击查看"]
+    single = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+    test = _boilerplate(patterns)
+    assert [bool(test(line)) for line in lines] == [bool(single.search(line)) for line in lines]
 
 
 def test_repetition_removal_counts_and_idempotence():

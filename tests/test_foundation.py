@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -13,7 +14,7 @@ from etl.core.document import Document
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline, batch_step, filter_step, map_step, split_kept_rejected
 from etl.io.records import read_parquet_dir
-from etl.runner import run_pipeline, write_stage_output
+from etl.runner import PipelinePool, run_pipeline, write_stage_output
 
 
 def _docs(n: int) -> list[Document]:
@@ -26,6 +27,20 @@ def _short(doc: Document) -> str | None:
 
 def _odd(doc: Document) -> str | None:
     return "odd_length" if len(doc.text) % 2 else None
+
+
+class _LoggingFactory:
+    """A pipeline that appends "<pid> <doc id>" to ``path`` for every document it sees."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __call__(self) -> Pipeline:
+        def log(doc):
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{os.getpid()} {doc.id}\n")
+            return None
+        return Pipeline([filter_step("log", log)])
 
 
 def _factory() -> Pipeline:
@@ -51,6 +66,57 @@ def test_pipeline_first_reason_wins_and_dropped_docs_bypass_later_steps():
         "d0": ("too_short", "short"), "d1": ("too_short", "short"), "d2": ("too_short", "short"),
         "d3": ("odd_length", "odd"), "d5": ("odd_length", "odd"), "d7": ("odd_length", "odd")}
     assert seen == ["d4", "d6"]
+
+
+def test_per_document_pipelines_run_in_blocks_with_the_streaming_order_and_results():
+    calls = []
+
+    def trace(name):
+        def fn(doc):
+            calls.append((name, doc.id))
+            return None
+        return fn
+
+    steps = [filter_step("short", _short), filter_step("a", trace("a")), map_step("upper", _upper), filter_step("odd", _odd),
+             filter_step("b", trace("b"))]
+    streamed = list(Pipeline(steps, block_size=1)(_docs(11)))
+    stream_calls, calls[:] = calls[:], []
+    blocked_pipe = Pipeline(steps, block_size=4)
+    assert blocked_pipe.blocked and not Pipeline(steps, block_size=1).blocked
+    blocked = list(blocked_pipe(iter(_docs(11))))
+    assert [(d.id, d.text, d.drop_reason) for d in blocked] == [(d.id, d.text, d.drop_reason) for d in streamed]
+    assert [d.id for d in blocked] == [f"d{i}" for i in range(11)]  # input order, dropped ones in place
+    # step-major inside a block: the block's live documents all go through "a" before "b"
+    assert calls == [("a", "d3"), ("a", "d4"), ("a", "d5"), ("a", "d6"), ("a", "d7"), ("b", "d4"), ("b", "d6"),
+                     ("a", "d8"), ("a", "d9"), ("a", "d10"), ("b", "d8"), ("b", "d10")]
+    assert stream_calls[:3] == [("a", "d3"), ("a", "d4"), ("b", "d4")]
+    assert sorted(calls) == sorted(stream_calls)
+    # a batch step (which may add or reorder documents) keeps the pipeline streaming
+    assert not Pipeline([filter_step("short", _short), batch_step("aug", lambda b: b)]).blocked
+    with pytest.raises(ValueError, match="block_size"):
+        Pipeline(steps, block_size=0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pipeline_pool_warms_every_worker_on_the_warm_up_documents_before_any_batch(tmp_path, workers):
+    log = tmp_path / "seen.log"
+    pool = PipelinePool(_LoggingFactory(log), workers=workers, batch_size=4, warm_up=[Document(id="warm", text="x")])
+    try:
+        out = list(pool(_docs(8)))
+    finally:
+        pool.close()
+    assert [d.id for d in out] == [f"d{i}" for i in range(8)] and not any(d.dropped for d in out)
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(doc for _, doc in seen if doc != "warm") == sorted(f"d{i}" for i in range(8))
+    pids = {pid for pid, _ in seen}
+    for pid in pids:  # each process saw the warm-up document before its first real one
+        mine = [doc for p, doc in seen if p == pid]
+        assert mine[0] == "warm" and mine.count("warm") == 1
+    parent = str(os.getpid())
+    if workers == 1:
+        assert pids == {parent}
+    else:  # forked: the parent warms the module caches once, then each worker its own pipeline
+        assert [doc for p, doc in seen if p == parent] == ["warm"] and 1 <= len(pids - {parent}) <= workers
 
 
 def test_exceptions_follow_on_error_policy():

@@ -68,16 +68,50 @@ def test_unknown_segmenter_is_refused_naming_the_field():
         TokenizerConfig(segmenter="pkuseg")
 
 
-def test_stdlib_treebank_rules_give_nltks_tokens():
+TREEBANK_TRICKY = ['He said "can\'t stop" (3.5 $) -- ok.', "'Tis the U.S.A.'s gonna... wanna 'quote' end.", "a:b, c:1 [x] {y} <z> 50% @me #tag & co;",
+                   "“Curly” ‘quotes’ «guillemets» — dash – en … done!?", "Mr. Smith's O'Neill won't, y'know, 1,000.00.", "",
+                   'D\'ye "GIMME" Cannot MORE\'N gOtTa lemme Wanna\tnow \'TWAS', "ſo 'tiſ CANNOT gımme", "\"x\" ''y'' ``z``"]
+#: Fragments the treebank rules look at, for random sentences: quotes of every kind, the
+#: punctuation each rule matches, contraction letters in both cases, the four characters that
+#: IGNORECASE folds to ASCII letters, whitespace of several kinds, digits next to : and ,.
+TREEBANK_FRAGMENTS = ['"', "'", "''", "`", "``", "«", "»", "“", "”", "‘", "’", "„", ".", "..", "...", ",", ":", ";", "@", "#", "$", "%",
+                      "&", "?", "!", "*", "(", ")", "[", "]", "{", "}", "<", ">", "-", "--", "\u2012", "\u2013", "\u2014", "\u2015",
+                      " ", " ", " ", "\t", "\n", "1", "3,5", "10:30", "a", "word", "can", "not", "cannot", "d", "'ye", "gim", "me",
+                      "gon", "na", "got", "ta", "lem", "more", "'n", "wan", "'t", "is", "was", "'s", "'S", "'m", "'d", "'ll", "'re",
+                      "'ve", "n't", "N'T", "CAN", "NOT", "Tis", "İ", "ı", "ſ", "\u212a", "é", "中"]
+
+
+def test_fast_treebank_gives_nltks_tokens_on_the_corpus_slice_and_tricky_sentences():
     from nltk.tokenize import NLTKWordTokenizer
 
     fast, stock = _latin("treebank"), NLTKWordTokenizer()
-    assert type(fast).__name__ == "StdlibTreebankTokenizer"
-    tricky = ['He said "can\'t stop" (3.5 $) -- ok.', "'Tis the U.S.A.'s gonna... wanna 'quote' end.", "a:b, c:1 [x] {y} <z> 50% @me #tag & co;",
-              "“Curly” ‘quotes’ «guillemets» — dash – en … done!?", "Mr. Smith's O'Neill won't, y'know, 1,000.00.", ""]
-    sentences = tricky + [s for name in ("general_en", "domain_medical", "expert") for text in _texts(name) for s in text.split("\n")]
+    assert type(fast).__name__ == "TreebankTokenizer"
+    # every NLTK rule has a guard (a rule without one still runs, but then nothing is saved)
+    assert all(trigger is not None for *_, trigger in fast._before + fast._after)
+    assert all(needle is not None for _, needle in fast._contractions)
+    sentences = TREEBANK_TRICKY + [s for name in ("general_en", "domain_medical", "expert") for text in _texts(name) for s in text.split("\n")]
     for sentence in sentences:
         assert fast.tokenize(sentence) == stock.tokenize(sentence), sentence
+
+
+def test_fast_treebank_gives_nltks_tokens_on_random_sentences_of_the_rules_characters():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    fast, stock = _latin("treebank"), NLTKWordTokenizer()
+    rng = random.Random(17)
+    for _ in range(20000):
+        sentence = "".join(rng.choice(TREEBANK_FRAGMENTS) for _ in range(rng.randint(1, 14)))
+        assert fast.tokenize(sentence) == stock.tokenize(sentence), repr(sentence)
+
+
+def test_only_four_non_ascii_characters_fold_to_ascii_letters_under_ignorecase():
+    import re
+    import sys
+
+    from etl.clean.tokenize import _CASE_ODD
+
+    letter = re.compile("(?i)[a-z]")
+    assert {chr(c) for c in range(0x80, sys.maxunicode + 1) if letter.fullmatch(chr(c))} == _CASE_ODD
 
 
 def test_compiled_langid_scores_are_bit_identical_to_py3langid():

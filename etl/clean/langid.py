@@ -34,10 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 from py3langid.langid import MODEL_FILE, RAW_FLOOR, LanguageIdentifier
 
+from etl.clean.tokenize import count_chars
 from etl.core.document import Document
 
-_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile("[A-Za-z\u00c0-\u024f]")
+_HAN_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_LATIN_RUN = re.compile("[A-Za-z\u00c0-\u024f]+")
 _KANA_HANGUL = re.compile("[\u3040-\u30ff\uac00-\ud7af]")
 
 
@@ -128,8 +129,8 @@ def _identifier():
 
 def han_share(text: str) -> float:
     """Han characters / (Han characters + Latin letters); 0.0 for text with neither."""
-    num_han = len(_HAN.findall(text))
-    num_latin = len(_LATIN.findall(text))
+    num_han = count_chars(_HAN_RUN, text)
+    num_latin = count_chars(_LATIN_RUN, text)
     return num_han / (num_han + num_latin) if num_han + num_latin else 0.0
 
 

@@ -1,7 +1,7 @@
 """Compiled n-gram counting for the Gopher repetition rules (:func:`etl.clean.quality.repetition`).
 
 Each unit (a word, or a Han character on CJK text) gets a dense integer id; the n-gram ids are
-built from the (n-1)-gram ids one n at a time (a sorted pass of ``id * num_units + next``), so a
+built from the (n-1)-gram ids one n at a time (a linear pass over the pairs ``(id, next unit)``), so a
 document's 2..10-gram checks share the work, and the counting and the greedy duplicate scan run
 in numba.  The answers are exactly those of the reference functions
 :func:`etl.clean.quality.top_ngram_chars` and :func:`etl.clean.quality.dup_ngram_chars` (ties
@@ -17,20 +17,37 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _next_gram_ids(prev, units, num_units, n):
-    """Dense ids of the n-grams from the (n-1)-gram ids ``prev`` and the unit ids; ``(ids, count of distinct)``."""
+def _next_gram_ids(prev, num_prev, units, num_units, n):
+    """Dense ids of the n-grams from the (n-1)-gram ids ``prev`` (``num_prev`` distinct) and the
+    unit ids; ``(ids, count of distinct)``.  Linear: positions are bucketed by their
+    (n-1)-gram (a counting sort), and inside a bucket each new last unit takes the next id
+    (``stamp`` marks the units seen in the current bucket).  The numbering differs from sorted
+    order, which no rule depends on: they compare ids for equality and count them."""
     num_grams = len(prev) - 1
-    keys = np.empty(num_grams, np.int64)
+    start = np.zeros(num_prev + 1, np.int64)
     for i in range(num_grams):
-        keys[i] = prev[i] * num_units + units[i + n - 1]
-    order = np.argsort(keys)
+        start[prev[i] + 1] += 1
+    for g in range(num_prev):
+        start[g + 1] += start[g]
+    fill = start[:-1].copy()
+    order = np.empty(num_grams, np.int64)
+    for i in range(num_grams):
+        order[fill[prev[i]]] = i
+        fill[prev[i]] += 1
+    stamp = np.full(num_units, -1, np.int64)
+    new_id = np.empty(num_units, np.int64)
     ids = np.empty(num_grams, np.int64)
     num = 0
-    for j in range(num_grams):
-        if j > 0 and keys[order[j]] != keys[order[j - 1]]:
-            num += 1
-        ids[order[j]] = num
-    return ids, (num + 1 if num_grams else 0)
+    for g in range(num_prev):
+        for j in range(start[g], start[g + 1]):
+            i = order[j]
+            unit = units[i + n - 1]
+            if stamp[unit] != g:
+                stamp[unit] = g
+                new_id[unit] = num
+                num += 1
+            ids[i] = new_id[unit]
+    return ids, num
 
 
 def _first_top_gram(ids, num):
@@ -86,7 +103,7 @@ class NGramCounter:
             self._n, self._ids, self._num = 1, self.unit_ids, self.num_units
         while self._n < n:
             self._n += 1
-            self._ids, self._num = _kernels()[0](self._ids, self.unit_ids, self.num_units, self._n)
+            self._ids, self._num = _kernels()[0](self._ids, self._num, self.unit_ids, self.num_units, self._n)
         return self._ids, self._num
 
     def top_chars(self, n: int, sep_len: int) -> int:

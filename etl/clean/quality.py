@@ -31,20 +31,21 @@ and dedup use; the rules themselves run over lists precomputed once per document
 from __future__ import annotations
 
 import collections
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from etl.clean.ngrams import NGramCounter
-from etl.clean.tokenize import CJK_PUNCT, DEFAULT_TOKENIZER, HAN, TokenizerConfig, tokenize
+from etl.clean.tokenize import CJK_PUNCT, DEFAULT_TOKENIZER, HAN, TokenizerConfig, count_chars, count_han, tokenize
 from etl.core.document import Document
 
 CJK_LANGS = ("zh", "ja", "ko")
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
-_HAN_CHAR = re.compile(f"[{HAN}]")
+_HAN_RUN = re.compile(f"[{HAN}]+")
 _CJK_UNITS = re.compile(f"[{HAN}]|[^\\s{HAN}{CJK_PUNCT}]+")
-_LATIN_LETTER = re.compile("[A-Za-z\u00c0-\u024f]")
+_LATIN_RUN = re.compile("[A-Za-z\u00c0-\u024f]+")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _SENTENCE_END = re.compile(f"[.!?]+[\"'”’」』)）]*(?=\\s|$|[{HAN}])|[。！？．]+[\"'”’」』)）]*")
 _PUNCT_STR = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" "，。！？：；、（）【】《》“”‘’「」『』…—·～"
@@ -247,8 +248,8 @@ def is_cjk_document(doc: Document) -> bool:
     """CJK rules apply when ``lang`` is zh/ja/ko, or (no lang) Han is >= 25% of letters."""
     if doc.lang:
         return doc.lang in CJK_LANGS
-    num_han = len(_HAN_CHAR.findall(doc.text))
-    num_latin = len(_LATIN_LETTER.findall(doc.text))
+    num_han = count_han(doc.text)
+    num_latin = count_chars(_LATIN_RUN, doc.text)
     return num_han > 0 and num_han / (num_han + num_latin) >= 0.25
 
 
@@ -259,7 +260,7 @@ def gopher_quality(text: str, lines: list[str], tokens: list[str], config: Gophe
     """Gopher quality rules over precomputed lines and tokens; a reason or None."""
     # Over words, not punctuation tokens: Gopher counted whitespace-separated words ("he."),
     # and dialogue-heavy prose has one quote or comma token per three words.
-    words = [t for t in tokens if not _is_symbol(t)]
+    words = [t for t in tokens if t.strip(_PUNCT_STR)]  # not _is_symbol(t), inlined
     word_lens = list(map(len, words))
     num_words = len(word_lens)
     if num_words < config.min_words:
@@ -299,7 +300,8 @@ def _gopher_lines(lines: list[str], config: GopherQualityConfig) -> str | None:
 
 
 def _gopher_words(tokens: list[str], config: GopherQualityConfig, words: list[str]) -> str | None:
-    alpha = sum(1 for t in words if _has_alpha(t))
+    # _has_alpha per word; the all-letter words (most of them) are skipped at C speed
+    alpha = len(words) - sum(1 for t in itertools.filterfalse(str.isalpha, words) if not _has_alpha(t))
     if alpha / len(words) < config.min_alpha_words_frac:
         return "gopher_low_alpha_words"
     if config.min_stop_words and len(set(config.stop_words).intersection(tokens)) < config.min_stop_words:
@@ -340,8 +342,10 @@ def repetition(text: str, units: list[str], top: dict[int, float], dup: dict[int
 def _line_words(line: str, cjk: bool, chars_per_word: float) -> int:
     if not cjk:
         return len(line.split())
-    num_han = len(_HAN_CHAR.findall(line))
-    return int(num_han / chars_per_word) + len(_HAN_CHAR.sub(" ", line).split())
+    num_han = count_han(line)
+    if not num_han:
+        return len(line.split())
+    return int(num_han / chars_per_word) + len(_HAN_RUN.sub(" ", line).split())
 
 
 def c4_rules(text: str, config: C4Config, cjk: bool = False) -> tuple[str | None, str]:
@@ -379,7 +383,7 @@ def _c4_line_ok(line: str, config: C4Config, cjk: bool, terminal_punct: bool = T
     if terminal_punct and config.terminal_punct and not _ends_sentence(line):
         return False
     words = line.split()
-    if any(len(w) > config.max_word_chars for w in words):
+    if words and max(map(len, words)) > config.max_word_chars:
         return False
     if _line_words(line, cjk, config.cjk_chars_per_word) < config.min_words_per_line:
         return False
@@ -396,7 +400,7 @@ def cjk_quality(text: str, lines: list[str], config: CjkQualityConfig, gopher: G
         return "cjk_too_few_chars"
     if num_chars > config.max_chars:
         return "cjk_too_many_chars"
-    num_han = len(_HAN_CHAR.findall(text))
+    num_han = count_han(text)
     if num_han / num_chars < config.min_cjk_ratio:
         return "cjk_low_cjk_ratio"
     if config.min_stop_chars and sum(1 for ch in CJK_STOP_WORDS if ch in text) < config.min_stop_chars:

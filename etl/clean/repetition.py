@@ -54,13 +54,35 @@ class RepetitionRemovalConfig:
                 raise ValueError(f"clean.dedup_lines.boilerplate_patterns: bad regex {pattern!r}: {exc}") from None
 
 
+def _anchored(pattern: str) -> bool:
+    """Whether ``pattern`` can only match at the start of a string: its parse begins with ``^``
+    outside any alternation and without MULTILINE (so ``match`` finds what ``search`` would)."""
+    try:
+        from re import _constants, _parser  # Python 3.11+
+        parsed = _parser.parse(pattern, re.IGNORECASE)
+    except (ImportError, AttributeError, re.error):
+        return False
+    return bool(parsed.data) and parsed.data[0] == (_constants.AT, _constants.AT_BEGINNING) and not parsed.state.flags & re.MULTILINE
+
+
 @functools.lru_cache(maxsize=8)
-def _boilerplate(patterns: tuple[str, ...]) -> re.Pattern | None:
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+def _boilerplate(patterns: tuple[str, ...]):
+    """``is_boilerplate(line) -> bool`` for the case-insensitive ``patterns``, or None.  The
+    patterns anchored at the start are tried only there (``match``), the others anywhere: one
+    search of all of them tried every alternative at every position (6x slower)."""
+    if not patterns:
+        return None
+    def either(group: list[str]) -> re.Pattern:
+        return re.compile("|".join(f"(?:{p})" for p in group), re.IGNORECASE)
+
+    starts = [p for p in patterns if _anchored(p)]
+    anywhere = [p for p in patterns if not _anchored(p)]
+    tests = ([either(starts).match] if starts else []) + ([either(anywhere).search] if anywhere else [])
+    return lambda line: any(test(line) for test in tests)
 
 
 def _dedup_sentences(line: str, seen: set[str], min_chars: int) -> tuple[str, int]:
-    pieces = [m.group(0) for m in _SENTENCE.finditer(line) if m.group(0)]
+    pieces = [piece for piece in _SENTENCE.findall(line) if piece]
     if len(pieces) < 2 and not (pieces and pieces[0].strip() in seen):
         for piece in pieces:
             if len(piece.strip()) >= min_chars:
@@ -87,7 +109,7 @@ def remove_repetition(text: str, config: RepetitionRemovalConfig = RepetitionRem
     out: list[str] = []
     for line in text.split("\n"):
         key = line.strip()
-        if key and boiler is not None and boiler.search(key):
+        if key and boiler is not None and boiler(key):
             counts["num_boilerplate_lines_removed"] += 1
             continue
         if len(key) >= config.min_line_chars:

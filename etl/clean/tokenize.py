@@ -24,7 +24,7 @@ HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\U00020000-\U0002ebef
 #: CJK symbols and punctuation, full-width forms that NFKC leaves alone, CJK brackets.
 CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\ufe30-\ufe4f\u2018-\u201f\u2026\u2014"
 _RUNS = re.compile(f"(?P<han>[{HAN}]+)|(?P<punct>[{CJK_PUNCT}])|(?P<other>[^{HAN}{CJK_PUNCT}]+)")
-_HAN_CHAR = re.compile(f"[{HAN}]")
+_HAN_RUN = re.compile(f"[{HAN}]+")
 # Treebank rules split a period only at the end of their input, so sentences are cut first.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 SEGMENTERS = ("jieba", "rjieba")
@@ -122,9 +122,34 @@ def han_segmenter(config: TokenizerConfig = DEFAULT_TOKENIZER):
     return lambda run: tok.lcut(run, HMM=hmm)
 
 
-_TREEBANK_RULES = ("STARTING_QUOTES", "PUNCTUATION", "ENDING_QUOTES")
-_TREEBANK_PAIRS = ("PARENS_BRACKETS", "DOUBLE_DASHES")
 _PORTABLE_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.UNICODE | re.VERBOSE  # same bits in ``regex``
+# A rule can only change a sentence holding one of these characters (each pattern needs a literal
+# one of them to match), keyed by NLTK's pattern text; a pattern missing here always runs.
+_TREEBANK_TRIGGERS = {
+    "([«“‘„]|[`]+)": "«“‘„`", '^\\"': '"', "(``)": "`", '([ \\(\\[{<])(\\"|\\\'{2})': "\"'",
+    "(?i)(?<!\\w)(\\')(?!(?:re|ve|ll|m|t|s|d|n)\\b)(?=\\w)": "'",
+    '([^\\.])(\\.)([\\]\\)}>"\\\'»”’ ]*+)\\s*$': ".", "([:,])([^\\d])": ":,", "([:,])$": ":,", "\\.{2,}": ".",
+    "[;@#$%&]": ";@#$%&", "[\\u2012-\\u2015]": "\u2012\u2013\u2014\u2015", '([^\\.])(\\.)([\\]\\)}>"\\\']*)\\s*$': ".",
+    "[?!]": "?!", "([^'])' ": "'", "[*]": "*", "[\\]\\[\\(\\)\\{\\}\\<\\>]": "[](){}<>", "--": "-",
+    "([»”’])": "»”’", "''": "'", '"': '"', "([^' ])('[sS]|'[mM]|'[dD]|') ": "'",
+    "([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ": "'",
+    # Collapsing whitespace matters only to the later rules that match a literal space, and each
+    # of those needs an apostrophe; the final ``split()`` ignores the whitespace itself.
+    "\\s+": "'",
+}
+# The letters each (case-insensitive) contraction rule needs, keyed by NLTK's pattern text.
+_CONTRACTION_NEEDLES = {
+    "(?i)\\b(can)(?#X)(not)\\b": "cannot", "(?i)\\b(d)(?#X)('ye)\\b": "d'ye", "(?i)\\b(gim)(?#X)(me)\\b": "gimme",
+    "(?i)\\b(gon)(?#X)(na)\\b": "gonna", "(?i)\\b(got)(?#X)(ta)\\b": "gotta", "(?i)\\b(lem)(?#X)(me)\\b": "lemme",
+    "(?i)\\b(more)(?#X)('n)\\b": "more'n", "(?i)\\b(wan)(?#X)(na)(?=\\s)": "wanna",
+    "(?i) ('t)(?#X)(is)\\b": "'tis", "(?i) ('t)(?#X)(was)\\b": "'twas",
+}
+#: The only non-ASCII characters that ``re``'s IGNORECASE matches to ASCII letters (İ ı ſ and
+#: the Kelvin sign; tests/test_tokenize.py scans every code point): a sentence with one of them
+#: runs every contraction rule, since ``str.lower`` does not map them to the letter.
+_CASE_ODD = frozenset("\u0130\u0131\u017f\u212a")
+# Characters the substitutions may add: spaces always; `` and '' only where a " was.
+_QUOTE_DERIVED = frozenset("`'")
 
 
 def _stdlib_pattern(pattern) -> re.Pattern:
@@ -134,19 +159,58 @@ def _stdlib_pattern(pattern) -> re.Pattern:
     return re.compile(inner.pattern, inner.flags & _PORTABLE_FLAGS)
 
 
+class TreebankTokenizer:
+    """NLTKWordTokenizer's rules, in NLTK's order, run by ``re`` instead of ``regex`` (about 2x),
+    and each rule skipped where the sentence lacks every character the rule needs to match (the
+    set of the sentence's characters is taken once: the rules only add spaces, and backquotes
+    and apostrophes where a double quote was).  A skipped rule would have matched nothing, so
+    the tokens are NLTK's: tests/test_tokenize.py compares them on the corpus slice and on
+    random strings of the characters the rules look at."""
+
+    def __init__(self, nltk_tokenizer) -> None:
+        cls = type(nltk_tokenizer)
+        pairs = [*cls.STARTING_QUOTES, *cls.PUNCTUATION, cls.PARENS_BRACKETS, cls.DOUBLE_DASHES]
+        self._before = [self._rule(rx, sub) for rx, sub in pairs]
+        self._after = [self._rule(rx, sub) for rx, sub in cls.ENDING_QUOTES]
+        # (pattern, the letters it needs, lower-cased): these rules only insert spaces, so a
+        # needle (which holds none) missing before them cannot appear between them
+        self._contractions = [(_stdlib_pattern(rx), _CONTRACTION_NEEDLES.get(rx.pattern))
+                              for rx in [*cls.CONTRACTIONS2, *cls.CONTRACTIONS3]]
+
+    @staticmethod
+    def _rule(rx, sub) -> tuple:
+        pattern = _stdlib_pattern(rx)
+        trigger = _TREEBANK_TRIGGERS.get(getattr(rx, "_rx", rx).pattern)
+        return pattern.sub, sub, None if trigger is None else frozenset(trigger)
+
+    def tokenize(self, text: str) -> list[str]:
+        present = set(text)
+        if '"' in present:
+            present |= _QUOTE_DERIVED
+        for sub, replacement, trigger in self._before:
+            if trigger is None or not present.isdisjoint(trigger):
+                text = sub(replacement, text)
+        text = " " + text + " "
+        for sub, replacement, trigger in self._after:
+            if trigger is None or not present.isdisjoint(trigger):
+                text = sub(replacement, text)
+        lowered = text.lower() if _CASE_ODD.isdisjoint(present) else None
+        for rx, needle in self._contractions:
+            if lowered is None or needle is None or needle in lowered:
+                text = rx.sub(r" \1 \2 ", text)
+        return text.split()
+
+
 def _treebank():
-    """NLTKWordTokenizer with its own rules run by ``re`` instead of ``regex`` (about 2x faster;
-    the same tokens on the bundled corpus slice, tests/test_tokenize.py).  The stock tokenizer where
-    this NLTK or Python cannot (possessive ``*+`` needs Python 3.11)."""
+    """The fast :class:`TreebankTokenizer`; NLTK's own where this NLTK or Python cannot
+    (possessive ``*+`` needs Python 3.11)."""
     from nltk.tokenize import NLTKWordTokenizer
 
     try:
-        rules = {name: [(_stdlib_pattern(rx), sub) for rx, sub in getattr(NLTKWordTokenizer, name)] for name in _TREEBANK_RULES}
-        pairs = {name: (_stdlib_pattern(getattr(NLTKWordTokenizer, name)[0]), getattr(NLTKWordTokenizer, name)[1]) for name in _TREEBANK_PAIRS}
+        return TreebankTokenizer(NLTKWordTokenizer())
     except (AttributeError, TypeError, ValueError, re.error) as exc:
         logger.info("NLTK treebank rules kept on the regex module (%s)", exc)
         return NLTKWordTokenizer()
-    return type("StdlibTreebankTokenizer", (NLTKWordTokenizer,), {**rules, **pairs})()
 
 
 @functools.lru_cache(maxsize=3)
@@ -194,6 +258,12 @@ def words(text: str, config: TokenizerConfig = DEFAULT_TOKENIZER) -> list[str]:
     return [t for t in tokenize(text, config) if is_word(t)]
 
 
+def count_chars(runs: re.Pattern, text: str) -> int:
+    """Number of characters of ``text`` in the runs that ``runs`` (a ``[class]+`` pattern) matches;
+    one string made, where ``findall`` of single characters makes one per character."""
+    return len(text) - len(runs.sub("", text))
+
+
 def count_han(text: str) -> int:
     """Number of Han/kana characters in ``text``."""
-    return len(_HAN_CHAR.findall(text))
+    return count_chars(_HAN_RUN, text)

@@ -42,6 +42,9 @@ class FunctionStep:
 
     name: str
     fn: Callable[[Iterable[Document]], Iterator[Document]]
+    per_document: bool = False
+    """One output per live input, in order, each depending on that document only (filter and
+    map steps): a :class:`Pipeline` of such steps may run them block by block."""
 
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
         return self.fn(docs)
@@ -67,7 +70,7 @@ def filter_step(name: str, fn: Callable[[Document], str | None], on_error: str =
                 continue
             yield doc.drop(reason, name) if reason else doc
 
-    return FunctionStep(name, run)
+    return FunctionStep(name, run, per_document=True)
 
 
 def map_step(name: str, fn: Callable[[Document], Document], on_error: str = "skip") -> FunctionStep:
@@ -82,7 +85,7 @@ def map_step(name: str, fn: Callable[[Document], Document], on_error: str = "ski
                 continue
             yield doc if out is None else out
 
-    return FunctionStep(name, run)
+    return FunctionStep(name, run, per_document=True)
 
 
 def batched(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -119,25 +122,48 @@ class Pipeline:
 
     ``Pipeline(steps)(docs)`` is itself a step.  Order of the output may differ from the
     input for batched steps, but every input document comes out exactly once.
+
+    When every step is per-document (:attr:`FunctionStep.per_document`: filter and map steps),
+    documents run in blocks of ``block_size``: each step over the whole block, then the next.
+    The output is the same, in the same order, as one document through all steps at a time,
+    but each step's tables and code stay in the CPU's caches across a block (the clean stage:
+    language identification's 60 MB of tables twice as fast, the whole stage about 1.3x,
+    docs/benchmarks.md#clean).  ``block_size=1`` streams document by document.
     """
 
-    def __init__(self, steps: Sequence[Step], name: str = "pipeline"):
+    def __init__(self, steps: Sequence[Step], name: str = "pipeline", block_size: int = 256):
         names = [s.name for s in steps]
         dupes = [n for n, c in collections.Counter(names).items() if c > 1]
         if dupes:
             raise ValueError(f"step names must be unique, repeated: {dupes}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.steps = list(steps)
         self.name = name
+        self.block_size = block_size
 
     @property
     def step_names(self) -> list[str]:
         return [s.name for s in self.steps]
 
+    @property
+    def blocked(self) -> bool:
+        """Whether documents run block by block (see the class docstring)."""
+        return self.block_size > 1 and all(getattr(s, "per_document", False) for s in self.steps)
+
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        if self.blocked:
+            return self._blocks(docs)
         stream: Iterable[Document] = docs
         for step in self.steps:
             stream = _bypass_dropped(step, stream)
         return iter(stream)
+
+    def _blocks(self, docs: Iterable[Document]) -> Iterator[Document]:
+        for block in batched(docs, self.block_size):
+            for step in self.steps:
+                block = list(_bypass_dropped(step, block))
+            yield from block
 
 
 def _bypass_dropped(step: Step, stream: Iterable[Document]) -> Iterator[Document]:
