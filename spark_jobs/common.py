@@ -179,8 +179,9 @@ def session_conf(spark, settings: Mapping[str, str]):
     that key (``--conf``, ``spark-defaults.conf`` or ``spark.conf.set``: yours wins); the
     keys set here are unset on exit, so runs sharing a session (tests, notebooks) are not
     changed.  Yields the settings applied."""
-    given = spark.conf.getAll
-    applied = {key: str(value) for key, value in settings.items() if key not in given}
+    given = spark.conf.getAll if hasattr(type(spark.conf), "getAll") else None  # Spark 4; on 3.5 ask the JVM per key
+    applied = {key: str(value) for key, value in settings.items()
+               if not (key in given if given is not None else spark.conf._jconf.contains(key))}
     for key, value in applied.items():
         spark.conf.set(key, value)
     try:

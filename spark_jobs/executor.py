@@ -37,7 +37,9 @@ EPILOG = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
           "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
           "                                   instead of shuffling the documents\n"
           "  spark.jinglian.localGraphMaxEdges (default 2,000,000) dedup: a verified edge set with at most this many\n"
-          "                                   edges is clustered by one task's union-find, not large-star/small-star rounds")
+          "                                   edges is clustered by one task's union-find, not large-star/small-star rounds\n"
+          "A stage may set Spark settings of its own for its run (dedup: spark.sql.adaptive.enabled=false);\n"
+          "a --conf of yours for the same key wins.")
 
 
 @dataclass
