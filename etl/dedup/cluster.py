@@ -715,8 +715,9 @@ def update_index(docs: Sequence[Document], report: dict[str, Any], run: StageRun
 #: query execution off: the job's partitions are sized already (``--partitions``, the
 #: session's shuffle partitions) and its small join sides are counted and broadcast by hint,
 #: while adaptive execution submitted each shuffle stage as a job of its own and re-planned
-#: after it: 69 -> 25 Spark jobs and about 8 fewer JVM CPU seconds at 100k documents
-#: (docs/benchmarks.md, "Spark's overhead"); same output files.
+#: after it: 69 -> 23 Spark jobs, about 5 fewer JVM CPU seconds at 100k documents (with the
+#: merged read check; not measurable at 200k: docs/benchmarks.md, "Fewer Spark jobs"); same
+#: output files.
 DEDUP_SPARK_CONF = FrozenDict({"spark.sql.adaptive.enabled": "false"})
 
 DEDUP = Stage(
