@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,24 @@ def stage_session(app_name: str):
         spark.catalog.clearCache()
 
 
+@contextlib.contextmanager
+def session_conf(spark, settings: Mapping[str, str]):
+    """Set ``settings`` on the session for the block, each unless the session already sets
+    that key (``--conf``, ``spark-defaults.conf`` or ``spark.conf.set``: yours wins); the
+    keys set here are unset on exit, so runs sharing a session (tests, notebooks) are not
+    changed.  Yields the settings applied."""
+    given = spark.conf.getAll if hasattr(type(spark.conf), "getAll") else None  # Spark 4; on 3.5 ask the JVM per key
+    applied = {key: str(value) for key, value in settings.items()
+               if not (key in given if given is not None else spark.conf._jconf.contains(key))}
+    for key, value in applied.items():
+        spark.conf.set(key, value)
+    try:
+        yield applied
+    finally:
+        for key in applied:
+            spark.conf.unset(key)
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -294,7 +312,7 @@ def hadoop_input_files(spark, raw: str) -> list[tuple[InputFile, int]]:
 
 
 def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, partitions: int | None = None, cache: bool = False,
-                      derive: Derive | None = None):
+                      derive: Derive | None = None, counts: dict[str, int] | None = None):
     """All input records as a DataFrame of :data:`RECORD_SCHEMA` plus ``dup_first`` (the
     ``file:line`` of the first record with the same id, for later copies; else null).
 
@@ -313,6 +331,9 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
     merge a small input into one partition and leave the Python work of the next steps on
     one core.  ``derive`` adds a stage's per-record columns in the same Python pass as the
     reading (after the records' columns), so the text is not handed to Python twice.
+    ``counts``, if given, receives ``num_live``: the records neither rejected by the reader
+    nor repeated ids (``live_records(df).count()``), from the aggregation that looks for
+    repeated ids anyway, so a stage need not run a job of its own for it.
     """
     from pyspark import StorageLevel
 
@@ -321,14 +342,15 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
     if not files:
         raise InputError(f"no input files found in {list(paths)}")
     num_partitions = partitions or default_partitions(spark, input_bytes)
-    native = read_stage_parquet(spark, files)
+    native = read_stage_parquet(spark, files, counts)
     if native is not None:
         native = native.repartition(num_partitions, "id")
         if derive is not None:
             schema = pa.unify_schemas([pa.schema(list(RECORD_SCHEMA) + [("dup_first", pa.string())]), derive[1]])
             native = native.mapInArrow(lambda batches: (_with_derived(b, derive) for b in batches), spark_schema(schema))
         return native.persist(StorageLevel.MEMORY_AND_DISK) if cache else native
-    return _read_with_python(spark, files, reader_config, num_partitions, derive, inputs=paths, sizes=[size for _, size in sized])
+    return _read_with_python(spark, files, reader_config, num_partitions, derive, inputs=paths, sizes=[size for _, size in sized],
+                             counts=counts)
 
 
 _LISTING_SCHEMA = ("file_index long, part long, path string, name string, domain string, location string, "
@@ -411,15 +433,36 @@ def check_read_something(records, num_files: int, inputs: Sequence[str]) -> None
         raise NothingRead(nothing_read_message(inputs))
 
 
+def read_check(records, num_files: int, inputs: Sequence[str]) -> tuple[int, int]:
+    """``(repeated ids, live records)`` of the reader's records, and :func:`check_read_something`'s
+    check, in one aggregation over the ids (one job, where the check, the repeated ids' count
+    and a stage's count of live records were three).
+
+    A repeated id is one claimed (by records the reader did not reject) more than once; the
+    live records -- neither rejected nor a later copy of an id -- are one per claimed id.
+    Only when no record is readable is the file count taken too (a second job), to tell
+    "every file unreadable" (:class:`etl.io.records.NothingRead`) from an input of empty files."""
+    from pyspark.sql import functions as F
+
+    readable = (F.col("drop_reason").isNull() | (F.col("drop_reason") != UNREADABLE)).cast("long")
+    per_id = records.groupBy("id").agg(F.sum(F.col("drop_reason").isNull().cast("long")).alias("n"), F.sum(readable).alias("readable"))
+    row = per_id.agg(*[F.coalesce(F.sum(value), F.lit(0)).alias(name) for name, value in (
+        ("readable", F.col("readable")), ("repeated", (F.col("n") > 1).cast("long")), ("live", (F.col("n") > 0).cast("long")))]).collect()[0]
+    if row["readable"] == 0:
+        check_read_something(records, num_files, inputs)
+    return row["repeated"], row["live"]
+
+
 def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions: int, derive: Derive | None = None,
-                      inputs: Sequence[str] = (), sizes: Sequence[int] | None = None):
+                      inputs: Sequence[str] = (), sizes: Sequence[int] | None = None, counts: dict[str, int] | None = None):
     """Python reader tasks, then ``dup_first`` from the ``id`` column alone.
 
     ``num_partitions`` tasks: with more read tasks (files, or ranges of large JSON Lines
     files: :func:`read_tasks`) than that, each task reads a run of them (the listing is
     coalesced); with fewer, each is read by one task and the records are spread by a hash
     of (file, range, position).  The records are cached (the Python reader
-    runs once).  A repeated id is found by counting ids; only records of repeated ids are
+    runs once).  A repeated id is found by counting ids (:func:`read_check`, which also
+    counts the live records into ``counts["num_live"]``); only records of repeated ids are
     ordered by (file, position), and their ``dup_first`` joins back on (file, position),
     broadcast when small.  With no repeated id, the cached records are returned as they are.
     """
@@ -436,20 +479,19 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     if num_tasks < num_partitions:
         records = records.repartition(num_partitions, *_READ_ORDER)
     records = records.persist(StorageLevel.MEMORY_AND_DISK)
-    check_read_something(records, len(files), inputs or [f.path for f in files])
-    claiming = records.filter(F.col("drop_reason").isNull())  # a record rejected while read does not claim its id
-    repeated = claiming.groupBy("id").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("id").persist(StorageLevel.MEMORY_AND_DISK)
-    num_repeated = repeated.count()
+    num_repeated, num_live = read_check(records, len(files), inputs or [f.path for f in files])
+    if counts is not None:
+        counts["num_live"] = num_live
     if num_repeated == 0:
-        repeated.unpersist()
         return records.withColumn("dup_first", F.lit(None).cast("string")).drop(*_READ_ORDER)
+    claiming = records.filter(F.col("drop_reason").isNull())  # a record rejected while read does not claim its id
+    repeated = claiming.groupBy("id").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("id")
     first = Window.partitionBy("id").orderBy(*_READ_ORDER)
     where = F.concat_ws(":", F.get_json_object("meta", "$.src_file"), F.get_json_object("meta", "$.src_line"))
     copies = (claiming.select("id", *_READ_ORDER, "meta").join(hint_small(spark, repeated, num_repeated), "id", "left_semi")
               .withColumn("_rank", F.row_number().over(first)).withColumn("dup_first", F.first(where).over(first))
               .filter("_rank > 1").select(*_READ_ORDER, "dup_first").persist(StorageLevel.MEMORY_AND_DISK))
     num_copies = copies.count()
-    repeated.unpersist()
     return records.join(hint_small(spark, copies, num_copies), list(_READ_ORDER), "left").drop(*_READ_ORDER)
 
 
@@ -480,7 +522,7 @@ def _irregular_row():
     return blank("id") | blank("source") | blank("domain") | F.col("meta").isNull() | no_text | no_provenance | marked_dropped
 
 
-def read_stage_parquet(spark, files) -> Any:
+def read_stage_parquet(spark, files, counts: dict[str, int] | None = None) -> Any:
     """Records of previous stages' Parquet read natively, or None when the Python reader is needed.
 
     Used only when every file is Parquet with the document columns (strings) and a check
@@ -488,7 +530,8 @@ def read_stage_parquet(spark, files) -> Any:
     domain; ``meta`` with ``src_file``/``src_line`` and no ``drop_reason``) and no id
     repeated: exactly the rows the Python reader would pass through unchanged.  Concatenated
     outputs with repeated ids, raw Parquet, or odd rows fall back to the Python reader, which
-    marks them the way the local runner does.
+    marks them the way the local runner does.  ``counts``, if given, receives ``num_live``
+    (every row of a native read is live) from the same check.
     """
     from pyspark.sql import functions as F
 
@@ -497,11 +540,14 @@ def read_stage_parquet(spark, files) -> Any:
     df = spark.read.parquet(*[f.where for f in files]).select(*DOC_COLUMNS)
     check = (df.select("id", _irregular_row().cast("int").alias("irregular"))
              .groupBy("id").agg(F.count("*").alias("n"), F.max("irregular").alias("irregular"))
-             .agg(F.sum((F.col("n") > 1).cast("long")).alias("repeated"), F.max("irregular").alias("irregular"))
+             .agg(F.sum((F.col("n") > 1).cast("long")).alias("repeated"), F.max("irregular").alias("irregular"),
+                  F.count(F.lit(1)).alias("ids"))
              .collect()[0])
     if check["repeated"] or check["irregular"]:
         logger.info("Parquet inputs need the Python reader (%s repeated ids, irregular rows: %s)", check["repeated"], bool(check["irregular"]))
         return None
+    if counts is not None:
+        counts["num_live"] = check["ids"]
     null = F.lit(None).cast("string")
     return df.select("id", "text", "source", "domain", F.coalesce("lang", F.lit("")).alias("lang"), "meta",
                      null.alias("drop_reason"), null.alias("drop_step"), null.alias("dup_first"))
@@ -777,7 +823,7 @@ def write_stage_output(df, output: str, step_names: Sequence[str], extra_stats: 
     return report
 
 
-__all__ = ["get_spark", "stage_session", "job_step", "list_inputs", "list_inputs_sized", "read_tasks", "hadoop_input_files",
+__all__ = ["get_spark", "stage_session", "session_conf", "job_step", "list_inputs", "list_inputs_sized", "read_tasks", "hadoop_input_files",
            "check_java", "read_documents_df", "read_stage_parquet", "default_partitions", "map_documents",
            "write_stage_output", "write_records", "write_parts", "spark_schema", "hint_small", "RECORD_SCHEMA", "PartSummary",
            "batch_stats", "live_records", "rows_to_documents", "documents_to_batch"]

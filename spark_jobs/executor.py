@@ -28,7 +28,7 @@ from etl.core.config import config_to_dict, params_hash
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from etl.core.stats import STEP_WALL_KEY, write_json
 from etl.io.fs import local_file
-from spark_jobs.common import BROADCAST_MAX_ROWS, job_step, map_documents, read_documents_df, stage_session, write_stage_output
+from spark_jobs.common import BROADCAST_MAX_ROWS, job_step, map_documents, read_documents_df, session_conf, stage_session, write_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ EPILOG = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
           "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
           "                                   instead of shuffling the documents\n"
           "  spark.jinglian.localGraphMaxEdges (default 2,000,000) dedup: a verified edge set with at most this many\n"
-          "                                   edges is clustered by one task's union-find, not large-star/small-star rounds")
+          "                                   edges is clustered by one task's union-find, not large-star/small-star rounds\n"
+          "A stage may set Spark settings of its own for its run (dedup: spark.sql.adaptive.enabled=false);\n"
+          "a --conf of yours for the same key wins.")
 
 
 @dataclass
@@ -80,7 +82,14 @@ def execute(spark, run: StageRun) -> dict[str, Any]:
     Each step's Spark jobs are described as ``<stage>: <step>`` (:func:`common.job_step`) and
     its wall time goes to the report's ``step_wall_s`` (``timing.json``, beside ``stats.json``).
     The records are computed once, as they are written: the stage's extra counter
-    (``Stage.counter``) is counted by the write tasks, so nothing is cached for it."""
+    (``Stage.counter``) is counted by the write tasks, so nothing is cached for it.  The
+    stage's own Spark settings (``Stage.spark_conf``) hold for the whole run, unless the
+    session sets them (:func:`common.session_conf`)."""
+    with session_conf(spark, run.stage.spark_conf):
+        return _execute(spark, run)
+
+
+def _execute(spark, run: StageRun) -> dict[str, Any]:
     stage, wall_s = run.stage, {}
     if stage.write is not None:  # the operation writes the stage's own outputs (the shard set)
         with job_step(spark, stage.name, "build", wall_s):

@@ -161,3 +161,34 @@ def test_stage_output_input_is_read_natively_and_already_deduplicated(spark, cor
     kept, rejected = _result(out)
     assert kept == _result(corpus_dir / "local")[0] and rejected == {}
     assert report["num_rejected"] == 0 and report["dedup"]["num_live"] == len(kept)
+
+
+@pytest.mark.parametrize("yours", [None, "true"])
+def test_dedup_runs_without_adaptive_execution_unless_you_set_it(spark, corpus_dir, monkeypatch, yours):
+    """``DEDUP.spark_conf``: adaptive query execution is off from the read to the write (same
+    decisions as the local runner), a setting of yours wins, and the session is restored."""
+    from etl.dedup.cluster import DEDUP
+    from spark_jobs import common, dedup
+
+    assert DEDUP.spark_conf == {"spark.sql.adaptive.enabled": "false"}
+    seen = []
+    write_records = common.write_records
+
+    def spy(*args, **kwargs):  # the write, the stage's last Spark work
+        seen.append(spark.conf.get("spark.sql.adaptive.enabled"))
+        return write_records(*args, **kwargs)
+
+    monkeypatch.setattr(common, "write_records", spy)
+    if yours is not None:
+        spark.conf.set("spark.sql.adaptive.enabled", yours)
+    out = corpus_dir / f"adaptive-{yours}"
+    try:
+        report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"), "--partitions", "2"])
+        assert seen == ["false" if yours is None else yours]
+        assert spark.conf.get("spark.sql.adaptive.enabled") == (yours or "true")
+        assert ("spark.sql.adaptive.enabled" in spark.conf.getAll) == (yours is not None)
+    finally:
+        spark.conf.unset("spark.sql.adaptive.enabled")
+    assert _result(out) == _result(corpus_dir / "local")
+    local_report = json.loads((corpus_dir / "local" / "stats.json").read_text())
+    assert report["dedup"]["clusters"] == local_report["dedup"]["clusters"]

@@ -208,3 +208,51 @@ def test_a_large_jsonl_file_is_read_by_many_line_aligned_ranges(spark, tmp_path)
     whole = read_documents_df(spark, [str(tmp_path / "in")], ReaderConfig(), partitions=3)
     assert _rows(split) == _rows(whole)
     assert sum(r[6] == "invalid_json" for r in _rows(split)) == 1 and sum(r[8] is not None for r in _rows(split)) == 2
+
+
+def test_session_conf_sets_only_what_the_session_does_not_and_restores(spark):
+    """A stage's Spark settings (``Stage.spark_conf``) hold inside the block; a key the session
+    sets already (``--conf``, ``spark.conf.set``) is left as it is; on exit the keys set are unset."""
+    from spark_jobs.common import session_conf
+
+    ours, yours = "spark.sql.adaptive.enabled", "spark.sql.adaptive.coalescePartitions.enabled"
+    assert ours not in spark.conf.getAll and spark.conf.get(ours) == "true"
+    spark.conf.set(yours, "true")
+    try:
+        with session_conf(spark, {ours: "false", yours: "false"}) as applied:
+            assert applied == {ours: "false"}
+            assert spark.conf.get(ours) == "false" and spark.conf.get(yours) == "true"
+        assert ours not in spark.conf.getAll and spark.conf.get(ours) == "true" and spark.conf.get(yours) == "true"
+        with pytest.raises(RuntimeError), session_conf(spark, {ours: "false"}):
+            raise RuntimeError("a failed stage")
+        assert ours not in spark.conf.getAll
+    finally:
+        spark.conf.unset(yours)
+
+
+def test_the_read_check_counts_live_records_and_repeated_ids_in_one_job(spark, tmp_path):
+    """``read_documents_df(counts=...)``: ``num_live`` equals ``live_records(df).count()`` with
+    repeated ids, lines rejected by the reader (which claim no id) and a stage output read
+    natively; an input of nothing but unreadable files still raises NothingRead."""
+    from etl.io.records import NothingRead
+    from spark_jobs.common import live_records, read_check, read_documents_df
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}, {"id": "a", "text": "a later copy"}, "{not json",
+             {"id": "c", "text": "  "}, {"id": "b", "text": "again"}, {"id": "a", "text": "and again"}, {"id": "d", "text": "four"}]
+    (raw / "x.jsonl").write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines), encoding="utf-8")
+    (raw / "y.jsonl").write_text(json.dumps({"id": "c", "text": "c claims its id here"}) + "\n", encoding="utf-8")
+    for partitions in (1, 3):
+        counts: dict[str, int] = {}
+        df = read_documents_df(spark, [str(raw)], ReaderConfig(), partitions=partitions, counts=counts)
+        assert counts == {"num_live": live_records(df).count()} == {"num_live": 4}  # a, b, d, and c from y.jsonl
+        assert sorted(r["id"] for r in df.filter("dup_first IS NOT NULL").collect()) == ["a", "a", "b"]
+    stage = _stage_output(tmp_path / "clean", _docs("d", 12))
+    counts = {}
+    read_documents_df(spark, [str(stage)], ReaderConfig(), counts=counts)
+    assert counts == {"num_live": 12}
+    records = spark.createDataFrame([("f:0", "unreadable_file", 0)], "id string, drop_reason string, file_index long")
+    with pytest.raises(NothingRead):
+        read_check(records, 1, ["in"])
+    assert read_check(records, 2, ["in"]) == (0, 0)  # another file was read (as empty): not an error

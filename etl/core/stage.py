@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from etl.core.cli import ArgumentParser, add_io_args
-from etl.core.config import config_to_dict, load_params, load_section, params_hash
+from etl.core.config import FrozenDict, config_to_dict, load_params, load_section, params_hash
 from etl.core.document import Document
 from etl.core.step import Pipeline
 
@@ -126,6 +126,10 @@ class Stage:
     """What the stage writes under ``--output``."""
     parser_class: type[ArgumentParser] = field(default=ArgumentParser)
     """The parser (a subclass may name more files that make an existing output replaceable)."""
+    spark_conf: Mapping[str, str] = field(default_factory=FrozenDict)
+    """Spark SQL settings the Spark executor applies while it runs this stage (read to write),
+    each unless the session already sets it (``--conf``, ``spark-defaults.conf``,
+    ``spark.conf.set``), and restores afterwards (``spark_jobs.common.session_conf``)."""
 
     def spark_operation(self) -> Callable[..., Any]:
         """The Spark whole-corpus function named by :attr:`spark_corpus` (imported now)."""

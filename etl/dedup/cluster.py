@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.clean.tokenize import HAN, TokenizerConfig, is_word, tokenize
-from etl.core.config import config_to_dict, load_section
+from etl.core.config import FrozenDict, config_to_dict, load_section
 from etl.core.document import Document
 from etl.core.errors import JinglianError
 from etl.core.stage import Stage, StageRun
@@ -711,6 +711,15 @@ def update_index(docs: Sequence[Document], report: dict[str, Any], run: StageRun
         report["dedup"]["num_indexed"] = append_to_index(docs, run.args.against, run.config)
 
 
+#: Spark settings of the dedup job (``Stage.spark_conf``; a ``--conf`` of yours wins).  Adaptive
+#: query execution off: the job's partitions are sized already (``--partitions``, the
+#: session's shuffle partitions) and its small join sides are counted and broadcast by hint,
+#: while adaptive execution submitted each shuffle stage as a job of its own and re-planned
+#: after it: 69 -> 23 Spark jobs, about 5 fewer JVM CPU seconds at 100k documents (with the
+#: merged read check; not measurable at 200k: docs/benchmarks.md, "Fewer Spark jobs"); same
+#: output files.
+DEDUP_SPARK_CONF = FrozenDict({"spark.sql.adaptive.enabled": "false"})
+
 DEDUP = Stage(
     name="dedup",
     description="Exact and MinHash-LSH near-duplicate removal.",
@@ -722,6 +731,7 @@ DEDUP = Stage(
     check=check_dedup_flags,
     after_write=update_index,
     on_error_flag=False,
+    spark_conf=DEDUP_SPARK_CONF,
 )
 
 

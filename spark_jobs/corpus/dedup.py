@@ -227,15 +227,17 @@ def connected_components(edges, max_iterations: int):
 # ----------------------------------------------------------------------------- ETL
 
 
-def extract(spark, inputs: Sequence[str], reader: ReaderConfig, partitions: int | None, config: DedupConfig | None = None):
+def extract(spark, inputs: Sequence[str], reader: ReaderConfig, partitions: int | None, config: DedupConfig | None = None,
+            counts: dict[str, int] | None = None):
     """All input records: RECORD_SCHEMA plus ``dup_first`` (non-null on a repeated id), and
     with ``config`` each record's features (:data:`FEATURE_SCHEMA`), computed as it is read.
 
     In ``partitions`` partitions (default: ``common.default_partitions``), cached: the
-    shared reader's frame, read by several jobs here.
+    shared reader's frame, read by several jobs here.  ``counts`` receives ``num_live``
+    (``common.read_documents_df``).
     """
     derive = (features_fn(config), FEATURE_SCHEMA) if config is not None else None
-    return read_documents_df(spark, inputs, reader, partitions, cache=True, derive=derive)
+    return read_documents_df(spark, inputs, reader, partitions, cache=True, derive=derive, counts=counts)
 
 
 def read_index(spark, index_dir: str | None, config: DedupConfig):
@@ -245,20 +247,21 @@ def read_index(spark, index_dir: str | None, config: DedupConfig):
     return spark.read.option("pathGlobFilter", "part-*.parquet").parquet(str(index_dir))
 
 
-def transform(spark, docs, config: DedupConfig, index=None) -> tuple[tuple[Any, Any], dict[str, Any], Any]:
+def transform(spark, docs, config: DedupConfig, index=None, num_live: int | None = None) -> tuple[tuple[Any, Any], dict[str, Any], Any]:
     """Mark duplicates; returns ((kept, rejected) records, dedup report, kept features for the index).
 
     ``docs`` (from ``extract``, with the features) is read once and cached.  The sets of marked ids -- exact copies,
     cluster members -- are cached and counted; up to ``spark.jinglian.broadcastMaxRows``
     rows they join by broadcast, so neither the documents nor their signatures are shuffled
-    for it (``common.hint_small``).
+    for it (``common.hint_small``).  ``num_live``: the live records' count when the reader
+    counted it already (``extract(counts=...)``), else one job counts it.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     live = live_records(docs)
     feats = live.select("id", *FEATURE_SCHEMA.names)  # computed by the reader (extract), cached with the records
-    report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), "num_live": feats.count()}
+    report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), "num_live": num_live if num_live is not None else feats.count()}
     marks: list[tuple[Any, int]] = []
     survivors = feats
     if config.exact:
@@ -499,8 +502,9 @@ def run_dedup(spark, run: StageRun) -> SparkResult:
     documents' features are appended to the ``--against`` index with ``--update-index``."""
     args = run.args
     config = resolve_bands(run.config)
-    docs = extract(spark, args.input, run.reader, args.partitions, config)
-    out, report, kept_feats = transform(spark, docs, config, read_index(spark, args.against, config))
+    counts: dict[str, int] = {}
+    docs = extract(spark, args.input, run.reader, args.partitions, config, counts)
+    out, report, kept_feats = transform(spark, docs, config, read_index(spark, args.against, config), counts.get("num_live"))
     report["against"] = args.against
 
     def update_index(result: dict[str, Any]) -> None:
