@@ -127,7 +127,7 @@ class Pipeline:
     documents run in blocks of ``block_size``: each step over the whole block, then the next.
     The output is the same, in the same order, as one document through all steps at a time,
     but each step's tables and code stay in the CPU's caches across a block (the clean stage:
-    language identification's 60 MB of tables twice as fast, the whole stage about 1.3x,
+    language identification's 60 MB of tables twice as fast, the whole stage about 1.2x,
     docs/benchmarks.md#clean).  ``block_size=1`` streams document by document.
     """
 

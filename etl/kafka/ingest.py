@@ -220,8 +220,8 @@ class Ingestor:
         self.producer = None
         # The cleaning pool forks first: forking after kafka-python has started its IO thread
         # could copy a lock held by that thread into the workers.
-        # Workers warm up (langid's model, numba kernels: ~2.5 s) while the consumer joins its
-        # group, not on the first window.
+        # The pipeline warms up here (langid's model, numba kernels: ~2.5 s) and the forked
+        # workers inherit it, so the first window does not pay it.
         self.writer = WindowWriter(self.output, config.topic, factory, self.reader_config, None, dedup,
                                    workers=config.workers, warm_up=warm_up_documents())
         self.writer.dead_letter = self._dead_letter_sender()
