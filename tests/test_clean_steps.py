@@ -131,6 +131,7 @@ def test_boilerplate_patterns_anchored_or_not_match_as_one_search():
 
     assert _anchored(r"^share") and _anchored(r"^(?:a|b)c") and not _anchored(r"^a|b") and not _anchored(r"(?m)^a")
     assert not _anchored("all rights reserved") and not _anchored(r"x^")
+    assert _anchored(r"^[|(]x\|y") and _anchored(r"^[]|]") and not _anchored(r"^a(?#(|)|b") and _anchored(r"^a(?#|)b")
     patterns = (r"^share$", r"^a|b", "all rights reserved", r"(?:^|x)copy", r"^(?:read more|点击查看)")
     lines = ["share", "Share ", "a share", "xb", "ab", "zzz", "All Rights Reserved 2020", "xcopy", "copy", "点击查看更多", "更多点击查看"]
     single = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)

@@ -55,14 +55,38 @@ class RepetitionRemovalConfig:
 
 
 def _anchored(pattern: str) -> bool:
-    """Whether ``pattern`` can only match at the start of a string: its parse begins with ``^``
-    outside any alternation and without MULTILINE (so ``match`` finds what ``search`` would)."""
-    try:
-        from re import _constants, _parser  # Python 3.11+
-        parsed = _parser.parse(pattern, re.IGNORECASE)
-    except (ImportError, AttributeError, re.error):
+    """Whether ``pattern`` can only match at the start of a string, so ``match`` finds what
+    ``search`` would: it begins with ``^`` and has no ``|`` outside groups (escapes, character
+    classes and ``(?#...)`` comments skipped).  Without MULTILINE (a global ``(?m)`` would have
+    to come first, before the ``^``) that ``^`` matches only at position 0."""
+    if not pattern.startswith("^"):
         return False
-    return bool(parsed.data) and parsed.data[0] == (_constants.AT, _constants.AT_BEGINNING) and not parsed.state.flags & re.MULTILINE
+    depth, i, n = 0, 1, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":  # a character class; a "]" first (after an optional "^") is literal
+            i += 1
+            if i < n and pattern[i] == "^":
+                i += 1
+            if i < n and pattern[i] == "]":
+                i += 1
+            while i < n and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+        elif pattern.startswith("(?#", i):
+            i = pattern.find(")", i)
+            if i < 0:
+                return False
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            return False
+        i += 1
+    return True
 
 
 @functools.lru_cache(maxsize=8)
