@@ -111,11 +111,12 @@ def mask_pii(text: str, config: PiiConfig = PiiConfig()) -> tuple[str, dict[str,
         (has_id, "id_card", _ID15, "<ID_CARD>", valid_cn_id),
         (config.ip and text.count(":") >= 2, "ip", _IPV6, "<IP>", _valid_ipv6),
         (config.ip and text.count(".") >= 3, "ip", _IPV4, "<IP>", _valid_ip),
-        (config.phone, "phone", _PHONE, "<PHONE>", None),
+        (config.phone and _DIGITS2.search(text) is not None, "phone", _PHONE, "<PHONE>", None),
     ]
+    # The conditions are taken on the input: masking only replaces matches by tags without a
+    # digit, "@", ":" or ".", so a condition false there stays false for every later pattern.
     for enabled, kind, pattern, tag, check in steps:
-        # the conditions hold on the text each pattern sees: tags hold no digit, "@", ":" or "."
-        if not enabled or (kind == "phone" and not _DIGITS2.search(text)):
+        if not enabled:
             continue
         text, num = _sub(pattern, tag, text, check)
         if num:
