@@ -15,7 +15,11 @@ else the default), and adds what a console run wants unless you set it yourself:
   in ``spark.driver.extraJavaOptions``, unless you set the JIT or the collector yourself;
 * in client mode with ``spark.pyspark.python`` set (a shipped environment, ``./env/bin/python``,
   which exists only in the executors' directories), ``spark.pyspark.driver.python`` = this
-  Python, which runs the driver.
+  Python, which runs the driver;
+* in client mode, a class-data-sharing archive for the driver JVM (:class:`DriverClassArchive`):
+  the first run writes it (``-XX:ArchiveClassesAtExit``), later runs map it
+  (``-XX:SharedArchiveFile``), which takes about 6 CPU seconds of class loading off every
+  job's start; ``JINGLIAN_SPARK_CDS=off`` turns it off.
 
 dvc.yaml runs every Spark stage through it, so switching the pipeline to a cluster is a
 params change ([docs/operations.md](../docs/operations.md#spark-clusters)).
@@ -23,10 +27,14 @@ params change ([docs/operations.md](../docs/operations.md#spark-clusters)).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,14 +85,111 @@ def local_jvm_options(java_options: str = "") -> str:
     return " ".join([*given, *extra])
 
 
-def submit_command(params: SparkParams, job: str, job_args: Sequence[str], driver_python: str = sys.executable) -> list[str]:
-    """The spark-submit command line for ``job`` with ``job_args`` (see the module docstring)."""
+#: ``JINGLIAN_SPARK_CDS``: ``off`` (or 0/false/no) turns the driver's class-data-sharing archive
+#: off; a directory puts the archives there instead of ``$XDG_CACHE_HOME/jinglian/spark-cds``.
+CDS_ENV = "JINGLIAN_SPARK_CDS"
+#: Archives kept in the folder (one per JVM, Spark and option set; the most recently used stay).
+CDS_KEEP = 3
+_CDS_USER_OPTIONS = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare", "DynamicDumpSharedSpaces")
+
+
+def _spark_jars(submit: str) -> Path | None:
+    """The jars folder of the Spark that ``submit`` starts: ``$SPARK_HOME/jars``, the folder
+    beside a Spark distribution's ``bin/spark-submit``, or pip pyspark's ``pyspark/jars``."""
+    candidates = [Path(os.environ["SPARK_HOME"]) / "jars"] if os.environ.get("SPARK_HOME") else []
+    exe = shutil.which(shlex.split(submit)[0]) if submit.strip() else None
+    if exe:
+        candidates.append(Path(os.path.realpath(exe)).parent.parent / "jars")
+    spec = importlib.util.find_spec("pyspark")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "jars")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+class DriverClassArchive:
+    """A dynamic class-data-sharing archive (JDK 13+, JEP 350) for a client-mode driver JVM.
+
+    A Spark driver loads and verifies some 15,000 classes at every start; mapping them from an
+    archive instead took a small job from 14.8 to 9.0 CPU seconds (start to finish) on the
+    2-core test machine (docs/benchmarks.md, "JVM start-up").  The archive depends on the
+    Java build, Spark's jars and the JVM options, so its file name is a hash of those:
+    ``<cache>/<hash>.jsa``.  When it is missing, the run writes it at exit under a temporary
+    name (the dump costs about 20 s once) and :meth:`finish` renames it into place if the job
+    succeeded; a JVM that finds an archive it cannot use (a changed class path) ignores it
+    and starts as usual.  Off when ``JINGLIAN_SPARK_CDS=off``, or when your driver options
+    already name a sharing option.
+    """
+
+    def __init__(self, java_options: str, submit: str = "spark-submit"):
+        self.path: Path | None = None
+        self.dumping: Path | None = None
+        setting = os.environ.get(CDS_ENV, "").strip()
+        if setting.lower() in ("0", "off", "false", "no") or any(o in java_options for o in _CDS_USER_OPTIONS):
+            return
+        java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+        jars = _spark_jars(submit)
+        if not java or not os.path.exists(java) or jars is None:
+            return
+        java = os.path.realpath(java)
+        # system properties (-D...: the log configuration's path, which differs per checkout) load no classes
+        options = [o for o in shlex.split(java_options) if not o.startswith("-D")]
+        key = [java, str(os.stat(java).st_mtime_ns), str(jars), *options]
+        key += sorted(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in os.scandir(jars))
+        cache = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jinglian" / "spark-cds"
+        self.path = cache / (hashlib.sha256("\n".join(key).encode()).hexdigest()[:20] + ".jsa")
+
+    def java_options(self) -> list[str]:
+        """The options to add to the driver's: map the archive, or write it at exit."""
+        if self.path is None:
+            return []
+        if self.path.is_file():
+            os.utime(self.path)  # most recently used: kept by the pruning in finish()
+            return [f"-XX:SharedArchiveFile={self.path}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return []
+        self.dumping = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        return [f"-XX:ArchiveClassesAtExit={self.dumping}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+
+    def finish(self, succeeded: bool) -> None:
+        """After the driver exited: keep a written archive if the job succeeded, drop it
+        otherwise; keep the :data:`CDS_KEEP` most recently used archives of the folder."""
+        if self.dumping is None:
+            return
+        if succeeded and self.dumping.is_file() and self.dumping.stat().st_size > 0:
+            os.replace(self.dumping, self.path)
+        self.dumping.unlink(missing_ok=True)
+        folder = self.path.parent
+        archives = sorted(folder.glob("*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in archives[CDS_KEEP:]:
+            old.unlink(missing_ok=True)
+        for stale in folder.glob("*.jsa.tmp-*"):  # a killed run's partial dump
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink(missing_ok=True)
+
+
+def driver_java_options(params: SparkParams) -> str | None:
+    """The driver JVM options the launcher sets in client mode (the user's, jinglian's log
+    configuration, :func:`local_jvm_options` for a local master), or None in cluster mode."""
+    if params.deploy_mode != "client":
+        return None
+    java_options = with_log4j2(params.conf.get("spark.driver.extraJavaOptions", ""), log4j2_configuration())
+    if params.master.startswith("local"):
+        java_options = local_jvm_options(java_options)
+    return java_options
+
+
+def submit_command(params: SparkParams, job: str, job_args: Sequence[str], driver_python: str = sys.executable,
+                   archive: DriverClassArchive | None = None) -> list[str]:
+    """The spark-submit command line for ``job`` with ``job_args`` (see the module docstring);
+    ``archive``: the driver's class-data-sharing archive (client mode), whose options it adds."""
     conf = dict(params.conf)
     conf.setdefault("spark.ui.showConsoleProgress", "true")
     if params.deploy_mode == "client":
-        java_options = with_log4j2(conf.get("spark.driver.extraJavaOptions", ""), log4j2_configuration())
-        if params.master.startswith("local"):
-            java_options = local_jvm_options(java_options)
+        java_options = driver_java_options(params)
+        if archive is not None:
+            java_options = " ".join([java_options, *archive.java_options()]).strip()
         if java_options:
             conf["spark.driver.extraJavaOptions"] = java_options
         if "spark.pyspark.python" in conf:
@@ -115,11 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("job_args", nargs=argparse.REMAINDER, help="the job's own flags")
     args = parser.parse_args(argv)
     params = load_section(load_params(_job_params(args.job_args)), "spark")
-    cmd = submit_command(params, args.job, args.job_args)
     if args.dry_run:
-        print(shlex.join(cmd))
+        print(shlex.join(submit_command(params, args.job, args.job_args)))
         return 0
-    return subprocess.call(cmd)
+    archive = DriverClassArchive(driver_java_options(params), params.submit) if params.deploy_mode == "client" else None
+    returncode = subprocess.call(submit_command(params, args.job, args.job_args, archive=archive))
+    if archive is not None:
+        archive.finish(returncode == 0)
+    return returncode
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from dedup_fixtures import DEDUP_PARAMS, EXPECTED_KEPT, EXPECTED_REJECTED, crafted_documents, write_jsonl, write_params
 
@@ -75,22 +76,69 @@ def test_spark_equals_local_and_fixture_ids(spark, corpus_dir):
 @pytest.mark.parametrize("partitions, broadcast_max_rows", [(1, None), (8, None), (3, 0)])
 def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions, broadcast_max_rows):
     """1, 3 or 8 partitions; 0 broadcast rows: every join that is broadcast by default shuffles,
-    and the components come from large-star/small-star rounds, not one task's union-find."""
+    the components come from large-star/small-star rounds, not one task's union-find, and
+    each band's keys are cut into slices of 5 keys, bucketed by separate tasks."""
     from spark_jobs import dedup
 
     out = corpus_dir / f"spark{partitions}-{broadcast_max_rows}"
     if broadcast_max_rows is not None:
         spark.conf.set("spark.jinglian.broadcastMaxRows", str(broadcast_max_rows))
         spark.conf.set("spark.jinglian.localGraphMaxEdges", str(broadcast_max_rows))
+        spark.conf.set("spark.jinglian.bucketSliceKeys", "5")
     try:
         report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"),
                              "--partitions", str(partitions)])
     finally:
         spark.conf.unset("spark.jinglian.broadcastMaxRows")
         spark.conf.unset("spark.jinglian.localGraphMaxEdges")
+        spark.conf.unset("spark.jinglian.bucketSliceKeys")
     assert _result(out) == _result(corpus_dir / "local")
     local_report = json.loads((corpus_dir / "local" / "stats.json").read_text())
     assert report["dedup"]["clusters"] == local_report["dedup"]["clusters"]
+
+
+def test_shared_members_are_the_buckets_with_two_rows_and_a_batch_document():
+    from spark_jobs.corpus.dedup import shared_members
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n = int(rng.integers(0, 40))
+        keys = rng.integers(0, 12, n).astype(np.int64) - 6  # negative keys too: band keys are signed
+        is_index = rng.random(n) < 0.4
+        got = shared_members(keys, is_index)
+        expected = [i for i in range(n) if (keys == keys[i]).sum() > 1 and (~is_index[keys == keys[i]]).any()]
+        assert sorted(got.tolist()) == expected
+        assert np.all(np.diff(keys[got]) >= 0)  # in key order
+
+
+def test_band_blobs_round_trip_the_ids_and_keys():
+    """A batch's band blobs hold, per band and key slice, exactly its documents' band keys and ids."""
+    import pyarrow as pa
+
+    from etl.dedup import minhash_jit
+    from etl.dedup.cluster import matrix_rows_as_binary
+    from spark_jobs.corpus.dedup import _strings_from_buffers, band_blobs_fn
+
+    rng = np.random.default_rng(1)
+    sigs = rng.integers(0, 2**32, (30, 16), dtype=np.uint32)
+    ids = pa.array([f"doc-{i}-{'数' * (i % 3)}" for i in range(30)])
+    batch = pa.RecordBatch.from_arrays([ids, matrix_rows_as_binary(sigs), pa.array([i % 4 == 0 for i in range(30)])],
+                                       names=["id", "signature", "is_index"])
+    keys = minhash_jit.band_keys(sigs, 4, 4)
+    for slices, blob_docs in ((1, 100), (3, 100), (2, 7)):
+        out = list(band_blobs_fn(4, 4, 16, slices, blob_docs)(iter([batch.slice(0, 10), batch.slice(10, 10), batch.slice(20)])))
+        assert len(out) == (1 if blob_docs > 30 else 3)  # batches gathered up to blob_docs documents
+        seen = set()
+        for row in (r for b in out for r in b.to_pylist()):
+            got_ids = _strings_from_buffers(row["id_offsets"], row["id_bytes"]).to_pylist()
+            got_keys = np.frombuffer(row["keys"], dtype=np.int64)
+            flags = np.frombuffer(row["is_index"], dtype=np.uint8)
+            assert all(k % slices == row["slice"] for k in got_keys)
+            for doc_id, key, flag in zip(got_ids, got_keys, flags):
+                i = int(doc_id.split("-")[1])
+                assert keys[i, row["band"]] == key and bool(flag) == (i % 4 == 0)
+                seen.add((row["band"], i))
+        assert seen == {(b, i) for b in range(4) for i in range(30)}
 
 
 def test_cluster_rows_match_union_find_and_keeper_rules():

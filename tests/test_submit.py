@@ -49,3 +49,58 @@ def test_dry_run_reads_the_jobs_params_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "spark_jobs.submit", "--dry-run", "spark_jobs/clean.py", "--params", str(tmp_path / "p.yaml")],
                          capture_output=True, text=True, check=True).stdout
     assert "--master spark://h:7077" in out and "spark.executor.memory=8g" in out and out.rstrip().endswith(f"--params {tmp_path}/p.yaml")
+
+
+def test_the_driver_class_archive_is_written_once_then_mapped(monkeypatch, tmp_path):
+    """Keyed by the JVM options that load classes (not -D properties); written under a temporary
+    name and kept only when the job succeeded; off on request or when the user set sharing."""
+    from spark_jobs.submit import CDS_KEEP, DriverClassArchive
+
+    monkeypatch.setenv("JINGLIAN_SPARK_CDS", str(tmp_path / "cds"))
+    first = DriverClassArchive("-XX:+UseParallelGC -Dlog4j2.configurationFile=file:/a")
+    [dump, *_] = first.java_options()
+    assert dump.startswith("-XX:ArchiveClassesAtExit=") and ".jsa.tmp-" in dump
+    written = first.dumping
+    written.write_bytes(b"archive")  # what the JVM writes at exit
+    first.finish(succeeded=True)
+    assert first.path.read_bytes() == b"archive" and not written.exists()
+    again = DriverClassArchive("-XX:+UseParallelGC -Dlog4j2.configurationFile=file:/b")
+    assert again.path == first.path and again.java_options()[0] == f"-XX:SharedArchiveFile={first.path}"
+    other = DriverClassArchive("-XX:+UseSerialGC")
+    assert other.path != first.path
+    other.java_options()
+    other.dumping.write_bytes(b"partial")
+    other.finish(succeeded=False)  # a failed job's dump is not kept
+    assert not other.path.exists() and not other.dumping.exists()
+    for options in ("-Xshare:off", "-XX:SharedArchiveFile=/mine.jsa"):
+        assert DriverClassArchive(options).java_options() == []
+    monkeypatch.setenv("JINGLIAN_SPARK_CDS", "off")
+    assert DriverClassArchive("").java_options() == []
+    monkeypatch.setenv("JINGLIAN_SPARK_CDS", str(tmp_path / "cds"))
+    for gc in range(CDS_KEEP + 2):  # the folder keeps the most recently used archives only
+        archive = DriverClassArchive(f"-XX:ParallelGCThreads={gc + 1}")
+        archive.java_options()
+        archive.dumping.write_bytes(b"x")
+        archive.finish(succeeded=True)
+    assert len(list((tmp_path / "cds").glob("*.jsa"))) == CDS_KEEP
+
+
+def test_a_second_launcher_run_maps_sparks_classes_from_the_archive(monkeypatch, tmp_path):
+    """Real JVMs: the launcher's first run writes the archive, the second loads Spark's classes
+    from it (the JVM's class-load log names the dynamic archive as their source)."""
+    monkeypatch.setenv("JINGLIAN_SPARK_CDS", str(tmp_path / "cds"))
+    job = tmp_path / "job.py"
+    job.write_text("from pyspark.sql import SparkSession\n"
+                   "spark = SparkSession.builder.getOrCreate()\n"
+                   "assert spark.range(100).selectExpr('id % 3 AS k').groupBy('k').count().count() == 3\n"
+                   "spark.stop()\n")
+    log = tmp_path / "classes.log"
+    (tmp_path / "p.yaml").write_text("spark:\n  master: local[1]\n  conf:\n"
+                                     f"    spark.ui.enabled: 'false'\n    spark.driver.extraJavaOptions: -Xlog:class+load=info:file={log}\n")
+    run = [sys.executable, "-m", "spark_jobs.submit", str(job), "--params", str(tmp_path / "p.yaml")]
+    subprocess.run(run, check=True, capture_output=True)
+    [archive] = (tmp_path / "cds").glob("*.jsa")
+    assert archive.stat().st_size > 1_000_000 and not list((tmp_path / "cds").glob("*.tmp-*"))
+    subprocess.run(run, check=True, capture_output=True)
+    spark_classes = [line for line in log.read_text().splitlines() if "org.apache.spark.SparkContext " in line]
+    assert spark_classes and all("shared objects file (top)" in line for line in spark_classes)

@@ -69,17 +69,26 @@ def test_absolute_threshold_and_percentile_rule():
 
 
 @pytest.mark.spark
-def test_spark_equals_local(spark, tmp_path, data_dir):
+@pytest.mark.parametrize("broadcast_max_rows", [None, 0])
+def test_spark_equals_local(spark, tmp_path, data_dir, broadcast_max_rows):
+    """Both scoring paths: document frequencies broadcast to the Python workers (a small
+    vocabulary, the default) and joined per (document, token) row (0 broadcast rows)."""
     from spark_jobs import tfidf_filter
 
     docs = _real_docs(data_dir, 8) + _low_info_docs()
     src = write_jsonl(docs, tmp_path / "in" / "docs.jsonl")
     params = write_params(tmp_path / "params.yaml", tfidf={"min_percentile": 10.0})
     local = local_main(["--input", str(src.parent), "--output", str(tmp_path / "local"), "--params", str(params)])
-    remote = tfidf_filter.main(["--input", str(src.parent), "--output", str(tmp_path / "spark"), "--params", str(params), "--partitions", "3"])
+    if broadcast_max_rows is not None:
+        spark.conf.set("spark.jinglian.broadcastMaxRows", str(broadcast_max_rows))
+    try:
+        remote = tfidf_filter.main(["--input", str(src.parent), "--output", str(tmp_path / "spark"), "--params", str(params), "--partitions", "3"])
+    finally:
+        spark.conf.unset("spark.jinglian.broadcastMaxRows")
     for part in ("kept", "rejected"):
         local_scores = {d.id: d.meta["tfidf_score"] for d in read_parquet_dir(tmp_path / "local" / part)}
         spark_scores = {d.id: d.meta["tfidf_score"] for d in read_parquet_dir(tmp_path / "spark" / part)}
         assert spark_scores == local_scores  # bit-identical floats
     assert remote["drop_reasons"] == local["drop_reasons"] == {"low_tfidf": 2}
     assert remote["tfidf"]["percentile_cut"] == local["tfidf"]["percentile_cut"]
+    assert remote["tfidf"]["vocab_size"] == local["tfidf"]["vocab_size"]

@@ -472,7 +472,17 @@ def matrix_rows_as_list(matrix: np.ndarray) -> pa.Array:
 
 
 def binary_rows_as_matrix(column: pa.Array | pa.ChunkedArray, dtype, width: int) -> np.ndarray:
-    """Inverse of :func:`matrix_rows_as_binary`: ``(len(column), width)`` values of ``dtype``."""
+    """Inverse of :func:`matrix_rows_as_binary`: ``(len(column), width)`` values of ``dtype``
+    (a view of the Arrow buffer when the column is one chunk without nulls)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    row_bytes = width * np.dtype(dtype).itemsize
+    if column.null_count == 0 and pa.types.is_binary(column.type):
+        _, offsets, data = column.buffers()
+        bounds = np.frombuffer(offsets, dtype=np.int32)[column.offset:column.offset + len(column) + 1]
+        if len(bounds) and bool(np.all(np.diff(bounds) == row_bytes)):
+            raw = np.frombuffer(data, dtype=np.uint8)[bounds[0]:bounds[-1]] if len(column) else np.empty(0, np.uint8)
+            return raw.view(dtype).reshape(-1, width)
     return np.frombuffer(b"".join(column.to_pylist()), dtype=dtype).reshape(-1, width)
 
 

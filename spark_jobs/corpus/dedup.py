@@ -47,15 +47,19 @@ from spark_jobs.executor import SparkResult
 
 logger = logging.getLogger(__name__)
 
+#: The features computed as records are read, cached with them.  Band keys are not among
+#: them: they are a cheap function of the signature (``minhash_jit.band_keys``), computed
+#: where they are needed, so the cache does not hold (and convert) ``num_bands`` values per row.
 FEATURE_SCHEMA = pa.schema([("exact_key", pa.string()), ("rank", pa.float64()), ("num_shingles", pa.int64()),
-                            ("signature", pa.binary()), ("band_keys", pa.list_(pa.int64()))])
+                            ("signature", pa.binary())])
+INDEX_TYPE = "id string, exact_key string, signature binary, band_keys array<bigint>"
 
 
 # ----------------------------------------------------------------------------- partition functions
 
 
 def features_fn(config: DedupConfig):
-    """Record batch -> exact key, keep rank, shingle count, signature, band keys
+    """Record batch -> exact key, keep rank, shingle count, signature
     (:data:`FEATURE_SCHEMA`, vectorised per batch); run by the reader (``extract``)."""
 
     def run(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -64,8 +68,23 @@ def features_fn(config: DedupConfig):
         f = features_of([""] * len(texts), texts, [rank_of(t, m, config) for t, m in zip(texts, metas)], config)
         return pa.RecordBatch.from_arrays([
             pa.array(f.exact_keys, pa.string()), pa.array(f.ranks, pa.float64()),
-            pa.array(f.num_shingles, pa.int64()), matrix_rows_as_binary(f.sigs), matrix_rows_as_list(f.bands),
+            pa.array(f.num_shingles, pa.int64()), matrix_rows_as_binary(f.sigs),
         ], schema=FEATURE_SCHEMA)
+
+    return run
+
+
+def with_band_keys_fn(config: DedupConfig):
+    """mapInArrow: ``id, exact_key, signature`` -> the index's rows, with ``band_keys``."""
+    num_bands, rows_per_band = config.bands
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from etl.dedup import minhash_jit
+
+        for batch in batches:
+            sigs = binary_rows_as_matrix(batch.column("signature"), np.uint32, config.num_perm)
+            bands = minhash_jit.band_keys(sigs, num_bands, rows_per_band)
+            yield pa.RecordBatch.from_arrays([*batch.columns, matrix_rows_as_list(bands)], names=[*batch.schema.names, "band_keys"])
 
     return run
 
@@ -128,31 +147,158 @@ def apply_marks_to_arrays(id_: pa.Array, meta: pa.Array, drop_reason: pa.Array, 
 # ----------------------------------------------------------------------------- graph
 
 
-def candidate_edges(spark, bands, max_pairs_bucket_size: int):
+#: Default of ``spark.jinglian.bucketSliceKeys``: keys per (band, slice) a bucketing task holds at
+#: most (8 bytes of key, an id and a flag each): bands of larger corpora are cut into key slices.
+BUCKET_SLICE_KEYS = 4_000_000
+BAND_BLOB_TYPE = "band int, slice int, keys binary, id_offsets binary, id_bytes binary, is_index binary"
+BUCKET_MEMBER_TYPE = "band int, key long, id string, is_index boolean"
+
+
+def _string_buffers(ids: pa.Array) -> tuple[bytes, bytes]:
+    """A string array without nulls as (int32 offsets from 0, UTF-8 bytes)."""
+    if not pa.types.is_string(ids.type):  # large_string (spark.sql.execution.arrow.useLargeVarTypes)
+        ids = ids.cast(pa.string())
+    _, offsets, data = ids.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32)[ids.offset:ids.offset + len(ids) + 1]
+    return (bounds - bounds[0]).astype(np.int32).tobytes(), bytes(memoryview(data)[bounds[0]:bounds[-1]]) if len(ids) else b""
+
+
+def _strings_from_buffers(offsets: bytes, data: bytes) -> pa.Array:
+    """Inverse of :func:`_string_buffers`."""
+    count = len(offsets) // 4 - 1
+    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+#: Documents whose band keys one blob row holds at most (per band and key slice): a task's
+#: input batches are gathered up to this many before their blobs are cut (~20 MB of keys and ids).
+BLOB_DOCS = 100_000
+
+
+def band_blobs_fn(num_bands: int, rows_per_band: int, num_perm: int, num_slices: int, blob_docs: int = BLOB_DOCS):
+    """mapInArrow: rows ``id, signature, is_index`` -> per ``blob_docs`` documents of a task, one
+    row per (band, key slice) holding that band's keys (``minhash_jit.band_keys`` of the
+    signatures) as one int64 buffer, and the ids and index flags as buffers too.
+
+    The JVM then shuffles a few large binary values per band instead of ``num_bands`` rows per
+    document (2.1M at 100k documents: two hash shuffles, and a per-value conversion each way
+    between Arrow and Spark's rows)."""
+
+    def blobs(pending: list[tuple[np.ndarray, pa.Array, np.ndarray]]) -> pa.RecordBatch:
+        keys = np.concatenate([p[0] for p in pending])
+        ids = pa.concat_arrays([p[1] for p in pending])
+        flags = np.concatenate([p[2] for p in pending])
+        out: dict[str, list] = {name: [] for name in ("band", "slice", "keys", "id_offsets", "id_bytes", "is_index")}
+        for band in range(num_bands):
+            column = keys[:, band]
+            slices = column % num_slices if num_slices > 1 else None
+            for part in range(num_slices):
+                rows = None if slices is None else np.flatnonzero(slices == part)
+                if rows is not None and len(rows) == 0:
+                    continue
+                offsets, data = _string_buffers(ids if rows is None else ids.take(pa.array(rows)))
+                out["band"].append(band)
+                out["slice"].append(part)
+                out["keys"].append((column if rows is None else column[rows]).tobytes())
+                out["id_offsets"].append(offsets)
+                out["id_bytes"].append(data)
+                out["is_index"].append((flags if rows is None else flags[rows]).tobytes())
+        return pa.RecordBatch.from_arrays([pa.array(out["band"], pa.int32()), pa.array(out["slice"], pa.int32())]
+                                          + [pa.array(out[k], pa.binary()) for k in ("keys", "id_offsets", "id_bytes", "is_index")],
+                                          names=list(out))
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from etl.dedup import minhash_jit
+
+        pending, count = [], 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            ids = batch.column("id")
+            if ids.null_count:
+                raise ValueError("dedup: a document without an id reached the LSH buckets")
+            keys = minhash_jit.band_keys(binary_rows_as_matrix(batch.column("signature"), np.uint32, num_perm), num_bands, rows_per_band)
+            pending.append((keys, ids, batch.column("is_index").to_numpy(zero_copy_only=False).astype(np.uint8)))
+            count += batch.num_rows
+            if count >= blob_docs:
+                yield blobs(pending)
+                pending, count = [], 0
+        if pending:
+            yield blobs(pending)
+
+    return run
+
+
+def shared_members(keys: np.ndarray, is_index: np.ndarray) -> np.ndarray:
+    """Positions of the rows whose key is shared by another row and whose bucket (equal
+    keys) holds at least one batch (not index) row; in key order."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    shared = np.zeros(len(keys), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    rows = order[shared]
+    if len(rows) == 0 or not is_index.any():
+        return rows
+    starts = np.flatnonzero(np.r_[True, keys[rows][1:] != keys[rows][:-1]])
+    has_batch = np.logical_or.reduceat(~is_index[rows], starts)
+    return rows[np.repeat(has_batch, np.diff(np.r_[starts, len(rows)]))]
+
+
+def _bucket_members_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow over band blobs (:func:`band_blobs_fn`) hash-partitioned by (band, slice):
+    each (band, slice)'s keys are gathered and sorted; only the members of shared buckets
+    that hold a batch document come out (``band, key, id, is_index``)."""
+    groups: dict[tuple[int, int], list[tuple[bytes, ...]]] = {}
+    for batch in batches:
+        columns = [batch.column(k).to_pylist() for k in ("band", "slice", "keys", "id_offsets", "id_bytes", "is_index")]
+        for band, part, *blob in zip(*columns):
+            groups.setdefault((band, part), []).append(tuple(blob))
+    for (band, _), blobs in sorted(groups.items()):
+        keys = np.frombuffer(b"".join(b[0] for b in blobs), dtype=np.int64)
+        is_index = np.frombuffer(b"".join(b[3] for b in blobs), dtype=np.uint8).astype(bool)
+        where = shared_members(keys, is_index)
+        if len(where) == 0:
+            continue
+        ids = pa.concat_arrays([_strings_from_buffers(b[1], b[2]) for b in blobs])
+        yield pa.RecordBatch.from_arrays([pa.array(np.full(len(where), band, dtype=np.int32)), pa.array(keys[where]),
+                                          ids.take(pa.array(where)), pa.array(is_index[where])], names=["band", "key", "id", "is_index"])
+
+
+def bucket_members(spark, rows, config: DedupConfig, num_keys: int):
+    """``band, key, id, is_index`` of every document in an LSH bucket it shares with another
+    and that holds a batch document.  ``rows``: ``id, signature, is_index`` (batch and index
+    documents); ``num_keys``: how many rows, about (sizes the work of one task).
+
+    Each band is cut into key slices of about ``spark.jinglian.bucketSliceKeys`` keys (default
+    :data:`BUCKET_SLICE_KEYS`), and there are at least as many tasks as the band rows fill such
+    slices (and the session's shuffle partitions, up to one task per slice), so a task's Python
+    worker holds a bounded number of keys at any corpus size (a task holds its slices at once)."""
+    slice_keys = max(1, int(spark.conf.get("spark.jinglian.bucketSliceKeys", str(BUCKET_SLICE_KEYS))))
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    num_bands, rows_per_band = config.bands
+    num_slices = max(1, math.ceil(num_keys / slice_keys))
+    num_groups = num_bands * num_slices
+    num_tasks = min(num_groups, max(partitions, math.ceil(num_keys * num_bands / slice_keys)))
+    blobs = rows.mapInArrow(band_blobs_fn(num_bands, rows_per_band, config.num_perm, num_slices), BAND_BLOB_TYPE)
+    return blobs.repartition(max(1, num_tasks), "band", "slice").mapInArrow(_bucket_members_task, BUCKET_MEMBER_TYPE)
+
+
+def candidate_edges(members, max_pairs_bucket_size: int):
     """Edges ``(a, b)``, ``a < b``, from LSH buckets (cached) and their count; the rule of
     :func:`etl.dedup.cluster.bucket_edges`.
 
-    ``bands``: ``id, band, key, is_index``.  Buckets without a batch document, and edges
-    between two index documents, are skipped (history is already deduplicated).
-
-    Two passes over ``bands``.  First a fixed-width hash aggregation counts the members of
-    each ``(band, key)``; nearly all buckets hold one document, and only the shared ones
-    are kept (cached, counted, broadcast when small).  Then only the band rows in shared
-    buckets are grouped with their members collected, and the pairs (or the star around
-    the smallest id, for buckets above ``max_pairs_bucket_size``) are made by SQL array
-    functions on the executors.  Collecting members for every bucket made Spark sort all
-    band rows (its object aggregation falls back to sorting): measured at 100k documents,
-    4.0 s against 1.6 s for the two passes, and 19 s for the earlier window and self-join.
+    ``members`` (:func:`bucket_members`): ``band, key, id, is_index`` of the shared buckets
+    only, each holding a batch document; edges between two index documents are skipped
+    (history is already deduplicated).  The members are grouped per bucket and the pairs
+    (or the star around the smallest id, for buckets above ``max_pairs_bucket_size``) are
+    made by SQL array functions on the executors.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    shared = bands.groupBy("band", "key").agg(F.count(F.lit(1)).alias("n")).filter("n > 1").select("band", "key").persist(StorageLevel.MEMORY_AND_DISK)
-    num_shared = shared.count()
-    members = bands.join(hint_small(spark, shared, num_shared), ["band", "key"], "left_semi")
     buckets = (members.groupBy("band", "key")
                .agg(F.count(F.lit(1)).alias("n"), F.collect_list(F.struct("id", "is_index")).alias("m"))
-               .filter("n > 1 AND exists(m, x -> NOT x.is_index)")
                .select("n", F.array_sort("m").alias("m")))  # members by id: m[0] is the bucket's root
     edge = "struct({x}.id AS a, {y}.id AS b, {x}.is_index AND {y}.is_index AS both_indexed)"
     all_pairs = f"flatten(transform(m, (x, i) -> transform(filter(m, (y, j) -> j > i), y -> {edge.format(x='x', y='y')})))"
@@ -161,7 +307,6 @@ def candidate_edges(spark, bands, max_pairs_bucket_size: int):
     edges = (pairs.filter(~F.col("e.both_indexed") & (F.col("e.a") < F.col("e.b")))
              .select(F.col("e.a").alias("a"), F.col("e.b").alias("b")).distinct().persist(StorageLevel.MEMORY_AND_DISK))
     num_edges = edges.count()
-    shared.unpersist()
     return edges, num_edges
 
 
@@ -271,7 +416,7 @@ def transform(spark, docs, config: DedupConfig, index=None, num_live: int | None
         survivors = feats.join(hint_small(spark, exact.select("id"), num_exact), "id", "left_anti")
     near = None
     if config.near:
-        near, comp, keepers, counts = _near_marks(spark, survivors.filter(F.col("num_shingles") > 0), config, index)
+        near, comp, keepers, counts = _near_marks(spark, survivors.filter(F.col("num_shingles") > 0), config, index, report["num_live"])
         near = near.persist(StorageLevel.MEMORY_AND_DISK)
         num_near = near.count()
         marks.append((near, num_near))
@@ -298,18 +443,19 @@ def _exact_marks(feats, index):
             .select("id", F.lit("exact_duplicate").alias("_reason"), F.col("keeper").alias("_dup_of"), F.lit(None).cast("string").alias("_cluster")))
 
 
-def _near_marks(spark, survivors, config: DedupConfig, index):
+def _near_marks(spark, survivors, config: DedupConfig, index, num_keys: int):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    bands = survivors.select("id", F.posexplode("band_keys").alias("band", "key"), F.lit(False).alias("is_index"))
+    rows = survivors.select("id", "signature", F.lit(False).alias("is_index"))
     nodes = survivors.select("id", "rank", "signature", F.lit(False).alias("is_index"))
     if index is not None:
-        index_bands = index.select("id", F.posexplode("band_keys").alias("band", "key"), F.lit(True).alias("is_index"))
-        index_bands = index_bands.join(bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
-        bands = bands.unionByName(index_bands)
+        rows = rows.unionByName(index.select("id", "signature", F.lit(True).alias("is_index")))
         nodes = nodes.unionByName(index.select("id", F.lit(None).cast("double").alias("rank"), "signature", F.lit(True).alias("is_index")))
-    edges, num_candidates = candidate_edges(spark, bands, config.max_pairs_bucket_size)
+    if index is not None:
+        num_keys += index.count()  # Parquet footers: no data read
+    members = bucket_members(spark, rows, config, num_keys)
+    edges, num_candidates = candidate_edges(members, config.max_pairs_bucket_size)
     counts = {"num_candidate_edges": num_candidates}
     if config.verify:
         # signatures of the edges' endpoints only (a few of the documents), found by broadcast when few
@@ -483,7 +629,8 @@ def append_index_df(kept_feats, index_dir: str, config: DedupConfig) -> int:
     batch = uuid.uuid4().hex[:8]
     staging = index_path / f".tmp-{batch}"
     try:
-        written = write_parts(kept_feats.select("id", "exact_key", "signature", "band_keys"), str(staging), prefix=f"part-{batch}-")
+        rows = kept_feats.select("id", "exact_key", "signature").mapInArrow(with_band_keys_fn(config), INDEX_TYPE)
+        written = write_parts(rows, str(staging), prefix=f"part-{batch}-")
         for name in sorted(written):
             os.replace(staging / name, index_path / name)
     finally:
