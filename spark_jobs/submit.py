@@ -111,7 +111,7 @@ class DriverClassArchive:
 
     A Spark driver loads and verifies some 15,000 classes at every start; mapping them from an
     archive instead took a small job from 14.8 to 9.0 CPU seconds (start to finish) on the
-    2-core test machine (docs/benchmarks.md, "JVM start-up").  The archive depends on the
+    2-core test machine (docs/benchmarks.md, "Round three").  The archive depends on the
     Java build, Spark's jars and the JVM options, so its file name is a hash of those:
     ``<cache>/<hash>.jsa``.  When it is missing, the run writes it at exit under a temporary
     name (the dump costs about 20 s once) and :meth:`finish` renames it into place if the job
@@ -143,8 +143,11 @@ class DriverClassArchive:
         if self.path is None:
             return []
         if self.path.is_file():
-            os.utime(self.path)  # most recently used: kept by the pruning in finish()
-            return [f"-XX:SharedArchiveFile={self.path}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+            try:
+                os.utime(self.path)  # most recently used: kept by the pruning in finish()
+                return [f"-XX:SharedArchiveFile={self.path}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+            except OSError:  # pruned by another run just now: write it again
+                pass
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -160,12 +163,18 @@ class DriverClassArchive:
         if succeeded and self.dumping.is_file() and self.dumping.stat().st_size > 0:
             os.replace(self.dumping, self.path)
         self.dumping.unlink(missing_ok=True)
+        def modified(path: Path) -> float:  # another run may prune or rename the same files
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return 0.0
+
         folder = self.path.parent
-        archives = sorted(folder.glob("*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
+        archives = sorted(folder.glob("*.jsa"), key=modified, reverse=True)
         for old in archives[CDS_KEEP:]:
             old.unlink(missing_ok=True)
         for stale in folder.glob("*.jsa.tmp-*"):  # a killed run's partial dump
-            if time.time() - stale.stat().st_mtime > 3600:
+            if time.time() - modified(stale) > 3600:
                 stale.unlink(missing_ok=True)
 
 
