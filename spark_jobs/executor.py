@@ -34,10 +34,13 @@ logger = logging.getLogger(__name__)
 
 EPILOG = ("Spark settings read by jinglian (spark-submit --conf KEY=VALUE):\n"
           f"  spark.jinglian.broadcastMaxRows  (default {BROADCAST_MAX_ROWS:,}) a counted join side with at most this\n"
-          "                                   many rows (repeated ids, dedup marks, shared LSH buckets) is broadcast\n"
-          "                                   instead of shuffling the documents\n"
+          "                                   many rows (repeated ids, dedup marks, edge endpoints) is broadcast\n"
+          "                                   instead of shuffling the documents; TF-IDF: a vocabulary of at most this\n"
+          "                                   many tokens is broadcast to the Python workers instead of joined\n"
           "  spark.jinglian.localGraphMaxEdges (default 2,000,000) dedup: a verified edge set with at most this many\n"
           "                                   edges is clustered by one task's union-find, not large-star/small-star rounds\n"
+          "  spark.jinglian.bucketSliceKeys   (default 4,000,000) dedup: keys of one LSH band a bucketing task holds;\n"
+          "                                   larger corpora cut each band into key slices\n"
           "A stage may set Spark settings of its own for its run (dedup: spark.sql.adaptive.enabled=false);\n"
           "a --conf of yours for the same key wins.")
 
