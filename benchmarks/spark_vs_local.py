@@ -2,19 +2,24 @@
 
     python -m benchmarks.spark_vs_local --stage tfidf [--sizes 50000 100000 200000]
         [--work /tmp/spark-vs-local] [--cores 2] [--output benchmarks/results/spark_vs_local_tfidf.json]
+    python -m benchmarks.spark_vs_local --stage shards --tokenizer <dir> [--sizes ...]
 
 Issue #17's measure of Spark's overhead: CPU seconds per document of the Spark executor
 (``spark-submit --master local[<cores>]`` with the launcher's driver options: C1-only JIT, the
 parallel collector, the class-data-sharing archive) against the same stage's local runner in
-one process (``python -m etl.<stage>``), on the same input, in the same run; with the same
-kept and rejected records (ids, drop reasons, and the stage's score where it has one).
+one process (``python -m etl.<stage>``, ``python -m shards build``), on the same input, in the
+same run; with the same decisions: the same kept and rejected records (ids, drop reasons, and
+the stage's score or link where it has one), or for shards the same shard files (sha256 of
+each shard and validation shard, both sides with ``--partitions 4 x cores``).
 CPU seconds are user + system of every process of each run's tree (JVM, Python driver,
 Python workers), sampled every 0.2 s (``benchmarks.dedup.run_sampled``), as are the peak
 RSS figures.
 
 Input: the dedup benchmark's generated corpus (``benchmarks/dedup/generate.py``: documents
 made of sentences of the shared Chinese and English corpora, with near-duplicate families),
-made once per size under --work.  Results: --output (JSON) and a PNG beside it (CPU per 1k
+made once per size under --work; for shards its records are split into the three mix groups
+(``general=``, ``domain=``, ``expert=`` inputs: 70 / 20 / 10 % of the lines) and tokenised with
+``--tokenizer`` (for example the demo's ``data/pipeline/tokenizer``).  Results: --output (JSON) and a PNG beside it (CPU per 1k
 documents and the ratio, against size).
 """
 from __future__ import annotations
@@ -30,11 +35,35 @@ from typing import Any
 from benchmarks.dedup.__main__ import ROOT, VENV_BIN, run_sampled
 from benchmarks.dedup.generate import write_corpus
 
-#: stage -> (Spark job file, local runner's module, meta key compared besides the drop reason)
-STAGES = {"tfidf": ("tfidf_filter.py", "etl.tfidf", "tfidf_score"), "dedup": ("dedup.py", "etl.dedup", "duplicate_of")}
+#: stage -> (Spark job file, local runner's command after the Python executable, meta key compared
+#: besides the drop reason; None: compare the shard files)
+STAGES = {"tfidf": ("tfidf_filter.py", ["-m", "etl.tfidf"], "tfidf_score"), "dedup": ("dedup.py", ["-m", "etl.dedup"], "duplicate_of"),
+          "shards": ("build_shards.py", ["-m", "shards", "build"], None)}
 
 
-def spark_command(stage: str, corpus: Path, out: Path, cores: int, driver_memory: str) -> tuple[list[str], Any]:
+def stage_inputs(stage: str, corpus: Path, args) -> list[str]:
+    """The job's ``--input`` values and its other flags."""
+    if stage != "shards":
+        return ["--input", str(corpus / "docs")]
+    groups = {"general": range(0, 7), "domain": range(7, 9), "expert": range(9, 10)}  # by line number mod 10
+    folders = {g: corpus / "groups" / g for g in groups}
+    if not all((f / "part.jsonl").is_file() for f in folders.values()):
+        outs = {}
+        for group, folder in folders.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            outs[group] = open(folder / "part.jsonl", "w", encoding="utf-8")
+        line_no = 0
+        for path in sorted((corpus / "docs").glob("*.jsonl")):
+            for line in open(path, encoding="utf-8"):
+                outs[next(g for g, r in groups.items() if line_no % 10 in r)].write(line)
+                line_no += 1
+        for out in outs.values():
+            out.close()
+    inputs = [f"{g}={folder}" for g, folder in folders.items()]
+    return ["--input", *inputs, "--tokenizer", str(args.tokenizer), "--partitions", str(4 * args.cores)]
+
+
+def spark_command(stage: str, job_args: list[str], out: Path, cores: int, driver_memory: str) -> tuple[list[str], Any]:
     from spark_jobs.submit import DriverClassArchive, local_jvm_options
 
     archive = DriverClassArchive(local_jvm_options())
@@ -42,7 +71,7 @@ def spark_command(stage: str, corpus: Path, out: Path, cores: int, driver_memory
     cmd = [str(VENV_BIN / "spark-submit"), "--master", f"local[{cores}]", "--driver-memory", driver_memory,
            "--conf", "spark.ui.enabled=false", "--conf", f"spark.sql.shuffle.partitions={4 * cores}",
            "--conf", f"spark.driver.extraJavaOptions={java_options}",
-           str(ROOT / "spark_jobs" / STAGES[stage][0]), "--input", str(corpus / "docs"), "--output", str(out)]
+           str(ROOT / "spark_jobs" / STAGES[stage][0]), *job_args, "--output", str(out)]
     return cmd, archive
 
 
@@ -53,10 +82,13 @@ def run_one(cmd: list[str]) -> dict[str, Any]:
     return {"wall_s": round(wall_s, 2), "cpu_s": round(sum(sampler.cpu_s.values()), 2), "memory_peak": sampler.peak}
 
 
-def decisions(out: Path, meta_key: str) -> dict[str, tuple]:
-    """id -> (drop reason, meta[meta_key]) over kept/ and rejected/."""
+def decisions(out: Path, meta_key: str | None) -> Any:
+    """id -> (drop reason, meta[meta_key]) over kept/ and rejected/; for shards, each shard
+    set's (name, sha256) list."""
     from etl.io.records import read_parquet_dir
 
+    if meta_key is None:
+        return [[(s["name"], s["sha256"]) for s in json.loads((out / sub / "manifest.json").read_text())["shards"]] for sub in (".", "valid")]
     return {d.id: (d.drop_reason, d.meta.get(meta_key)) for part in ("kept", "rejected") for d in read_parquet_dir(out / part)}
 
 
@@ -68,11 +100,14 @@ def bench_size(stage: str, num_docs: int, args) -> dict[str, Any]:
     for path in (spark_out, local_out):
         shutil.rmtree(path, ignore_errors=True)
     print(f"[{num_docs}] spark ...", flush=True)
-    cmd, archive = spark_command(stage, corpus, spark_out, args.cores, args.driver_memory)
-    spark = run_one(cmd)
-    archive.finish(True)
+    job_args = stage_inputs(stage, corpus, args)
+    cmd, archive = spark_command(stage, job_args, spark_out, args.cores, args.driver_memory)
+    try:
+        spark = run_one(cmd)
+    finally:
+        archive.finish(True)
     print(f"[{num_docs}] local runner ...", flush=True)
-    local = run_one([sys.executable, "-m", STAGES[stage][1], "--input", str(corpus / "docs"), "--output", str(local_out)])
+    local = run_one([sys.executable, *STAGES[stage][1], *job_args, "--output", str(local_out)])
     same = decisions(spark_out, STAGES[stage][2]) == decisions(local_out, STAGES[stage][2])
     row = {"num_docs": num_docs, "spark": spark, "local": local, "same_decisions": same,
            "spark_over_local_cpu": round(spark["cpu_s"] / local["cpu_s"], 2)}
@@ -110,8 +145,11 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="/tmp/spark-vs-local", help="where corpora and outputs go")
     parser.add_argument("--cores", type=int, default=2, help="Spark local[N] cores")
     parser.add_argument("--driver-memory", default="4g", help="spark-submit --driver-memory")
+    parser.add_argument("--tokenizer", default=None, help="shards: the Hugging Face tokenizer directory (e.g. the demo's data/pipeline/tokenizer)")
     parser.add_argument("--output", default=None, help="results JSON (PNG beside it); default benchmarks/results/spark_vs_local_<stage>.json")
     args = parser.parse_args(argv)
+    if args.stage == "shards" and not args.tokenizer:
+        parser.error("--stage shards needs --tokenizer")
     rows = [bench_size(args.stage, n, args) for n in args.sizes]
     out = Path(args.output or ROOT / "benchmarks" / "results" / f"spark_vs_local_{args.stage}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,12 +54,12 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS of a process tree, split into JVM, Python driver and Python workers."""
+    """Peak RSS of a process tree, split into JVM, Python driver and Python workers, and in all."""
 
     def __init__(self, root_pid: int, interval_s: float = 0.2):
         super().__init__(daemon=True)
         self.root_pid, self.interval_s = root_pid, interval_s
-        self.peak = {"jvm_bytes": 0, "python_driver_bytes": 0, "python_workers_bytes": 0}
+        self.peak = {"jvm_bytes": 0, "python_driver_bytes": 0, "python_workers_bytes": 0, "total_bytes": 0}
         self.cpu_s: dict[int, float] = {}  # last seen user+system seconds per process
         self.done = threading.Event()
 
@@ -81,6 +81,7 @@ class MemorySampler(threading.Thread):
                     self.cpu_s[p.pid] = times.user + times.system
                 except psutil.Error:
                     continue
+                now["total_bytes"] += rss  # the whole tree (any command)
                 if "java" in p.name():
                     now["jvm_bytes"] += rss
                 elif "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
