@@ -6,7 +6,7 @@
 The job runs as the benchmarks run it (``spark-submit --master local[N]``), with Spark's
 event log on (a temporary folder) and its process tree sampled every 0.1 s
 (``psutil``): user+system CPU seconds of the JVM (driver and local executors), the Python
-driver and the Python workers (``pyspark.daemon`` and the workers it forks), each sample
+driver and the Python workers (the daemon, ``pyspark.daemon`` or jinglian's ``spark_jobs.worker_daemon``, and the workers it forks), each sample
 timestamped, so the CPU of each category is attributed to the Spark step whose jobs were
 running (``job_step`` descriptions ``<stage>: <step>``) or to the time between jobs
 (session start, planning on the driver, shut-down).  From the event log: per step the
@@ -52,7 +52,7 @@ class CpuSampler(threading.Thread):
         cmd = " ".join(proc.cmdline())
         if "java" in proc.name():
             return "jvm"
-        if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+        if "pyspark.daemon" in cmd or "pyspark.worker" in cmd or "worker_daemon" in cmd:
             return "python_workers"
         if self.job_file in cmd:
             return "python_driver"

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.dedup.__main__ import ROOT, VENV_BIN, run_sampled
+from benchmarks.dedup.__main__ import ROOT, local_spark_command, run_sampled
 from benchmarks.dedup.generate import write_corpus
 
 #: stage -> (Spark job file, local runner's command after the Python executable, meta key compared
@@ -64,15 +64,7 @@ def stage_inputs(stage: str, corpus: Path, args) -> list[str]:
 
 
 def spark_command(stage: str, job_args: list[str], out: Path, cores: int, driver_memory: str) -> tuple[list[str], Any]:
-    from spark_jobs.submit import DriverClassArchive, local_jvm_options
-
-    archive = DriverClassArchive(local_jvm_options())
-    java_options = " ".join([local_jvm_options(), *archive.java_options()])
-    cmd = [str(VENV_BIN / "spark-submit"), "--master", f"local[{cores}]", "--driver-memory", driver_memory,
-           "--conf", "spark.ui.enabled=false", "--conf", f"spark.sql.shuffle.partitions={4 * cores}",
-           "--conf", f"spark.driver.extraJavaOptions={java_options}",
-           str(ROOT / "spark_jobs" / STAGES[stage][0]), *job_args, "--output", str(out)]
-    return cmd, archive
+    return local_spark_command(STAGES[stage][0], [*job_args, "--output", str(out)], cores, driver_memory)
 
 
 def run_one(cmd: list[str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,7 @@ from etl.io.records import (
     splittable,
 )
 from etl.io.stage_output import RECORD_FOLDERS, part_name, stage_output
+from spark_jobs.worker_daemon import PRELOAD_ENV, WORKER_DAEMON
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +101,15 @@ def check_java() -> None:
         raise JinglianError(f"Spark needs Java {MIN_JAVA} or newer ({found}); install it, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME")
 
 
-def get_spark(app_name: str):
+def get_spark(app_name: str, worker_modules: Sequence[str] = ()):
     """Get or create the SparkSession; never sets the master (the launcher does).
 
     A session this process starts shows Spark's console progress bar, and a JVM this process
     starts (``python spark_jobs/x.py``, not ``spark-submit``) logs with jinglian's log4j2
-    configuration (:func:`spark_jobs.submit.log4j2_configuration`), unless you set your own."""
+    configuration (:func:`spark_jobs.submit.log4j2_configuration`), unless you set your own.
+    With a ``local[...]`` master its Python workers are forked from jinglian's daemon
+    (``spark_jobs.worker_daemon``), which loads ``worker_modules`` (:func:`worker_modules`)
+    once for all of them; your own ``spark.python.daemon.module`` wins."""
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -113,7 +118,7 @@ def get_spark(app_name: str):
     builder = SparkSession.builder.appName(f"jinglian-{app_name}")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     builder = builder.config("spark.sql.parquet.compression.codec", "zstd")
-    for key, value in _new_context_conf().items():
+    for key, value in _new_context_conf(worker_modules).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     conf = spark.sparkContext.getConf()
@@ -127,7 +132,24 @@ def get_spark(app_name: str):
     return spark
 
 
-def _new_context_conf() -> dict[str, str]:
+def worker_modules(stage) -> list[str]:
+    """The modules a stage's Python tasks import (its Spark whole-corpus operation's, its
+    per-document pipeline's), for the worker daemon to load before it forks."""
+    names = [stage.spark_corpus.partition(":")[0]] if stage.spark_corpus else []
+    if stage.pipeline is not None:
+        names.append(stage.pipeline.__module__)
+    return names
+
+
+def _master(given) -> str:
+    """The master the context will get: spark-submit's, ``PYSPARK_SUBMIT_ARGS``'s, else pyspark's default (local)."""
+    if given.contains("spark.master"):
+        return given.get("spark.master")
+    args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    return args[args.index("--master") + 1] if "--master" in args[:-1] else "local[*]"
+
+
+def _new_context_conf(preload: Sequence[str] = ()) -> dict[str, str]:
     """Settings for a SparkContext this process is about to create, less those already given
     (``spark-submit --conf``, ``spark-defaults.conf``, ``PYSPARK_SUBMIT_ARGS``)."""
     from pyspark import SparkConf, SparkContext
@@ -139,6 +161,10 @@ def _new_context_conf() -> dict[str, str]:
         SparkContext._ensure_initialized()
     given = SparkConf()
     wanted = {"spark.ui.showConsoleProgress": "true"}
+    if _master(given).startswith("local"):  # the workers run this Python, which has jinglian
+        wanted["spark.python.daemon.module"] = WORKER_DAEMON
+    if preload:
+        wanted[f"spark.executorEnv.{PRELOAD_ENV}"] = ",".join(preload)
     if not submitted and "log4j2" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
         from spark_jobs.submit import log4j2_configuration, with_log4j2
 
@@ -162,11 +188,11 @@ def job_step(spark, stage_name: str, step_name: str, wall_s: dict[str, float]):
 
 
 @contextlib.contextmanager
-def stage_session(app_name: str):
-    """``get_spark(app_name)`` for one stage run; on exit the frames the run cached are
+def stage_session(app_name: str, worker_modules: Sequence[str] = ()):
+    """``get_spark(app_name, worker_modules)`` for one stage run; on exit the frames the run cached are
     released (``catalog.clearCache``), so runs sharing a session (tests, notebooks) do not
     pile up cached corpora."""
-    spark = get_spark(app_name)
+    spark = get_spark(app_name, worker_modules)
     try:
         yield spark
     finally:
@@ -353,8 +379,11 @@ def read_documents_df(spark, paths: Sequence[str], reader_config: ReaderConfig, 
                              counts=counts)
 
 
-_LISTING_SCHEMA = ("file_index long, part long, path string, name string, domain string, location string, "
-                   "start long, end long, newlines_before long, has_records boolean")
+_LISTING_SCHEMA = pa.schema([("file_index", pa.int64()), ("part", pa.int64()), ("path", pa.string()), ("name", pa.string()),
+                             ("domain", pa.string()), ("location", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
+                             ("newlines_before", pa.int64()), ("has_records", pa.bool_())])
+_RANGE_SCHEMA = pa.schema([("file_index", pa.int64()), ("start", pa.int64()), ("end", pa.int64()), ("location", pa.string())])
+_COUNTED_SCHEMA = pa.schema([("file_index", pa.int64()), ("start", pa.int64()), ("newlines", pa.int64()), ("has_content", pa.bool_())])
 
 
 def read_tasks(spark, files: Sequence[InputFile], reader_config: ReaderConfig | None = None,
@@ -376,9 +405,9 @@ def read_tasks(spark, files: Sequence[InputFile], reader_config: ReaderConfig | 
     jobs = [(i, f_start, f_end, files[i].where) for i, ranges in spans.items() for f_start, f_end in ranges]
     counted: dict[tuple[int, int], tuple[int, bool]] = {}
     if jobs:
-        counts = spark.sparkContext.parallelize(jobs, numSlices=len(jobs)).map(
-            lambda job: ((job[0], job[1]), count_span_lines(job[3], job[1], job[2]))).collect()
-        counted = dict(counts)
+        ranges = one_row_per_task(spark, jobs, _RANGE_SCHEMA, "file_index", "start")
+        counts = ranges.mapInArrow(_count_spans, spark_schema(_COUNTED_SCHEMA)).collect()
+        counted = {(r["file_index"], r["start"]): (r["newlines"], r["has_content"]) for r in counts}
     rows: list[tuple] = []
     for i, f in enumerate(files):
         if i not in spans:
@@ -392,15 +421,35 @@ def read_tasks(spark, files: Sequence[InputFile], reader_config: ReaderConfig | 
     return rows
 
 
+def _count_spans(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: ``(newlines, has_content)`` of each byte range (:func:`etl.io.records.count_span_lines`)."""
+    for batch in batches:
+        rows = batch.to_pylist()
+        counted = [count_span_lines(r["location"], r["start"], r["end"]) for r in rows]
+        yield pa.RecordBatch.from_pydict({"file_index": [r["file_index"] for r in rows], "start": [r["start"] for r in rows],
+                                          "newlines": [n for n, _ in counted], "has_content": [c for _, c in counted]}, schema=_COUNTED_SCHEMA)
+
+
+def one_row_per_task(spark, rows: Sequence[tuple], schema: pa.Schema, *order: str):
+    """A frame of ``rows`` (made on the driver, unique and sorted by the ``order`` columns)
+    with each row in a partition (a task) of its own, in that order.
+
+    The rows reach the JVM as an Arrow table (no Python worker: ``parallelize`` of Python
+    rows, or ``createDataFrame`` of a list, starts a Python daemon of its own just to turn
+    them into rows), then a range repartition on the sort key: its bounds come from every row
+    (Spark's range sample takes all the rows of so small a frame), so each partition holds exactly one.
+    A hash repartition of a few file indices left some tasks with three files and others
+    with none (measured: one core read 41 MB while the other idled)."""
+    table = pa.Table.from_pylist([dict(zip(schema.names, row)) for row in rows], schema=schema)
+    # one map task: a shuffle of N rows to N partitions from M map tasks would write M x N block entries
+    return spark.createDataFrame(table).coalesce(1).repartitionByRange(max(1, len(rows)), *order)
+
+
 def file_listing(spark, files, reader_config: ReaderConfig | None = None, sizes: Sequence[int] | None = None):
     """The read tasks of the input files (:func:`read_tasks`), one partition (one task) per
-    file or per range of a split file.
-
-    Tasks are handed out as cores free up.  A hash repartition of a few file indices left
-    some tasks with three files and others with none (measured: one core read 41 MB while the
-    other idled)."""
-    rows = read_tasks(spark, files, reader_config, sizes)
-    return spark.createDataFrame(spark.sparkContext.parallelize(rows, numSlices=len(rows)), _LISTING_SCHEMA)
+    file or per range of a split file (:func:`one_row_per_task`); tasks are handed out as
+    cores free up."""
+    return one_row_per_task(spark, read_tasks(spark, files, reader_config, sizes), _LISTING_SCHEMA, "file_index", "part")
 
 
 #: Default of ``spark.jinglian.broadcastMaxRows``: a join side this small (counted, not
@@ -470,8 +519,8 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    listing = file_listing(spark, files, reader_config, sizes)
-    num_tasks = listing.rdd.getNumPartitions()
+    tasks = read_tasks(spark, files, reader_config, sizes)
+    num_tasks, listing = len(tasks), one_row_per_task(spark, tasks, _LISTING_SCHEMA, "file_index", "part")
     if num_tasks > num_partitions:
         listing = listing.coalesce(num_partitions)
     schema = _READ_SCHEMA if derive is None else pa.unify_schemas([_READ_SCHEMA, derive[1]])

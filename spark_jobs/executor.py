@@ -28,7 +28,7 @@ from etl.core.config import config_to_dict, params_hash
 from etl.core.stage import Stage, StageRun, base_stats, resolve_run, stage_parser, stage_summary
 from etl.core.stats import STEP_WALL_KEY, write_json
 from etl.io.fs import local_file
-from spark_jobs.common import BROADCAST_MAX_ROWS, job_step, map_documents, read_documents_df, session_conf, stage_session, write_stage_output
+from spark_jobs.common import BROADCAST_MAX_ROWS, job_step, map_documents, read_documents_df, session_conf, stage_session, worker_modules, write_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def run_stage(stage: Stage, argv: Sequence[str] | None = None, prog: str | None 
     args = parse_stage_args(stage, argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run = resolve_run(stage, args, "spark")
-    with stage_session(stage.name) as spark:
+    with stage_session(stage.name, worker_modules(stage)) as spark:
         report = execute(spark, run)
     record_step_times(run.args.output, report.get(STEP_WALL_KEY, {}))
     print(stage_summary(stage, report), flush=True)

@@ -16,6 +16,10 @@ else the default), and adds what a console run wants unless you set it yourself:
 * in client mode with ``spark.pyspark.python`` set (a shipped environment, ``./env/bin/python``,
   which exists only in the executors' directories), ``spark.pyspark.driver.python`` = this
   Python, which runs the driver;
+* with ``spark.pyspark.python`` set (a shipped environment, which has jinglian),
+  ``spark.python.daemon.module=spark_jobs.worker_daemon``: the executors fork their Python
+  workers from a daemon that has loaded the stage's modules (``spark_jobs/worker_daemon.py``;
+  a local master gets it from ``spark_jobs.common.get_spark``);
 * in client mode, a class-data-sharing archive for the driver JVM (:class:`DriverClassArchive`):
   the first run writes it (``-XX:ArchiveClassesAtExit``), later runs map it
   (``-XX:SharedArchiveFile``), which takes about 6 CPU seconds of class loading off every
@@ -40,6 +44,7 @@ from pathlib import Path
 
 from etl.core.config import SparkParams, load_params, load_section
 from etl.core.errors import run_main
+from spark_jobs.worker_daemon import WORKER_DAEMON
 
 #: jinglian's Spark log configuration, shipped in the package.
 LOG4J2_PROPERTIES = Path(__file__).resolve().parent / "log4j2.properties"
@@ -203,6 +208,8 @@ def submit_command(params: SparkParams, job: str, job_args: Sequence[str], drive
             conf["spark.driver.extraJavaOptions"] = java_options
         if "spark.pyspark.python" in conf:
             conf.setdefault("spark.pyspark.driver.python", driver_python)
+    if "spark.pyspark.python" in conf:  # a shipped environment: the executors' Python has jinglian
+        conf.setdefault("spark.python.daemon.module", WORKER_DAEMON)
     cmd = [*shlex.split(params.submit), "--master", params.master, "--deploy-mode", params.deploy_mode]
     if params.archives:
         cmd += ["--archives", ",".join(params.archives)]

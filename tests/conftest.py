@@ -30,6 +30,7 @@ def spark():
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.memory", "2g")
+               .config("spark.python.daemon.module", "spark_jobs.worker_daemon")  # as get_spark sets for a local master
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session

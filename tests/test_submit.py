@@ -35,6 +35,11 @@ def test_a_cluster_run_ships_the_environment_and_the_users_settings_win(monkeypa
     cluster = submit_command(SparkParams(master="yarn", deploy_mode="cluster", conf={"spark.pyspark.python": "./env/bin/python"}), "j.py", [])
     assert not any("driver.python" in c or "log4j2" in c for c in cluster)  # the driver runs on the cluster, from the archive
     assert "TieredStopAtLevel" not in flags  # long-lived cluster executors keep the full JIT
+    # the shipped environment has jinglian: its executors fork their Python workers from jinglian's daemon; yours wins
+    assert "spark.python.daemon.module=spark_jobs.worker_daemon" in cmd and "spark.python.daemon.module=spark_jobs.worker_daemon" in cluster
+    own = SparkParams(master="yarn", conf={"spark.pyspark.python": "./env/bin/python", "spark.python.daemon.module": "pyspark.daemon"})
+    assert "spark.python.daemon.module=pyspark.daemon" in submit_command(own, "j.py", [])
+    assert not any("daemon.module" in c for c in submit_command(SparkParams(master="spark://h:7077"), "j.py", []))  # jinglian may be missing there
 
 
 def test_local_jvm_options_yield_to_the_users():

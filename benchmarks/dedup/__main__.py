@@ -56,9 +56,9 @@ VENV_BIN = Path(sys.executable).parent
 class MemorySampler(threading.Thread):
     """Peak RSS of a process tree, split into JVM, Python driver and Python workers, and in all."""
 
-    def __init__(self, root_pid: int, interval_s: float = 0.2):
+    def __init__(self, root_pid: int, interval_s: float = 0.2, job: str = "spark_jobs/"):
         super().__init__(daemon=True)
-        self.root_pid, self.interval_s = root_pid, interval_s
+        self.root_pid, self.interval_s, self.job = root_pid, interval_s, job  # job: in the Python driver's command line
         self.peak = {"jvm_bytes": 0, "python_driver_bytes": 0, "python_workers_bytes": 0, "total_bytes": 0}
         self.cpu_s: dict[int, float] = {}  # last seen user+system seconds per process
         self.done = threading.Event()
@@ -74,7 +74,7 @@ class MemorySampler(threading.Thread):
                 try:
                     cmd = " ".join(p.cmdline())
                     parent = p.parent()
-                    if "dedup.py" in cmd and parent is not None and " ".join(parent.cmdline()) == cmd:
+                    if self.job in cmd and parent is not None and " ".join(parent.cmdline()) == cmd:
                         continue  # the driver's fork before exec (its `java -version` check): same pages, counted once
                     rss = p.memory_info().rss
                     times = p.cpu_times()
@@ -84,9 +84,9 @@ class MemorySampler(threading.Thread):
                 now["total_bytes"] += rss  # the whole tree (any command)
                 if "java" in p.name():
                     now["jvm_bytes"] += rss
-                elif "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+                elif "pyspark.daemon" in cmd or "pyspark.worker" in cmd or "worker_daemon" in cmd:
                     now["python_workers_bytes"] += rss
-                elif "dedup.py" in cmd:
+                elif self.job in cmd:
                     now["python_driver_bytes"] += rss
             for k, v in now.items():
                 self.peak[k] = max(self.peak[k], v)
@@ -114,17 +114,24 @@ def run_sampled(cmd: list[str]) -> tuple[int, str, float, MemorySampler]:
     return proc.returncode, output, wall_s, sampler
 
 
-def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[str, Any]:
+def local_spark_command(job: str, job_args: list[str], cores: int, driver_memory: str):
+    """``(spark-submit command, class archive)`` of ``spark_jobs/<job>`` on ``local[cores]``
+    with the launcher's driver options (``python -m spark_jobs.submit``): C1-only JIT, the
+    parallel collector, and its class-data-sharing archive (written by a first run: call
+    ``archive.finish(ok)`` after it).  The session gets jinglian's Python worker daemon from
+    ``get_spark`` (a local master), as with the launcher."""
     from spark_jobs.submit import DriverClassArchive, local_jvm_options
 
-    # the launcher's driver options (python -m spark_jobs.submit): C1-only JIT, the parallel
-    # collector, and its class-data-sharing archive (written by the first run, see main())
     archive = DriverClassArchive(local_jvm_options())
     java_options = " ".join([local_jvm_options(), *archive.java_options()])
     cmd = [str(VENV_BIN / "spark-submit"), "--master", f"local[{cores}]", "--driver-memory", driver_memory,
            "--conf", "spark.ui.enabled=false", "--conf", f"spark.sql.shuffle.partitions={4 * cores}",
-           "--conf", f"spark.driver.extraJavaOptions={java_options}",
-           str(ROOT / "spark_jobs" / "dedup.py"), "--input", str(corpus / "docs"), "--output", str(out)]
+           "--conf", f"spark.driver.extraJavaOptions={java_options}", str(ROOT / "spark_jobs" / job), *job_args]
+    return cmd, archive
+
+
+def run_spark(corpus: Path, out: Path, cores: int, driver_memory: str) -> dict[str, Any]:
+    cmd, archive = local_spark_command("dedup.py", ["--input", str(corpus / "docs"), "--output", str(out)], cores, driver_memory)
     returncode, output, wall_s, sampler = run_sampled(cmd)
     archive.finish(returncode == 0)
     if returncode != 0:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etl.clean.pipeline import warm_up_documents
 from etl.core.atomic import atomic_file, write_json, write_output_marker
 from etl.core.cli import ArgumentParser
 from etl.core.document import Document
@@ -97,20 +98,6 @@ def message_to_document(topic: str, message: Any, reader_config: ReaderConfig) -
 def is_malformed(doc: Document) -> bool:
     """Dropped while being read (not by a cleaning rule): goes to the dead-letter output."""
     return doc.dropped and doc.meta.get("drop_step") == "read"
-
-
-def warm_up_documents() -> list[Document]:
-    """An English and a Chinese paragraph that take every cleaning step's main path (language
-    identification, the treebank and CJK rules, n-gram counting), for the workers' warm-up."""
-    english = ("The river rose after three days of rain, and the town's volunteers filled sandbags along the bank. "
-               "By Friday the water had reached the old bridge, but the houses on the hill stayed dry. "
-               "The school opened its hall to the families from the lower streets, and the bakery sent bread every morning. "
-               "When the rain stopped, the council counted the damage and asked the state for help with the roads. "
-               "Most shops were open again within a week, and the market returned to the square that Saturday.\n")
-    chinese = ("连续三天的降雨使河水上涨，镇上的志愿者在河岸边装填沙袋。到了星期五，河水已经漫到老桥，但山坡上的房屋安然无恙。"
-               "学校把礼堂开放给低洼街道的住户，面包店每天早上送来面包。雨停以后，议会清点了损失，并向省里申请修路的资金。"
-               "一周之内大多数商店重新开门，星期六集市也回到了广场。\n")
-    return [Document(id="warm-up-en", text=english), Document(id="warm-up-zh", text=chinese)]
 
 
 class WindowWriter:

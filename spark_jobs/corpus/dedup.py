@@ -659,3 +659,13 @@ def run_dedup(spark, run: StageRun) -> SparkResult:
             result["dedup"]["num_indexed"] = append_index_df(kept_feats, args.against, config)
 
     return SparkResult(split=out, stats={"dedup": report}, after_write=update_index)
+
+
+def warm_worker() -> None:
+    """Run by the Python worker daemon (``spark_jobs.worker_daemon``) before it forks: the
+    normalisation tables (``minhash_jit.nfkc_tables`` and the rest, built from ``unicodedata``)
+    and the compiled kernels (loaded from numba's cache), once for all workers."""
+    from etl.dedup import minhash_jit
+
+    features_of([""], ["warm up 预热 ｗａｒｍ"], [0.0], DedupConfig())
+    minhash_jit.band_keys(np.zeros((1, 4), np.uint32), 2, 2)

@@ -180,3 +180,9 @@ def run_tfidf(spark, run: StageRun) -> SparkResult:
     docs = read_documents_df(spark, args.input, run.reader, args.partitions, cache=True)
     out, summary = transform(spark, docs, run.config, run.configs["tokenizer"])
     return SparkResult(records=out, stats={"tfidf": summary})
+
+
+def warm_worker() -> None:
+    """Run by the Python worker daemon (``spark_jobs.worker_daemon``) before it forks: the
+    default tokenizer's segmenter dictionary and English tokenizer, loaded once for all workers."""
+    term_counts("warm up the tokenizer 预热分词器", TfidfConfig(), TokenizerConfig())
