@@ -431,18 +431,23 @@ def _count_spans(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 
 def one_row_per_task(spark, rows: Sequence[tuple], schema: pa.Schema, *order: str):
-    """A frame of ``rows`` (made on the driver, unique and sorted by the ``order`` columns)
-    with each row in a partition (a task) of its own, in that order.
+    """A frame of ``rows`` (made on the driver, in the order wanted) with row ``i`` alone in
+    partition ``i``; ``order`` names the columns the rows are sorted by (documentation).
 
     The rows reach the JVM as an Arrow table (no Python worker: ``parallelize`` of Python
     rows, or ``createDataFrame`` of a list, starts a Python daemon of its own just to turn
-    them into rows), then a range repartition on the sort key: its bounds come from every row
-    (Spark's range sample takes all the rows of so small a frame), so each partition holds exactly one.
-    A hash repartition of a few file indices left some tasks with three files and others
-    with none (measured: one core read 41 MB while the other idled)."""
+    them into rows) and are broadcast-joined, by position, to ``spark.range(n)`` in ``n``
+    partitions.  The range's partitions prefer no executor, so a later ``coalesce(k)`` groups
+    neighbouring rows as it did for ``parallelize`` (partitions ``i*n/k`` to ``(i+1)*n/k``),
+    where a shuffle's partitions would be grouped by locality, at random.  A hash repartition
+    of a few file indices left some tasks with three files and others with none (measured:
+    one core read 41 MB while the other idled)."""
+    from pyspark.sql import functions as F
+
     table = pa.Table.from_pylist([dict(zip(schema.names, row)) for row in rows], schema=schema)
-    # one map task: a shuffle of N rows to N partitions from M map tasks would write M x N block entries
-    return spark.createDataFrame(table).coalesce(1).repartitionByRange(max(1, len(rows)), *order)
+    table = table.append_column("_position", pa.array(range(len(rows)), pa.int64()))
+    slots = spark.range(0, len(rows), 1, max(1, len(rows))).withColumnRenamed("id", "_position")
+    return slots.join(F.broadcast(spark.createDataFrame(table)), "_position").drop("_position")
 
 
 def file_listing(spark, files, reader_config: ReaderConfig | None = None, sizes: Sequence[int] | None = None):

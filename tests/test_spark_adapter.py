@@ -256,3 +256,22 @@ def test_the_read_check_counts_live_records_and_repeated_ids_in_one_job(spark, t
     with pytest.raises(NothingRead):
         read_check(records, 1, ["in"])
     assert read_check(records, 2, ["in"]) == (0, 0)  # another file was read (as empty): not an error
+
+
+def test_driver_made_rows_get_a_task_each_and_coalesce_groups_neighbours(spark):
+    """``one_row_per_task``: row i alone in partition i, made without a Python worker; a later
+    ``coalesce(k)`` keeps neighbouring rows together, as ``parallelize`` did (a shuffle's
+    partitions are grouped by locality at random, which reordered the clean stage's part files)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from spark_jobs.common import one_row_per_task
+
+    schema = pa.schema([("file_index", pa.int64()), ("name", pa.string())])
+    rows = [(i, f"f{i}") for i in range(13)]
+    frame = one_row_per_task(spark, rows, schema, "file_index")
+    assert frame.columns == ["file_index", "name"] and frame.rdd.getNumPartitions() == 13
+    placed = frame.select("file_index", F.spark_partition_id().alias("p")).collect()
+    assert sorted((r["file_index"], r["p"]) for r in placed) == [(i, i) for i in range(13)]
+    grouped = frame.coalesce(3).select("file_index", F.spark_partition_id().alias("p")).collect()
+    assert [r["p"] for r in sorted(grouped, key=lambda r: r["file_index"])] == [0] * 4 + [1] * 4 + [2] * 5
