@@ -405,7 +405,7 @@ def read_tasks(spark, files: Sequence[InputFile], reader_config: ReaderConfig | 
     jobs = [(i, f_start, f_end, files[i].where) for i, ranges in spans.items() for f_start, f_end in ranges]
     counted: dict[tuple[int, int], tuple[int, bool]] = {}
     if jobs:
-        ranges = one_row_per_task(spark, jobs, _RANGE_SCHEMA, "file_index", "start")
+        ranges = one_row_per_task(spark, jobs, _RANGE_SCHEMA)
         counts = ranges.mapInArrow(_count_spans, spark_schema(_COUNTED_SCHEMA)).collect()
         counted = {(r["file_index"], r["start"]): (r["newlines"], r["has_content"]) for r in counts}
     rows: list[tuple] = []
@@ -430,9 +430,9 @@ def _count_spans(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                                           "newlines": [n for n, _ in counted], "has_content": [c for _, c in counted]}, schema=_COUNTED_SCHEMA)
 
 
-def one_row_per_task(spark, rows: Sequence[tuple], schema: pa.Schema, *order: str):
+def one_row_per_task(spark, rows: Sequence[tuple], schema: pa.Schema):
     """A frame of ``rows`` (made on the driver, in the order wanted) with row ``i`` alone in
-    partition ``i``; ``order`` names the columns the rows are sorted by (documentation).
+    partition ``i``.
 
     The rows reach the JVM as an Arrow table (no Python worker: ``parallelize`` of Python
     rows, or ``createDataFrame`` of a list, starts a Python daemon of its own just to turn
@@ -454,7 +454,7 @@ def file_listing(spark, files, reader_config: ReaderConfig | None = None, sizes:
     """The read tasks of the input files (:func:`read_tasks`), one partition (one task) per
     file or per range of a split file (:func:`one_row_per_task`); tasks are handed out as
     cores free up."""
-    return one_row_per_task(spark, read_tasks(spark, files, reader_config, sizes), _LISTING_SCHEMA, "file_index", "part")
+    return one_row_per_task(spark, read_tasks(spark, files, reader_config, sizes), _LISTING_SCHEMA)
 
 
 #: Default of ``spark.jinglian.broadcastMaxRows``: a join side this small (counted, not
@@ -525,7 +525,7 @@ def _read_with_python(spark, files, reader_config: ReaderConfig, num_partitions:
     from pyspark.sql import functions as F
 
     tasks = read_tasks(spark, files, reader_config, sizes)
-    num_tasks, listing = len(tasks), one_row_per_task(spark, tasks, _LISTING_SCHEMA, "file_index", "part")
+    num_tasks, listing = len(tasks), one_row_per_task(spark, tasks, _LISTING_SCHEMA)
     if num_tasks > num_partitions:
         listing = listing.coalesce(num_partitions)
     schema = _READ_SCHEMA if derive is None else pa.unify_schemas([_READ_SCHEMA, derive[1]])

@@ -269,7 +269,7 @@ def test_driver_made_rows_get_a_task_each_and_coalesce_groups_neighbours(spark):
 
     schema = pa.schema([("file_index", pa.int64()), ("name", pa.string())])
     rows = [(i, f"f{i}") for i in range(13)]
-    frame = one_row_per_task(spark, rows, schema, "file_index")
+    frame = one_row_per_task(spark, rows, schema)
     assert frame.columns == ["file_index", "name"] and frame.rdd.getNumPartitions() == 13
     placed = frame.select("file_index", F.spark_partition_id().alias("p")).collect()
     assert sorted((r["file_index"], r["p"]) for r in placed) == [(i, i) for i in range(13)]
