@@ -31,6 +31,8 @@ from typing import Any
 
 import psutil
 
+from benchmarks.dedup.__main__ import is_python_worker
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CATEGORIES = ("jvm", "python_driver", "python_workers")
@@ -52,7 +54,7 @@ class CpuSampler(threading.Thread):
         cmd = " ".join(proc.cmdline())
         if "java" in proc.name():
             return "jvm"
-        if "pyspark.daemon" in cmd or "pyspark.worker" in cmd or "worker_daemon" in cmd:
+        if is_python_worker(cmd):
             return "python_workers"
         if self.job_file in cmd:
             return "python_driver"

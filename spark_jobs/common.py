@@ -101,14 +101,14 @@ def check_java() -> None:
         raise JinglianError(f"Spark needs Java {MIN_JAVA} or newer ({found}); install it, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME")
 
 
-def get_spark(app_name: str, worker_modules: Sequence[str] = ()):
+def get_spark(app_name: str, preload: Sequence[str] = ()):
     """Get or create the SparkSession; never sets the master (the launcher does).
 
     A session this process starts shows Spark's console progress bar, and a JVM this process
     starts (``python spark_jobs/x.py``, not ``spark-submit``) logs with jinglian's log4j2
     configuration (:func:`spark_jobs.submit.log4j2_configuration`), unless you set your own.
     With a ``local[...]`` master its Python workers are forked from jinglian's daemon
-    (``spark_jobs.worker_daemon``), which loads ``worker_modules`` (:func:`worker_modules`)
+    (``spark_jobs.worker_daemon``), which loads the modules in ``preload`` (:func:`worker_modules`)
     once for all of them; your own ``spark.python.daemon.module`` wins."""
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -118,7 +118,7 @@ def get_spark(app_name: str, worker_modules: Sequence[str] = ()):
     builder = SparkSession.builder.appName(f"jinglian-{app_name}")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     builder = builder.config("spark.sql.parquet.compression.codec", "zstd")
-    for key, value in _new_context_conf(worker_modules).items():
+    for key, value in _new_context_conf(preload).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     conf = spark.sparkContext.getConf()
@@ -188,11 +188,11 @@ def job_step(spark, stage_name: str, step_name: str, wall_s: dict[str, float]):
 
 
 @contextlib.contextmanager
-def stage_session(app_name: str, worker_modules: Sequence[str] = ()):
-    """``get_spark(app_name, worker_modules)`` for one stage run; on exit the frames the run cached are
+def stage_session(app_name: str, preload: Sequence[str] = ()):
+    """``get_spark(app_name, preload)`` for one stage run; on exit the frames the run cached are
     released (``catalog.clearCache``), so runs sharing a session (tests, notebooks) do not
     pile up cached corpora."""
-    spark = get_spark(app_name, worker_modules)
+    spark = get_spark(app_name, preload)
     try:
         yield spark
     finally:

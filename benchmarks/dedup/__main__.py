@@ -53,6 +53,11 @@ VENV_BIN = Path(sys.executable).parent
 # ----------------------------------------------------------------------------- running
 
 
+def is_python_worker(cmd: str) -> bool:
+    """A Spark Python worker or its daemon (pyspark's, or jinglian's ``spark_jobs.worker_daemon``), by command line."""
+    return any(mark in cmd for mark in ("pyspark.daemon", "pyspark.worker", "spark_jobs.worker_daemon"))
+
+
 class MemorySampler(threading.Thread):
     """Peak RSS of a process tree, split into JVM, Python driver and Python workers, and in all."""
 
@@ -84,7 +89,7 @@ class MemorySampler(threading.Thread):
                 now["total_bytes"] += rss  # the whole tree (any command)
                 if "java" in p.name():
                     now["jvm_bytes"] += rss
-                elif "pyspark.daemon" in cmd or "pyspark.worker" in cmd or "worker_daemon" in cmd:
+                elif is_python_worker(cmd):
                     now["python_workers_bytes"] += rss
                 elif self.job in cmd:
                     now["python_driver_bytes"] += rss

@@ -38,7 +38,7 @@ from etl.core.document import Document
 from etl.core.stage import Stage
 from etl.core.step import ON_ERROR_CHOICES, FunctionStep, Pipeline, filter_step, map_step
 from etl.io.dialogue import DialogueConfig, chat_turns, flatten_document
-from etl.runner import run_stage
+from etl.runner import run_stage, warm
 
 logger = logging.getLogger(__name__)
 STAGE = "clean"
@@ -227,7 +227,7 @@ def warm_worker() -> None:
     the default pipeline over :func:`warm_up_documents`, so language identification's model,
     the segmenter's dictionary and the compiled kernels (about 2.5 s) load once for all of
     the stage's workers rather than in each."""
-    list(build_clean_pipeline()(warm_up_documents()))
+    warm(build_clean_pipeline(), warm_up_documents())
 
 
 CLEAN = Stage(
