@@ -221,3 +221,38 @@ def test_the_same_import_twice_gives_byte_identical_checkpoints_that_torch_still
     loaded = {key: torch.zeros(metadata.state_dict_metadata[key].size)}
     dcp.load(loaded, storage_reader=dcp.FileSystemReader(str(second)), no_dist=True)  # torch's own reader still reads it
     assert torch.equal(loaded[key], SafetensorsReader(source).get("model.norm.weight"))
+
+
+def test_the_checkpoint_index_is_canonical_whatever_order_the_writer_threads_finished_in(tmp_path, tokenizer_dir):
+    """megatron's writer collects the chunks' locations in the order its threads finish, and
+    pickle's bytes follow object sharing: neither may change the index's bytes (CI saw a DVC
+    rerun change a checkpoint's hash through this alone)."""
+    import pickle
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from trainer.dcp_reader import DCP_METADATA, canonical_dcp_metadata
+    from trainer.pretrained import checkpoint_path
+
+    source = make_model("llama", tmp_path / "hf", torch.float32, tokenizer=tokenizer_dir)
+    ckpt = checkpoint_path(import_hf(str(source), tmp_path / "a").parent)
+    canonical = (ckpt / DCP_METADATA).read_bytes()
+    metadata = pickle.loads(canonical)
+    assert len(metadata.storage_data) > 3
+    shuffled = tmp_path / ckpt.name
+    shutil.copytree(ckpt, shuffled)
+    metadata.storage_data = dict(reversed(list(metadata.storage_data.items())))
+    metadata.state_dict_metadata = dict(reversed(list(metadata.state_dict_metadata.items())))
+    shared = next(iter(metadata.storage_data.values())).relative_path
+    for info in metadata.storage_data.values():  # every entry in that file now shares one path object
+        if info.relative_path == shared:
+            info.relative_path = shared
+    (shuffled / DCP_METADATA).write_bytes(pickle.dumps(metadata))
+    assert (shuffled / DCP_METADATA).read_bytes() != canonical
+    canonical_dcp_metadata(shuffled, ckpt.name)
+    assert (shuffled / DCP_METADATA).read_bytes() == canonical
+    key = "decoder.final_layernorm.weight"
+    loaded = {key: torch.zeros(metadata.state_dict_metadata[key].size)}
+    dcp.load(loaded, storage_reader=dcp.FileSystemReader(str(shuffled)), no_dist=True)  # torch's own reader still reads it
+    assert torch.equal(loaded[key], SafetensorsReader(source).get("model.norm.weight"))

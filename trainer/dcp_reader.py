@@ -257,28 +257,61 @@ class _FileSlice(io.RawIOBase):
 DCP_METADATA = ".metadata"
 
 
+def _index_order(key) -> tuple:
+    """Sort key for the index's dicts: a parameter name, or a MetadataIndex (name, offsets)."""
+    if isinstance(key, str):
+        return (key, ())
+    return (getattr(key, "fqn", str(key)), tuple(getattr(key, "offset", ()) or ()))
+
+
+def _unshared(obj):
+    """A copy of ``obj`` (no cycles) in which no two places refer to the same object.
+
+    A pickle written without its memo repeats every shared object, and loading it back creates
+    a separate object for each copy; pickling that copy again gives bytes that depend on the
+    values alone, and stays compact (classes are still written once)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.DEFAULT_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(obj)
+    return pickle.loads(buffer.getvalue())  # noqa: S301  (bytes we just wrote)
+
+
 def canonical_dcp_metadata(directory: Path, name: str) -> None:
     """Make ``directory/.metadata`` (torch.distributed.checkpoint's index) byte-reproducible.
 
-    torch records where and when it was written: ``storage_meta.checkpoint_id`` is the absolute
-    path of the (temporary) directory and ``save_id`` a random UUID, so two saves of the same
-    tensors differ in this file alone and a DVC rerun changes the checkpoint's hash. Both are
-    informational (loading reads neither): the id becomes ``name`` (the final directory name,
-    relative) and the save id a UUID derived from it. Written to a temporary name, fsynced and
-    renamed."""
+    Three things in it vary between two saves of the same tensors, so a DVC rerun would change
+    the checkpoint's hash:
+
+    - torch records where and when it was written: ``storage_meta.checkpoint_id`` is the
+      absolute path of the (temporary) directory and ``save_id`` a random UUID. Both are
+      informational (loading reads neither): the id becomes ``name`` (the final directory name,
+      relative) and the save id a UUID derived from it.
+    - megatron-core's writer collects its write results from its worker threads in the order
+      they finish, so ``storage_data`` (where each chunk lives) comes out in a different order
+      from run to run. The index's dicts are rewritten sorted by parameter name and offsets;
+      loading looks entries up by key, so order carries no meaning.
+    - pickle's bytes depend on which objects are shared, not only on their values; the index is
+      rebuilt with nothing shared (:func:`_unshared`) before it is written, so equal values give
+      equal bytes.
+
+    Written to a temporary name, fsynced and renamed."""
     path = directory / DCP_METADATA
     if not path.exists():
         return
     with open(path, "rb") as f:
         metadata = pickle.load(f)  # noqa: S301  (our own file, just written by torch)
     storage = getattr(metadata, "storage_meta", None)
-    if storage is None:
-        return
-    storage.checkpoint_id = name
-    storage.save_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"jinglian-checkpoint:{name}"))
+    if storage is not None:
+        storage.checkpoint_id = name
+        storage.save_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"jinglian-checkpoint:{name}"))
+    for field in ("state_dict_metadata", "storage_data", "planner_data"):
+        table = getattr(metadata, field, None)
+        if isinstance(table, dict):
+            setattr(metadata, field, dict(sorted(table.items(), key=lambda item: _index_order(item[0]))))
     tmp = directory / f"{DCP_METADATA}.tmp"
     with open(tmp, "wb") as f:
-        pickle.dump(metadata, f)
+        f.write(pickle.dumps(_unshared(metadata)))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
