@@ -92,3 +92,19 @@ def test_spark_equals_local(spark, tmp_path, data_dir, broadcast_max_rows):
     assert remote["drop_reasons"] == local["drop_reasons"] == {"low_tfidf": 2}
     assert remote["tfidf"]["percentile_cut"] == local["tfidf"]["percentile_cut"]
     assert remote["tfidf"]["vocab_size"] == local["tfidf"]["vocab_size"]
+
+
+@pytest.mark.spark
+def test_exact_order_statistic_is_the_sorted_value_at_each_rank(spark):
+    """The percentile cut's distributed sort, all in the JVM: ties, negative values, empty and
+    uneven partitions; ranks at both ends, inside ties and in the middle, against Python's sort."""
+    from spark_jobs.corpus.tfidf import exact_order_statistic
+
+    rng = np.random.default_rng(7)
+    values = [float(v) for v in np.round(rng.normal(0, 3, 97), 1)] + [0.0, 0.0, -0.0, 2.5, 2.5]
+    frame = spark.createDataFrame([(v,) for v in values], "score double").repartition(7)
+    ordered = sorted(values)
+    ranks = sorted({0, 1, 17, 50, 51, len(values) - 2, len(values) - 1})
+    assert [exact_order_statistic(frame, r) for r in ranks] == [ordered[r] for r in ranks]
+    with pytest.raises(IndexError, match="out of range"):
+        exact_order_statistic(frame, len(values))

@@ -10,8 +10,8 @@ Scoring uses the same pure function as the local runner (``etl.tfidf.tfidf_score
 ``spark.jinglian.broadcastMaxRows`` tokens (counted) the document frequencies are broadcast to
 the Python workers, which score each document's term counts directly; a larger vocabulary
 takes the join: ``(id, token, tf)`` rows joined with the frequencies and grouped per document.
-The percentile cut is an exact order statistic from a distributed sort (``sortBy`` +
-``zipWithIndex``); only that one value and a few counts reach the driver.
+The percentile cut is an exact order statistic from a distributed sort in the JVM
+(:func:`exact_order_statistic`); only that one value and a few counts reach the driver.
 
 At 200k documents the one-row-per-token plan (30M rows through three shuffles and a Python
 list of structs per document) took 3.3x the local runner's CPU; see docs/benchmarks.md.
@@ -135,9 +135,31 @@ def mark_fn(limit: float):
 
 
 def exact_order_statistic(scores, rank: int) -> float:
-    """The value at 0-based ``rank`` of the ascending scores (distributed sort; one value collected)."""
-    indexed = scores.rdd.map(lambda row: row[0]).sortBy(lambda s: s).zipWithIndex()
-    return indexed.filter(lambda pair: pair[1] == rank).map(lambda pair: pair[0]).first()
+    """The value at 0-based ``rank`` of the ascending values of ``scores``' one column.
+
+    A distributed sort, all in the JVM (an RDD ``sortBy().zipWithIndex()`` would start a Python
+    daemon and workers of its own just to move the numbers): the values are range-partitioned,
+    sorted and cached; one small job counts each partition's rows (one number per partition
+    reaches the driver), which names the partition holding ``rank`` and the position in it; the
+    value there is found by ``monotonically_increasing_id`` (partition index in the upper bits,
+    position in the lower 33) over the same cached partitions. Only that value is collected."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    column = scores.columns[0]
+    ordered = scores.select(F.col(column).alias("v")).orderBy("v").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = dict(ordered.groupBy(F.spark_partition_id().alias("p")).count().collect())
+        before = 0
+        for partition in sorted(counts):
+            if rank < before + counts[partition]:
+                target = (partition << 33) + (rank - before)
+                row = ordered.select("v", F.monotonically_increasing_id().alias("m")).filter(F.col("m") == target).first()
+                return row["v"]
+            before += counts[partition]
+        raise IndexError(f"rank {rank} is out of range for {before} values")
+    finally:
+        ordered.unpersist()
 
 
 def transform(spark, docs, config: TfidfConfig, tokenizer: TokenizerConfig) -> tuple[Any, dict[str, Any]]:
