@@ -36,13 +36,26 @@ def _module_name(root: Path, path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+#: ``"package.module:attribute"``: a reference resolved by import at run time
+#: (``etl.core.stage.resolve_dotted``), as a ``Stage`` names its Spark whole-corpus function.
+DOTTED_REFERENCE = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*")
+
+
 def _imported(root: Path, path: Path) -> set[str]:
-    """Module names ``path`` imports (``from a import b`` yields ``a`` and ``a.b``)."""
+    """Module names ``path`` imports (``from a import b`` yields ``a`` and ``a.b``), and the
+    modules of dotted references passed as keyword arguments (``Stage(spark_corpus="a.b:f")``
+    runs ``a.b`` when the stage runs). A table of such references (``etl.core.config``'s
+    ``SECTIONS``, every stage's config class) is not followed: a stage reads only its own
+    sections (:func:`expected_stage_code`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = _module_name(root, path) if path.name == "__init__.py" else _module_name(root, path).rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.keyword) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            reference = DOTTED_REFERENCE.fullmatch(node.value.value)
+            if reference:
+                names.add(reference.group(1))
+        elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -62,6 +75,11 @@ def closure(root: Path, entry_files: list[Path]) -> set[Path]:
         if path in seen:
             continue
         seen.add(path)
+        own = _module_name(root, path).split(".")
+        for i in range(1, len(own)):  # running or importing a.b.c runs a/__init__ and a/b/__init__
+            found = module_file(root, ".".join(own[:i]))
+            if found is not None and found not in seen:
+                todo.append(found)
         for name in _imported(root, path):
             parts = name.split(".")
             for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__
