@@ -18,14 +18,47 @@ def run_jinglian(bootstrap: str, topic: str, out: str, queue) -> None:
                        workers=os.cpu_count() or 1)
     ing = Ingestor(cfg, default_factory(None))
     at_first = _cpu_at_first_record(ing)
+    at_landed = _cpu_at_each_landing(ing)
     stats = ing.run()
     # the pool's workers have exited and been joined: their CPU is in RUSAGE_CHILDREN
-    cpu_end = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                  for f in ("ru_utime", "ru_stime"))
+    cpu_exit = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
     seconds = ing.last_landed_s - ing.first_record_s
-    cpu_s = cpu_end - at_first["cpu_s"]
+    cpu_s = at_landed["cpu_s"] - at_first["cpu_s"]
     queue.put({"records": stats.num_in, "seconds": seconds, "cpu_s": cpu_s, "records_per_cpu_s": stats.num_in / cpu_s,
-               "ready_s": at_first["since_start_s"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "cpu_to_exit_s": cpu_exit - at_first["cpu_s"], "ready_s": at_first["since_start_s"],
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its live children (the cleaning workers)."""
+    import psutil
+
+    me = psutil.Process()
+    cpu = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+        except psutil.Error:
+            pass
+    return cpu
+
+
+def _cpu_at_each_landing(ing) -> dict:
+    """The tree's CPU seconds right after each window lands (the last one is kept): the span's
+    end, as for wall time (``last_landed_s``). What follows -- ``--once``'s idle wait for more
+    records (``idle_exit_s``), closing the pool and the consumer -- is reported apart as
+    ``cpu_to_exit_s``."""
+    snapshot: dict = {}
+    land = ing._land
+
+    def land_and_sample(window) -> None:
+        land(window)
+        snapshot["cpu_s"] = _tree_cpu_s()
+
+    ing._land = land_and_sample
+    return snapshot
 
 
 def _cpu_at_first_record(ing) -> dict:
@@ -34,23 +67,13 @@ def _cpu_at_first_record(ing) -> dict:
     less this (the workers' warm-up and the group join are outside it, as for wall time)."""
     import threading
 
-    import psutil
 
     snapshot: dict = {}
     started = time.perf_counter()
 
     def watch() -> None:
-        me = psutil.Process()
         while ing.first_record_s is None and not ing.stopping:
-            tree = [me, *me.children(recursive=True)]
-            cpu = 0.0
-            for proc in tree:
-                try:
-                    times = proc.cpu_times()
-                    cpu += times.user + times.system
-                except psutil.Error:
-                    pass
-            snapshot.update(cpu_s=cpu, since_start_s=time.perf_counter() - started)
+            snapshot.update(cpu_s=_tree_cpu_s(), since_start_s=time.perf_counter() - started)
             time.sleep(0.005)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -83,15 +106,16 @@ def run_baseline(bootstrap: str, topic: str, out: str, queue) -> None:
                 buf.append((m.offset, json.loads(m.value)))
                 if len(buf) >= WINDOW:
                     count += _flush(consumer, tp, buf, out, pa, pq, OffsetAndMetadata)
-                    last = time.monotonic()
+                    last, cpu_last = time.monotonic(), time.process_time()
     for tp, buf in buffers.items():
         if buf:
             count += _flush(consumer, tp, buf, out, pa, pq, OffsetAndMetadata)
-            last = time.monotonic()
-    cpu_s = time.process_time() - cpu_first
+            last, cpu_last = time.monotonic(), time.process_time()
+    cpu_exit = time.process_time()
     consumer.close()
+    cpu_s = cpu_last - cpu_first  # the span ends at the last write, as for wall time and for jinglian
     queue.put({"records": count, "seconds": last - first, "cpu_s": cpu_s, "records_per_cpu_s": count / cpu_s,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "cpu_to_exit_s": cpu_exit - cpu_first, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
 def _flush(consumer, tp, buf, out, pa, pq, OffsetAndMetadata) -> int:
