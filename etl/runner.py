@@ -92,8 +92,12 @@ class PipelinePool:
             ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
             if warm_up and ctx.get_start_method() == "fork":
                 # load the models and kernels (module-level caches) here once: forked workers
-                # start with them, shared copy-on-write, and their own warm-up is then quick
-                warm(factory(), warm_up)
+                # start with them, shared copy-on-write, and their own warm-up is then quick;
+                # the step names come from this pipeline too, so the first window's stats do
+                # not build (and parse params for) another one inside the measured work
+                warmed = factory()
+                warm(warmed, warm_up)
+                self._step_names = list(warmed.step_names)
             self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(factory, tuple(warm_up)))
         else:
             self.local = factory()

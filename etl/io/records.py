@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import io
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 
 from etl.core.atomic import atomic_file, split_labelled_input
 from etl.core.config import FrozenDict
-from etl.core.document import DOC_COLUMNS, Document, documents_to_table, dumps_meta
+from etl.core.document import DOC_COLUMNS, DOC_SCHEMA, REJECTED_SCHEMA, Document, documents_to_table, dumps_meta
 from etl.core.errors import InputError
 from etl.io.fs import file_size, local_file, open_input
 
@@ -773,8 +774,6 @@ PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 
 def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: bool = False, rows_per_group: int = ROWS_PER_GROUP) -> int:
     """Atomically write documents to one Parquet file; returns the number of rows."""
-    from etl.core.document import DOC_SCHEMA, REJECTED_SCHEMA
-
     schema = REJECTED_SCHEMA if rejected else DOC_SCHEMA
     count = 0
     with atomic_file(path, "wb") as handle:
@@ -790,6 +789,19 @@ def write_parquet(docs: Iterable[Document], path: str | os.PathLike, rejected: b
                 writer.write_table(documents_to_table(batch, rejected))
                 count += len(batch)
     return count
+
+
+def warm_parquet_writer(docs: Iterable[Document]) -> None:
+    """Write ``docs`` under both record schemas into memory and discard the bytes.
+
+    A process's first Arrow conversion from Python lists imports pyarrow's pandas glue (it
+    checks whether the input is a pandas object) and its first writer loads the codec: a few
+    hundredths of a CPU second. A long-running writer (the Kafka ingest, :class:`etl.kafka.ingest.WindowWriter`)
+    calls this in its warm-up, so that is paid before the first record, not in the first window."""
+    docs = list(docs)
+    for rejected in (False, True):
+        with pq.ParquetWriter(io.BytesIO(), REJECTED_SCHEMA if rejected else DOC_SCHEMA, **PARQUET_OPTIONS) as writer:
+            writer.write_table(documents_to_table(docs, rejected))
 
 
 class ParquetPartWriter:

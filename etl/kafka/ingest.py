@@ -46,7 +46,7 @@ from etl.core.document import Document
 from etl.core.errors import JinglianError, run_main
 from etl.core.stats import StageStats
 from etl.core.step import Pipeline
-from etl.io.records import InputFile, ReaderConfig, bad_record, parse_json_record, record_to_document, write_parquet
+from etl.io.records import InputFile, ReaderConfig, bad_record, parse_json_record, record_to_document, warm_parquet_writer, write_parquet
 from etl.runner import PipelinePool
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class WindowWriter:
                  warm_up: Sequence[Document] = ()):
         self.output = output
         self.topic = topic
+        if warm_up:
+            warm_parquet_writer(warm_up)  # before the workers fork: they share what it loads
         self.pipeline = PipelinePool(factory, workers, warm_up=warm_up)
         self.reader_config = reader_config
         self.dead_letter = dead_letter
