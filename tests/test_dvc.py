@@ -101,7 +101,6 @@ def test_the_deps_check_sees_a_missing_module(tmp_path):
     assert stage_code(tmp_path, "python -m etl.a --flag x") == {"etl/__init__.py", "etl/a.py", "etl/b.py", "etl/c.py"}
 
 
-
 def test_the_deps_check_follows_a_stages_dotted_reference_to_its_spark_function(tmp_path):
     """``Stage(spark_corpus="pkg.mod:function")`` is imported by name when the stage runs on
     Spark, so that module (and what it imports) is code the stage runs; a table of references
@@ -120,6 +119,7 @@ def test_the_deps_check_follows_a_stages_dotted_reference_to_its_spark_function(
     assert stage_code(tmp_path, "python -m etl.stage") == {
         "etl/__init__.py", "etl/stage.py", "spark_jobs/__init__.py", "spark_jobs/core.py", "spark_jobs/helpers.py"}
     assert "spark_jobs/corpus/dedup.py" in expected_stage_code(ROOT, "dedup", _dvc_stages()["dedup"]["cmd"])
+
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)

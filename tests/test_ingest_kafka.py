@@ -184,7 +184,6 @@ def test_the_first_window_lands_without_loading_anything(tmp_path):
 import json, sys, time
 from pathlib import Path
 from etl.clean.pipeline import warm_up_documents
-import etl.runner
 from etl.kafka.ingest import Window, WindowWriter, default_factory
 from etl.io.records import ReaderConfig
 

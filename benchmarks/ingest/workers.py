@@ -67,7 +67,6 @@ def _cpu_at_first_record(ing) -> dict:
     less this (the workers' warm-up and the group join are outside it, as for wall time)."""
     import threading
 
-
     snapshot: dict = {}
     started = time.perf_counter()
 
