@@ -11,6 +11,8 @@ from etl.core.document import Document
 from etl.dedup import minhash
 from etl.dedup.cluster import (
     DedupConfig,
+    DedupIndex,
+    Features,
     UnionFind,
     append_to_index,
     bucket_edges,
@@ -23,6 +25,7 @@ from etl.dedup.cluster import (
     keep_rank,
     load_index,
     main,
+    near_clusters,
     shingle_hashes,
     shingle_strings,
     shingle_units,
@@ -204,6 +207,63 @@ def test_keep_rules():
         config = DedupConfig(keep=rule)
         assert min((keep_rank(d, config), d.id) for d in (long, short, bare))[1] == winner
     assert keep_rank(bare, DedupConfig(keep="quality")) == float("inf")
+
+
+def test_a_nan_rank_loses_whatever_the_input_order():
+    """A quality of "nan" parses to NaN: it ranks after every number (Spark's order), so the
+    same copy is kept in any order -- Python's min over (NaN, id) tuples depends on the order.
+    Exact copies and near copies (one character changed in a long text) alike."""
+    import itertools
+
+    text = "".join(f"第{i}段：同一篇文章的正文，在三个来源里几乎一字不差。Paragraph {i} of the same article. " for i in range(12))
+    quality = {"a": "nan", "b": 0.1, "c": 0.5}
+    for edit in (False, True):
+        texts = {k: text[:40 * n] + "改" + text[40 * n + 1:] if edit else text for n, k in enumerate(quality, start=1)}
+        for order in itertools.permutations(quality):
+            batch = [Document(k, texts[k], meta={"quality_score": quality[k]}) for k in order]
+            out, result = dedup_documents(batch, DedupConfig(keep="quality"))
+            assert {d.id: (d.drop_reason, d.meta.get("duplicate_of")) for d in out if d.dropped} == {
+                k: ("near_duplicate" if edit else "exact_duplicate", "c") for k in ("a", "b")}
+
+
+def test_near_clusters_find_the_buckets_a_dict_of_every_band_key_finds():
+    """The candidate search sorts each band's keys (``shared_members``) instead of holding a
+    dict entry per document and band: same edges, clusters and keepers as the dict, with index
+    documents (only in buckets holding a batch document), an id in both, big buckets (stars)."""
+    import collections
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        n, m, num_bands = int(rng.integers(0, 60)), int(rng.integers(0, 25)), 4
+        config = DedupConfig(num_bands=num_bands, rows_per_band=2, verify=False, max_pairs_bucket_size=int(rng.integers(2, 6)))
+        ids = [f"d{i:03d}" for i in rng.permutation(n)]
+        index_ids = [f"d{i:03d}" if rng.random() < 0.1 else f"h{i:03d}" for i in range(m)]
+        bands = rng.integers(-4, 4, (n, num_bands)).astype(np.int64) * (trial + 1)
+        index_bands = rng.integers(-4, 4, (m, num_bands)).astype(np.int64) * (trial + 1)
+        feats = Features(ids=ids, exact_keys=[""] * n, ranks=rng.random(n).tolist(), num_shingles=np.ones(n, np.int64),
+                         sigs=np.zeros((n, 4), np.uint32), bands=bands)
+        index = DedupIndex(fingerprint={}, ids=index_ids, exact_keys=[""] * m, sigs=np.zeros((m, 4), np.uint32), bands=index_bands)
+        survivors = sorted(rng.choice(n, size=n // 2, replace=False).tolist()) if n else []
+        got = near_clusters(feats, survivors, index, config)
+        # the reference: a dict entry per (band, key) of every survivor, index documents added to touched buckets
+        kind = {ids[i]: "batch" for i in survivors} | {h: "index" for h in index_ids}
+        buckets, edges = collections.defaultdict(list), set()
+        for i in survivors:
+            for band, key in enumerate(bands[i].tolist()):
+                buckets[(band, key)].append(ids[i])
+        for j, h in enumerate(index_ids):
+            for band, key in enumerate(index_bands[j].tolist()):
+                if (band, key) in buckets:
+                    buckets[(band, key)].append(h)
+        for members in buckets.values():
+            if len(members) > 1:
+                edges.update(e for e in bucket_edges(sorted(members), config.max_pairs_bucket_size) if "batch" in (kind[e[0]], kind[e[1]]))
+        uf = UnionFind()
+        for a, b in sorted(edges):
+            uf.union(a, b)
+        assert got.num_candidate_edges == got.num_verified_edges == len(edges)
+        assert got.clusters == uf.groups()
+        assert got.in_index == {x for members in uf.groups().values() for x in members if kind[x] == "index"}
 
 
 def test_bucket_edges_rule_and_union_find():

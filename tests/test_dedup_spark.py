@@ -1,6 +1,7 @@
 """The Spark dedup job: same kept set as the local runner, for any partitioning, and with an index."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -54,13 +55,36 @@ def corpus_dir(tmp_path_factory, data_dir):
     return root
 
 
-def test_spark_equals_local_and_fixture_ids(spark, corpus_dir):
-    from spark_jobs import dedup
+@contextlib.contextmanager
+def _spark_conf(spark, **settings):
+    """``spark.jinglian.<key>`` settings for one block (None: left at its default)."""
+    chosen = {f"spark.jinglian.{k}": str(v) for k, v in settings.items() if v is not None}
+    for key, value in chosen.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key in chosen:
+            spark.conf.unset(key)
 
-    report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(corpus_dir / "spark3"), "--params", str(corpus_dir / "params.yaml"),
-                         "--partitions", "3"])
+
+@pytest.mark.parametrize("one_task", [True, False])
+def test_spark_equals_local_and_fixture_ids(spark, corpus_dir, monkeypatch, one_task):
+    """Both of the Spark job's paths: one task running the local rules on the features (the
+    default for a corpus this small) and the distributed graph (``localDedupMaxDocs`` 0)."""
+    from spark_jobs import dedup
+    from spark_jobs.corpus import dedup as corpus_dedup
+
+    calls = []
+    one_task_marks = corpus_dedup.one_task_marks
+    monkeypatch.setattr(corpus_dedup, "one_task_marks", lambda *a, **k: calls.append(1) or one_task_marks(*a, **k))
+    out = corpus_dir / f"spark3-{one_task}"
+    with _spark_conf(spark, localDedupMaxDocs=None if one_task else 0):
+        report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"),
+                             "--partitions", "3"])
+    assert bool(calls) == one_task
     local_kept, local_rejected = _result(corpus_dir / "local")
-    spark_kept, spark_rejected = _result(corpus_dir / "spark3")
+    spark_kept, spark_rejected = _result(out)
     assert spark_kept == local_kept and spark_rejected == local_rejected
     assert EXPECTED_KEPT <= spark_kept
     assert {k: v for k, v in spark_rejected.items() if k in EXPECTED_REJECTED} == EXPECTED_REJECTED
@@ -73,32 +97,44 @@ def test_spark_equals_local_and_fixture_ids(spark, corpus_dir):
     assert report["drop_reasons"] == local_report["drop_reasons"]
 
 
-@pytest.mark.parametrize("partitions, broadcast_max_rows", [(1, None), (8, None), (3, 0)])
-def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions, broadcast_max_rows):
-    """1, 3 or 8 partitions; 0 broadcast rows: every join that is broadcast by default shuffles,
-    the components come from large-star/small-star rounds, not one task's union-find, and
-    each band's keys are cut into slices of 5 keys, bucketed by separate tasks."""
+@pytest.mark.parametrize("partitions, broadcast_max_rows, one_task_max", [(1, None, None), (8, None, 0), (3, 0, 0)])
+def test_partitioning_does_not_change_kept_set(spark, corpus_dir, partitions, broadcast_max_rows, one_task_max):
+    """1, 3 or 8 partitions, the one-task path and the distributed one; 0 broadcast rows:
+    every join that is broadcast by default shuffles, the components come from
+    large-star/small-star rounds, not one task's union-find, and each band's keys are cut
+    into slices of 5 keys, bucketed by separate tasks."""
     from spark_jobs import dedup
 
-    out = corpus_dir / f"spark{partitions}-{broadcast_max_rows}"
-    if broadcast_max_rows is not None:
-        spark.conf.set("spark.jinglian.broadcastMaxRows", str(broadcast_max_rows))
-        spark.conf.set("spark.jinglian.localGraphMaxEdges", str(broadcast_max_rows))
-        spark.conf.set("spark.jinglian.bucketSliceKeys", "5")
-    try:
+    out = corpus_dir / f"spark{partitions}-{broadcast_max_rows}-{one_task_max}"
+    shuffled = {} if broadcast_max_rows is None else {"broadcastMaxRows": broadcast_max_rows, "localGraphMaxEdges": broadcast_max_rows,
+                                                      "bucketSliceKeys": 5}
+    with _spark_conf(spark, localDedupMaxDocs=one_task_max, **shuffled):
         report = dedup.main(["--input", str(corpus_dir / "in"), "--output", str(out), "--params", str(corpus_dir / "params.yaml"),
                              "--partitions", str(partitions)])
-    finally:
-        spark.conf.unset("spark.jinglian.broadcastMaxRows")
-        spark.conf.unset("spark.jinglian.localGraphMaxEdges")
-        spark.conf.unset("spark.jinglian.bucketSliceKeys")
     assert _result(out) == _result(corpus_dir / "local")
     local_report = json.loads((corpus_dir / "local" / "stats.json").read_text())
     assert report["dedup"]["clusters"] == local_report["dedup"]["clusters"]
 
 
+def test_both_spark_paths_write_the_same_bytes(spark, corpus_dir):
+    """The one-task path and the distributed one give byte-identical part files and the same
+    stats.json: same marks, applied and written by the same code."""
+    from spark_jobs import dedup
+
+    for name, max_docs in (("paths-one", None), ("paths-dist", 0)):
+        with _spark_conf(spark, localDedupMaxDocs=max_docs):
+            dedup.main(["--input", str(corpus_dir / "in"), "--output", str(corpus_dir / name), "--params", str(corpus_dir / "params.yaml"),
+                        "--partitions", "2"])
+    one, dist = corpus_dir / "paths-one", corpus_dir / "paths-dist"
+    files = sorted(p.relative_to(one) for p in one.rglob("*.parquet"))
+    assert files and files == sorted(p.relative_to(dist) for p in dist.rglob("*.parquet"))
+    assert all((one / f).read_bytes() == (dist / f).read_bytes() for f in files)
+    stats = [json.loads((d / "stats.json").read_text()) for d in (one, dist)]  # wall times live in timing.json
+    assert stats[0] == stats[1] and stats[0]["dedup"]["num_verified_edges"] > 0
+
+
 def test_shared_members_are_the_buckets_with_two_rows_and_a_batch_document():
-    from spark_jobs.corpus.dedup import shared_members
+    from etl.dedup.cluster import shared_members
 
     rng = np.random.default_rng(5)
     for _ in range(50):
@@ -156,7 +192,8 @@ def test_cluster_rows_match_union_find_and_keeper_rules():
                    "p": ("p", "q", False), "q": ("p", "q", True), "r": ("p", "q", True)}
 
 
-def test_spark_against_index_equals_local(spark, tmp_path, data_dir):
+@pytest.mark.parametrize("one_task_max", [None, 0])
+def test_spark_against_index_equals_local(spark, tmp_path, data_dir, one_task_max):
     from spark_jobs import dedup
 
     docs = crafted_documents(data_dir)
@@ -165,7 +202,11 @@ def test_spark_against_index_equals_local(spark, tmp_path, data_dir):
     write_jsonl(history, tmp_path / "history" / "h.jsonl")
     write_jsonl(batch, tmp_path / "batch" / "b.jsonl")
     params = str(write_params(tmp_path / "params.yaml", dedup=DEDUP_PARAMS))
-    for runner, tag in ((dedup.main, "spark"), (local_main, "local")):
+    def spark_main(argv):
+        with _spark_conf(spark, localDedupMaxDocs=one_task_max):
+            return dedup.main(argv)
+
+    for runner, tag in ((spark_main, "spark"), (local_main, "local")):
         index = str(tmp_path / f"index-{tag}")
         runner(["--input", str(tmp_path / "history"), "--output", str(tmp_path / f"h-{tag}"), "--params", params, "--against", index, "--update-index"]
                + (["--partitions", "2"] if tag == "spark" else []))

@@ -290,6 +290,14 @@ def keep_rank(doc: Document, config: DedupConfig) -> float:
     return rank_of(doc.text, doc.meta, config)
 
 
+def rank_key(rank: float | None, doc_id: str) -> tuple:
+    """Sort key of ``(rank, id)`` for the keep rule, NaN ranks after every number (a rank
+    parsed from a ``"nan"`` string), as Spark orders ``min(struct(rank, id))``; Python's
+    ``min`` over tuples with a NaN would depend on the input order."""
+    nan = rank is not None and math.isnan(rank)
+    return (nan, 0.0 if rank is None or nan else rank, doc_id)
+
+
 def rank_of(text: str, meta: dict[str, Any] | str | None, config: DedupConfig) -> float:
     """:func:`keep_rank` from a text and its meta (a dict or the JSON string of a Parquet
     row); the meta is read, and a string parsed, only by the rules that need it."""
@@ -382,6 +390,23 @@ def features_of(ids: list[str], texts: Sequence[str], ranks: list[float], config
 
 
 # ----------------------------------------------------------------------------- graph
+
+
+def shared_members(keys: np.ndarray, is_index: np.ndarray) -> np.ndarray:
+    """Positions of the rows whose key is shared by another row and whose bucket (equal
+    keys) holds at least one batch (not index) row; in key order."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    shared = np.zeros(len(keys), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    rows = order[shared]
+    if len(rows) == 0 or not is_index.any():
+        return rows
+    starts = np.flatnonzero(np.r_[True, keys[rows][1:] != keys[rows][:-1]])
+    has_batch = np.logical_or.reduceat(~is_index[rows], starts)
+    return rows[np.repeat(has_batch, np.diff(np.r_[starts, len(rows)]))]
 
 
 def bucket_edges(sorted_ids: Sequence[str], max_pairs_bucket_size: int) -> Iterator[tuple[str, str]]:
@@ -584,7 +609,7 @@ def dedup_documents(docs: Iterable[Document], config: DedupConfig, index: DedupI
     index = index if index is not None else DedupIndex(fingerprint=config.fingerprint(), sigs=np.empty((0, config.num_perm), np.uint32),
                                                        bands=np.empty((0, config.bands[0]), np.int64))
     result = DedupResult(clusters={}, kept_of_cluster={}, texts={d.id: d.text for d in live})
-    exact_of = _exact_duplicates(feats, index) if config.exact else {}
+    exact_of = exact_duplicates(feats, index) if config.exact else {}
     for doc in live:
         if doc.id in exact_of:
             doc.drop("exact_duplicate", EXACT_STEP, duplicate_of=exact_of[doc.id])
@@ -595,7 +620,7 @@ def dedup_documents(docs: Iterable[Document], config: DedupConfig, index: DedupI
     return docs, result
 
 
-def _exact_duplicates(feats: Features, index: DedupIndex) -> dict[str, str]:
+def exact_duplicates(feats: Features, index: DedupIndex) -> dict[str, str]:
     """id -> id kept instead, for every batch document that is an exact duplicate."""
     index_first: dict[str, str] = {}
     for doc_id, key in zip(index.ids, index.exact_keys):
@@ -606,45 +631,76 @@ def _exact_duplicates(feats: Features, index: DedupIndex) -> dict[str, str]:
         groups[key].append((rank, doc_id))
     out: dict[str, str] = {}
     for key, members in groups.items():
-        keeper = index_first.get(key) or min(members)[1]
+        keeper = index_first.get(key) or min(members, key=lambda m: rank_key(*m))[1]
         # against an index every batch copy goes, even one re-sent under the indexed id
         out.update({doc_id: keeper for _, doc_id in members if doc_id != keeper or key in index_first})
     return out
 
 
-def _near_duplicates(live: list[Document], feats: Features, survivors: list[int], index: DedupIndex, config: DedupConfig, result: DedupResult) -> None:
+@dataclass
+class NearClusters:
+    """The near-duplicate clusters of a batch against an index (:func:`near_clusters`)."""
+
+    clusters: dict[str, list[str]]
+    """cluster_id (smallest member id) -> sorted member ids, batch and index."""
+    keeper: dict[str, str]
+    """cluster_id -> the member kept: the smallest index id, else the batch member of smallest :func:`rank_key`."""
+    in_index: set[str]
+    """Members that are index documents (never dropped)."""
+    num_candidate_edges: int
+    num_verified_edges: int
+
+
+def near_clusters(feats: Features, survivors: Sequence[int], index: DedupIndex, config: DedupConfig) -> NearClusters:
+    """LSH buckets of the ``survivors`` rows of ``feats`` (and the index documents sharing a
+    bucket with one), candidate edges (:func:`bucket_edges`; none between two index
+    documents), verified on the signatures when ``config.verify``, then connected components
+    by union-find.  The rules of the local runner, also run by the Spark job's one-task path
+    (``spark_jobs.corpus.dedup``) for corpora up to ``spark.jinglian.localDedupMaxDocs``."""
     nodes = {feats.ids[i]: ("batch", i) for i in survivors}
     nodes.update({doc_id: ("index", j) for j, doc_id in enumerate(index.ids)})
-    buckets: dict[tuple[int, int], list[str]] = collections.defaultdict(list)
-    touched: set[tuple[int, int]] = set()
-    for i in survivors:
-        for band, key in enumerate(feats.bands[i].tolist()):
-            buckets[(band, key)].append(feats.ids[i])
-            touched.add((band, key))
-    for j, doc_id in enumerate(index.ids):
-        for band, key in enumerate(index.bands[j].tolist()):
-            if (band, key) in touched:
-                buckets[(band, key)].append(doc_id)
+    rows = np.asarray(survivors, dtype=np.int64)
+    num_bands = feats.bands.shape[1] if feats.bands.ndim == 2 else config.bands[0]
+    index_bands = index.bands if index.bands is not None and len(index.ids) else np.empty((0, num_bands), np.int64)
+    bands = np.concatenate([feats.bands[rows].reshape(-1, num_bands), index_bands.reshape(-1, num_bands)])
+    ids = [feats.ids[i] for i in survivors] + list(index.ids)
+    is_index = np.r_[np.zeros(len(rows), dtype=bool), np.ones(len(index.ids), dtype=bool)]
     edges: set[tuple[str, str]] = set()
-    for members in buckets.values():
-        if len(members) > 1:
-            edges.update(e for e in bucket_edges(sorted(members), config.max_pairs_bucket_size)
+    for band in range(num_bands):
+        keys = bands[:, band]
+        shared = shared_members(keys, is_index)  # nearly every bucket holds one document: skipped without a Python object
+        if not len(shared):
+            continue
+        shared_keys = keys[shared]
+        starts = np.flatnonzero(np.r_[True, shared_keys[1:] != shared_keys[:-1]]).tolist()
+        for start, end in zip(starts, starts[1:] + [len(shared)]):
+            members = sorted(ids[r] for r in shared[start:end].tolist())
+            edges.update(e for e in bucket_edges(members, config.max_pairs_bucket_size)
                          if nodes[e[0]][0] == "batch" or nodes[e[1]][0] == "batch")
-    result.num_candidate_edges = len(edges)
+    num_candidates = len(edges)
     if config.verify:
         edges = {e for e in edges if minhash.estimated_jaccard(_sig(e[0], nodes, feats, index), _sig(e[1], nodes, feats, index)) >= config.threshold}
-    result.num_verified_edges = len(edges)
     uf = UnionFind()
     for a, b in sorted(edges):
         uf.union(a, b)
-    by_id = {d.id: d for d in live}
+    out = NearClusters(clusters={}, keeper={}, in_index=set(), num_candidate_edges=num_candidates, num_verified_edges=len(edges))
     for cluster_id, members in uf.groups().items():
-        result.clusters[cluster_id] = members
+        out.clusters[cluster_id] = members
         in_index = [m for m in members if nodes[m][0] == "index"]
-        keeper = min(in_index) if in_index else min((feats.ranks[nodes[m][1]], m) for m in members)[1]
-        result.kept_of_cluster[cluster_id] = keeper
+        out.in_index.update(in_index)
+        out.keeper[cluster_id] = min(in_index) if in_index else min(members, key=lambda m: rank_key(feats.ranks[nodes[m][1]], m))
+    return out
+
+
+def _near_duplicates(live: list[Document], feats: Features, survivors: list[int], index: DedupIndex, config: DedupConfig, result: DedupResult) -> None:
+    near = near_clusters(feats, survivors, index, config)
+    result.num_candidate_edges, result.num_verified_edges = near.num_candidate_edges, near.num_verified_edges
+    by_id = {d.id: d for d in live}
+    for cluster_id, members in near.clusters.items():
+        result.clusters[cluster_id] = members
+        keeper = result.kept_of_cluster[cluster_id] = near.keeper[cluster_id]
         for m in members:
-            if nodes[m][0] != "batch":
+            if m in near.in_index:
                 continue
             if m == keeper:
                 by_id[m].meta["cluster_id"] = cluster_id

@@ -10,6 +10,11 @@ executors, and connected components are computed with large-star/small-star roun
 (Kiveris et al., "Connected Components in MapReduce and Beyond", SoCC 2014) on DataFrames,
 with the lineage cut by a local checkpoint each round.  Nothing but counts, the size
 histogram and the few report rows is collected to the driver.
+
+A corpus of at most ``spark.jinglian.localDedupMaxDocs`` documents (default
+:data:`LOCAL_DEDUP_MAX_DOCS`) skips the distributed graph: after the reader's parallel pass,
+one task runs the local runner's exact and near-duplicate rules on the features
+(:func:`one_task_marks`), one Spark job where the distributed path runs a dozen.
 """
 from __future__ import annotations
 
@@ -33,13 +38,19 @@ from etl.dedup.cluster import (
     EXACT_STEP,
     NEAR_STEP,
     DedupConfig,
+    DedupIndex,
+    Features,
     UnionFind,
     binary_rows_as_matrix,
     check_fingerprint,
+    exact_duplicates,
     features_of,
     matrix_rows_as_binary,
     matrix_rows_as_list,
+    near_clusters,
+    rank_key,
     rank_of,
+    shared_members,
 )
 from etl.io.records import READ_STEP, ReaderConfig
 from spark_jobs.common import hint_small, live_records, read_documents_df, write_parts
@@ -228,23 +239,6 @@ def band_blobs_fn(num_bands: int, rows_per_band: int, num_perm: int, num_slices:
     return run
 
 
-def shared_members(keys: np.ndarray, is_index: np.ndarray) -> np.ndarray:
-    """Positions of the rows whose key is shared by another row and whose bucket (equal
-    keys) holds at least one batch (not index) row; in key order."""
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    same = sorted_keys[1:] == sorted_keys[:-1]
-    shared = np.zeros(len(keys), dtype=bool)
-    shared[1:] |= same
-    shared[:-1] |= same
-    rows = order[shared]
-    if len(rows) == 0 or not is_index.any():
-        return rows
-    starts = np.flatnonzero(np.r_[True, keys[rows][1:] != keys[rows][:-1]])
-    has_batch = np.logical_or.reduceat(~is_index[rows], starts)
-    return rows[np.repeat(has_batch, np.diff(np.r_[starts, len(rows)]))]
-
-
 def _bucket_members_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow over band blobs (:func:`band_blobs_fn`) hash-partitioned by (band, slice):
     each (band, slice)'s keys are gathered and sorted; only the members of shared buckets
@@ -395,7 +389,9 @@ def read_index(spark, index_dir: str | None, config: DedupConfig):
 def transform(spark, docs, config: DedupConfig, index=None, num_live: int | None = None) -> tuple[tuple[Any, Any], dict[str, Any], Any]:
     """Mark duplicates; returns ((kept, rejected) records, dedup report, kept features for the index).
 
-    ``docs`` (from ``extract``, with the features) is read once and cached.  The sets of marked ids -- exact copies,
+    ``docs`` (from ``extract``, with the features) is read once and cached.  A corpus of at most
+    ``spark.jinglian.localDedupMaxDocs`` documents (index included) is decided by one task
+    (:func:`one_task_marks`); a larger one by the distributed path below.  There the sets of marked ids -- exact copies,
     cluster members -- are cached and counted; up to ``spark.jinglian.broadcastMaxRows``
     rows they join by broadcast, so neither the documents nor their signatures are shuffled
     for it (``common.hint_small``).  ``num_live``: the live records' count when the reader
@@ -407,6 +403,13 @@ def transform(spark, docs, config: DedupConfig, index=None, num_live: int | None
     live = live_records(docs)
     feats = live.select("id", *FEATURE_SCHEMA.names)  # computed by the reader (extract), cached with the records
     report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), "num_live": num_live if num_live is not None else feats.count()}
+    num_index = index.count() if index is not None else 0  # Parquet footers: no data read
+    if (config.exact or config.near) and report["num_live"] + num_index <= local_dedup_max_docs(spark):
+        marks, (dropped, num_dropped), comp, keepers, counts = one_task_marks(spark, feats, config, index)
+        report.update(counts)
+        if config.near:
+            report["clusters"] = cluster_report_df(comp, keepers, live, config)
+        return apply_marks(spark, docs, marks), report, feats.join(hint_small(spark, dropped, num_dropped), "id", "left_anti")
     marks: list[tuple[Any, int]] = []
     survivors = feats
     if config.exact:
@@ -416,7 +419,8 @@ def transform(spark, docs, config: DedupConfig, index=None, num_live: int | None
         survivors = feats.join(hint_small(spark, exact.select("id"), num_exact), "id", "left_anti")
     near = None
     if config.near:
-        near, comp, keepers, counts = _near_marks(spark, survivors.filter(F.col("num_shingles") > 0), config, index, report["num_live"])
+        near, comp, keepers, counts = _near_marks(spark, survivors.filter(F.col("num_shingles") > 0), config, index,
+                                                  report["num_live"] + num_index)
         near = near.persist(StorageLevel.MEMORY_AND_DISK)
         num_near = near.count()
         marks.append((near, num_near))
@@ -452,8 +456,6 @@ def _near_marks(spark, survivors, config: DedupConfig, index, num_keys: int):
     if index is not None:
         rows = rows.unionByName(index.select("id", "signature", F.lit(True).alias("is_index")))
         nodes = nodes.unionByName(index.select("id", F.lit(None).cast("double").alias("rank"), "signature", F.lit(True).alias("is_index")))
-    if index is not None:
-        num_keys += index.count()  # Parquet footers: no data read
     members = bucket_members(spark, rows, config, num_keys)
     edges, num_candidates = candidate_edges(members, config.max_pairs_bucket_size)
     counts = {"num_candidate_edges": num_candidates}
@@ -496,11 +498,6 @@ def local_graph_max_edges(spark) -> int:
     return int(spark.conf.get("spark.jinglian.localGraphMaxEdges", str(LOCAL_GRAPH_MAX_EDGES)))
 
 
-def _spark_rank_key(rank: float | None, doc_id: str) -> tuple:
-    """The order of Spark's ``min(struct(rank, id))``: NaN above every number."""
-    return (rank is not None and math.isnan(rank), rank if rank is not None and not math.isnan(rank) else 0.0, doc_id)
-
-
 def cluster_rows(edges: Iterator[tuple[str, str]], attrs: dict[str, tuple[float | None, bool]]) -> pa.RecordBatch:
     """:data:`CLUSTER_SCHEMA` rows for every node of ``edges``: its component's smallest id
     (``cluster_id``) and the component's keeper (the smallest index id, else the batch
@@ -512,7 +509,7 @@ def cluster_rows(edges: Iterator[tuple[str, str]], attrs: dict[str, tuple[float 
     out: dict[str, list] = {name: [] for name in CLUSTER_SCHEMA.names}
     for cluster_id, members in sorted(uf.groups().items()):
         indexed = [m for m in members if attrs[m][1]]
-        keeper = min(indexed) if indexed else min((m for m in members if not attrs[m][1]), key=lambda m: _spark_rank_key(attrs[m][0], m))
+        keeper = min(indexed) if indexed else min((m for m in members if not attrs[m][1]), key=lambda m: rank_key(attrs[m][0], m))
         for m in members:
             for name, value in zip(CLUSTER_SCHEMA.names, (m, cluster_id, keeper, attrs[m][1])):
                 out[name].append(value)
@@ -556,6 +553,114 @@ def _small_graph_marks(spark, edges, num_edges: int, nodes):
             .select("id", F.when(F.col("id") != F.col("keeper"), F.lit("near_duplicate")).alias("_reason"),
                     F.col("keeper").alias("_dup_of"), F.col("cluster_id").alias("_cluster")))
     return near, clusters.select("id", "cluster_id"), clusters.select("cluster_id", "keeper").distinct()
+
+
+#: Default of ``spark.jinglian.localDedupMaxDocs``: a corpus of at most this many live documents
+#: (plus index documents) is deduplicated by one task running the local runner's rules on the
+#: features computed by the reader (:func:`one_task_marks`).  That task holds about 4 KB per
+#: document (the features as received, 1 KB, and its working copies; measured 0.35 / 0.75 GB at
+#: 100k / 200k documents): about 1 GB of one Python worker at the default.
+LOCAL_DEDUP_MAX_DOCS = 250_000
+ONE_TASK_TYPE = ("id string, _reason string, _dup_of string, _cluster string, is_index boolean, "
+                 "num_candidate_edges long, num_verified_edges long, num_exact long, num_near long")
+
+
+def local_dedup_max_docs(spark) -> int:
+    """``--conf spark.jinglian.localDedupMaxDocs=N`` (default :data:`LOCAL_DEDUP_MAX_DOCS`; 0: always
+    the distributed path)."""
+    return int(spark.conf.get("spark.jinglian.localDedupMaxDocs", str(LOCAL_DEDUP_MAX_DOCS)))
+
+
+def one_task_dedup_fn(config: DedupConfig):
+    """mapInArrow over one partition holding every live document's features (``id, exact_key,
+    rank, num_shingles, signature``, ``is_index`` false) and the index's rows (``is_index`` true):
+    exact duplicates (:func:`etl.dedup.cluster.exact_duplicates`), then the near-duplicate
+    clusters of the rest (:func:`etl.dedup.cluster.near_clusters`) -- the local runner's own
+    code, so the same decisions.  Yields :data:`ONE_TASK_TYPE` rows: one per exact duplicate,
+    one per cluster member (index members with ``is_index`` true and no reason), and last one
+    row without an id carrying the counts."""
+    num_bands, rows_per_band = config.bands
+
+    def features(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        from etl.dedup import minhash_jit
+
+        sigs = binary_rows_as_matrix(table.column("signature"), np.uint32, config.num_perm)
+        return sigs, minhash_jit.band_keys(np.ascontiguousarray(sigs), num_bands, rows_per_band)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            batches = [pa.RecordBatch.from_pylist([], schema=pa.schema([
+                ("id", pa.string()), ("exact_key", pa.string()), ("rank", pa.float64()), ("num_shingles", pa.int64()),
+                ("signature", pa.binary()), ("is_index", pa.bool_())]))]
+        # rows arrive in shuffle-fetch order: sorted, so nothing below depends on it
+        table = pa.Table.from_batches(batches).sort_by([("is_index", "ascending"), ("id", "ascending")]).combine_chunks()
+        indexed = table.column("is_index").to_numpy(zero_copy_only=False).astype(bool)
+        batch, history = table.filter(pa.array(~indexed)), table.filter(pa.array(indexed))
+        sigs, bands = features(batch)
+        feats = Features(ids=batch.column("id").to_pylist(), exact_keys=batch.column("exact_key").to_pylist(),
+                         ranks=batch.column("rank").to_pylist(), num_shingles=batch.column("num_shingles").to_numpy(zero_copy_only=False),
+                         sigs=sigs, bands=bands)
+        index_sigs, index_bands = features(history)
+        index = DedupIndex(fingerprint=config.fingerprint(), ids=history.column("id").to_pylist(),
+                           exact_keys=history.column("exact_key").to_pylist(), sigs=index_sigs, bands=index_bands)
+        out: dict[str, list] = {name: [] for name in ("id", "_reason", "_dup_of", "_cluster", "is_index")}
+
+        def add(*values) -> None:
+            for name, value in zip(out, values):
+                out[name].append(value)
+
+        exact_of = exact_duplicates(feats, index) if config.exact else {}
+        for doc_id in sorted(exact_of):
+            add(doc_id, "exact_duplicate", exact_of[doc_id], None, False)
+        counts = {"num_candidate_edges": None, "num_verified_edges": None, "num_exact": len(exact_of), "num_near": 0}
+        if config.near:
+            survivors = [i for i, doc_id in enumerate(feats.ids) if doc_id not in exact_of and feats.num_shingles[i] > 0]
+            near = near_clusters(feats, survivors, index, config)
+            counts["num_candidate_edges"], counts["num_verified_edges"] = near.num_candidate_edges, near.num_verified_edges
+            for cluster_id, members in sorted(near.clusters.items()):
+                keeper = near.keeper[cluster_id]
+                for m in members:
+                    in_index = m in near.in_index
+                    add(m, None if in_index or m == keeper else "near_duplicate", keeper, cluster_id, in_index)
+                    counts["num_near"] += not in_index
+        add(None, None, None, None, None)
+        n = len(out["id"])
+        columns = [pa.array(out[name], pa.bool_() if name == "is_index" else pa.string()) for name in out]
+        columns += [pa.array([None] * (n - 1) + [value], pa.int64()) for value in counts.values()]
+        yield pa.RecordBatch.from_arrays(columns, names=[*out, *counts])
+
+    return run
+
+
+def one_task_marks(spark, feats, config: DedupConfig, index=None) -> tuple[list[tuple[Any, int]], Any, Any, Any, dict[str, int]]:
+    """The marks of a corpus of at most ``spark.jinglian.localDedupMaxDocs`` documents, from one
+    task (:func:`one_task_dedup_fn`): ``(marks as (frame, count) pairs, ids dropped (and their
+    count), components, keepers, report counts)``.
+
+    The features (and the index's rows) go to one partition and the task's output is
+    checkpointed; counts come from its last row, so the whole decision is one Spark job where
+    the distributed path runs a dozen (exact keys grouped, band keys bucketed, edges collected,
+    verified, clustered, each counted)."""
+    from pyspark.sql import functions as F
+
+    null = F.lit(None)
+    rows = feats.select("id", "exact_key", "rank", "num_shingles", "signature", F.lit(False).alias("is_index"))
+    if index is not None:
+        rows = rows.unionByName(index.select("id", "exact_key", null.cast("double").alias("rank"), null.cast("long").alias("num_shingles"),
+                                             "signature", F.lit(True).alias("is_index")))
+    out = _checkpoint(rows.repartition(1).mapInArrow(one_task_dedup_fn(config), ONE_TASK_TYPE))
+    totals = out.filter(F.col("id").isNull()).collect()[0]
+    rows = out.filter(F.col("id").isNotNull())
+    members = rows.filter(F.col("_cluster").isNotNull())
+    exact = rows.filter(F.col("_reason") == "exact_duplicate").select("id", "_reason", "_dup_of", "_cluster")
+    near = members.filter(~F.col("is_index")).select("id", "_reason", "_dup_of", "_cluster")
+    dropped = rows.filter(F.col("_reason").isNotNull()).select("id")
+    comp = members.select("id", F.col("_cluster").alias("cluster_id"))
+    keepers = members.select(F.col("_cluster").alias("cluster_id"), F.col("_dup_of").alias("keeper")).distinct()
+    marks = [(exact, totals["num_exact"])] + ([(near, totals["num_near"])] if config.near else [])
+    counts = {k: totals[k] for k in ("num_candidate_edges", "num_verified_edges")} if config.near else {}
+    return marks, (dropped, totals["num_exact"] + totals["num_near"]), comp, keepers, counts
 
 
 def apply_marks(spark, docs, marks: list[tuple[Any, int]]):
