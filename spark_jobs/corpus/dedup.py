@@ -404,7 +404,8 @@ def transform(spark, docs, config: DedupConfig, index=None, num_live: int | None
     feats = live.select("id", *FEATURE_SCHEMA.names)  # computed by the reader (extract), cached with the records
     report: dict[str, Any] = {"config": config_to_dict(config), "bands": list(config.bands), "num_live": num_live if num_live is not None else feats.count()}
     num_index = index.count() if index is not None else 0  # Parquet footers: no data read
-    if (config.exact or config.near) and report["num_live"] + num_index <= local_dedup_max_docs(spark):
+    one_task_max = local_dedup_max_docs(spark)
+    if (config.exact or config.near) and 0 < one_task_max and report["num_live"] + num_index <= one_task_max:
         marks, (dropped, num_dropped), comp, keepers, counts = one_task_marks(spark, feats, config, index)
         report.update(counts)
         if config.near:
