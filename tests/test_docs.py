@@ -183,3 +183,16 @@ def test_named_modules_and_paths_exist():
     assert missing == [], f"python -m names a module that does not exist: {missing}"
     stale = sorted(f"{page}: {path}" for page, path in paths if not (ROOT / path).exists())
     assert stale == [], f"the docs name source files that do not exist: {stale}"
+
+
+def test_every_spark_setting_jinglian_reads_is_in_the_jobs_help():
+    """Each ``spark.jinglian.*`` key the code reads is explained by every Spark job's ``--help``
+    (the executor's epilog), with its default."""
+    from spark_jobs.executor import EPILOG
+
+    read = set()
+    for path in sorted([*(ROOT / "spark_jobs").rglob("*.py"), *(ROOT / "etl").rglob("*.py")]):
+        read |= set(re.findall(r'conf\.get\(\s*"(spark\.jinglian\.\w+)"', path.read_text(encoding="utf-8")))
+    assert len(read) >= 4
+    for key in sorted(read):
+        assert re.search(rf"{re.escape(key)} *\(default [\d,]+\)", EPILOG), key
