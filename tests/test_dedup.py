@@ -305,6 +305,24 @@ def test_incremental_index(tmp_path, data_dir):
         load_index(index_dir, DedupConfig(**{**DEDUP_PARAMS, "num_perm": 64, "num_bands": 8}))
 
 
+def test_a_long_running_consumers_index_sees_the_rows_it_appended(tmp_path, data_dir):
+    """The Kafka ingest loads the index once, deduplicates each window against it and appends
+    the window's kept documents to it in memory: the next window is checked against them too
+    (the index's id and exact-key lookups are rebuilt when it grows)."""
+    config = DedupConfig(**DEDUP_PARAMS)
+    docs = {d.id: d for d in crafted_documents(data_dir)}
+    index_dir = tmp_path / "index"
+    append_to_index([docs["zh-3"], docs["en-d"]], index_dir, config)
+    index = load_index(index_dir, config)
+    first = list(dedup_against_index([Document("en-a", docs["en-a"].text)], index, config))
+    assert not first[0].dropped and index.positions() == {"zh-3": 0, "en-d": 1}
+    assert append_to_index(first, index_dir, config, index) == 1
+    assert index.positions() == {"zh-3": 0, "en-d": 1, "en-a": 2} and index.first_of_exact_key()[exact_key(docs["en-a"].text)] == "en-a"
+    second = list(dedup_against_index([Document("w2-exact", docs["en-a"].text.upper()), Document("w2-near", docs["en-b"].text)], index, config))
+    assert {d.id: (d.drop_reason, d.meta["duplicate_of"]) for d in second} == {
+        "w2-exact": ("exact_duplicate", "en-a"), "w2-near": ("near_duplicate", "en-a")}
+
+
 def test_local_runner_cli(tmp_path, data_dir):
     src = write_jsonl(crafted_documents(data_dir), tmp_path / "in" / "docs.jsonl")
     params = write_params(tmp_path / "params.yaml")
@@ -324,3 +342,12 @@ def test_word_fast_path_equals_shared_tokenizer(sample_texts):
         rest = _HAN_RUN.sub(" ", dedup_normalize(text))
         expected = [t for t in tokenize(rest, TokenizerConfig(english="wordpunct")) if is_word(t)]
         assert shingle_units(text, config)[1] == expected
+
+
+def test_the_window_benchmark_compares_equal_edges():
+    """``benchmarks.dedup.window``: the plain dict search it times finds the same edges as
+    ``near_clusters`` (the benchmark raises otherwise), and the copies planted are found."""
+    from benchmarks.dedup.window import bench
+
+    row = bench(5000, 200, 1)
+    assert row["edges"] == 10 and row["jinglian"]["next_windows_cpu_s"] > 0 and row["plain_dict"]["peak_alloc_mb"] > 0

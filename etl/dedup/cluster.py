@@ -466,9 +466,34 @@ class DedupIndex:
     exact_keys: list[str] = field(default_factory=list)
     sigs: np.ndarray | None = None
     bands: np.ndarray | None = None
+    _lookups: dict[str, tuple[int, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def positions(self) -> dict[str, int]:
+        """id -> row (the last row of an id listed twice); built once per size of the index, so a
+        Kafka window does not rebuild it."""
+        return self._lookup("positions", lambda: {doc_id: j for j, doc_id in enumerate(self.ids)})
+
+    def first_of_exact_key(self) -> dict[str, str]:
+        """exact key -> the smallest id with it; built once per size of the index."""
+
+        def build() -> dict[str, str]:
+            first: dict[str, str] = {}
+            for doc_id, key in zip(self.ids, self.exact_keys):
+                if key not in first or doc_id < first[key]:
+                    first[key] = doc_id
+            return first
+
+        return self._lookup("first_of_exact_key", build)
+
+    def _lookup(self, name: str, build):
+        size, value = self._lookups.get(name, (-1, None))
+        if size != len(self.ids):  # rows are only ever appended (add_table)
+            value = build()
+            self._lookups[name] = (len(self.ids), value)
+        return value
 
     def add_table(self, table: pa.Table, num_perm: int, num_bands: int) -> None:
         """Append index rows (the :func:`index_table` layout) in memory."""
@@ -622,10 +647,7 @@ def dedup_documents(docs: Iterable[Document], config: DedupConfig, index: DedupI
 
 def exact_duplicates(feats: Features, index: DedupIndex) -> dict[str, str]:
     """id -> id kept instead, for every batch document that is an exact duplicate."""
-    index_first: dict[str, str] = {}
-    for doc_id, key in zip(index.ids, index.exact_keys):
-        if key not in index_first or doc_id < index_first[key]:
-            index_first[key] = doc_id
+    index_first = index.first_of_exact_key()
     groups: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
     for doc_id, key, rank in zip(feats.ids, feats.exact_keys, feats.ranks):
         groups[key].append((rank, doc_id))
@@ -657,39 +679,71 @@ def near_clusters(feats: Features, survivors: Sequence[int], index: DedupIndex, 
     documents), verified on the signatures when ``config.verify``, then connected components
     by union-find.  The rules of the local runner, also run by the Spark job's one-task path
     (``spark_jobs.corpus.dedup``) for corpora up to ``spark.jinglian.localDedupMaxDocs``."""
-    nodes = {feats.ids[i]: ("batch", i) for i in survivors}
-    nodes.update({doc_id: ("index", j) for j, doc_id in enumerate(index.ids)})
+    indexed = index.positions()  # an id both in the batch and in the index counts as indexed
+    batch_row = {feats.ids[i]: i for i in survivors}
     rows = np.asarray(survivors, dtype=np.int64)
     num_bands = feats.bands.shape[1] if feats.bands.ndim == 2 else config.bands[0]
-    index_bands = index.bands if index.bands is not None and len(index.ids) else np.empty((0, num_bands), np.int64)
-    bands = np.concatenate([feats.bands[rows].reshape(-1, num_bands), index_bands.reshape(-1, num_bands)])
-    ids = [feats.ids[i] for i in survivors] + list(index.ids)
-    is_index = np.r_[np.zeros(len(rows), dtype=bool), np.ones(len(index.ids), dtype=bool)]
+    batch_bands = feats.bands[rows].reshape(-1, num_bands)
+    batch_ids = [feats.ids[i] for i in survivors]
     edges: set[tuple[str, str]] = set()
     for band in range(num_bands):
-        keys = bands[:, band]
+        keys = batch_bands[:, band]
+        hits = _index_rows_sharing_a_key(keys, index, band)
+        if len(hits):
+            keys = np.concatenate([keys, index.bands[hits, band]])
+        is_index = np.arange(len(keys)) >= len(batch_ids)
         shared = shared_members(keys, is_index)  # nearly every bucket holds one document: skipped without a Python object
         if not len(shared):
             continue
         shared_keys = keys[shared]
         starts = np.flatnonzero(np.r_[True, shared_keys[1:] != shared_keys[:-1]]).tolist()
         for start, end in zip(starts, starts[1:] + [len(shared)]):
-            members = sorted(ids[r] for r in shared[start:end].tolist())
+            members = sorted(batch_ids[r] if r < len(batch_ids) else index.ids[hits[r - len(batch_ids)]] for r in shared[start:end].tolist())
             edges.update(e for e in bucket_edges(members, config.max_pairs_bucket_size)
-                         if nodes[e[0]][0] == "batch" or nodes[e[1]][0] == "batch")
+                         if e[0] not in indexed or e[1] not in indexed)
     num_candidates = len(edges)
+
+    def sig(doc_id: str) -> np.ndarray:
+        return index.sigs[indexed[doc_id]] if doc_id in indexed else feats.sigs[batch_row[doc_id]]
+
     if config.verify:
-        edges = {e for e in edges if minhash.estimated_jaccard(_sig(e[0], nodes, feats, index), _sig(e[1], nodes, feats, index)) >= config.threshold}
+        edges = {e for e in edges if minhash.estimated_jaccard(sig(e[0]), sig(e[1])) >= config.threshold}
     uf = UnionFind()
     for a, b in sorted(edges):
         uf.union(a, b)
     out = NearClusters(clusters={}, keeper={}, in_index=set(), num_candidate_edges=num_candidates, num_verified_edges=len(edges))
     for cluster_id, members in uf.groups().items():
         out.clusters[cluster_id] = members
-        in_index = [m for m in members if nodes[m][0] == "index"]
+        in_index = [m for m in members if m in indexed]
         out.in_index.update(in_index)
-        out.keeper[cluster_id] = min(in_index) if in_index else min(members, key=lambda m: rank_key(feats.ranks[nodes[m][1]], m))
+        out.keeper[cluster_id] = min(in_index) if in_index else min(members, key=lambda m: rank_key(feats.ranks[batch_row[m]], m))
     return out
+
+
+#: Slots of the bitmap that screens an index's band keys against a batch's (:func:`_index_rows_sharing_a_key`).
+_KEY_SCREEN_BITS = 20
+
+
+def _index_rows_sharing_a_key(batch_keys: np.ndarray, index: DedupIndex, band: int) -> np.ndarray:
+    """Rows of ``index`` whose key in ``band`` is one of ``batch_keys``, ascending: the only index
+    documents that can share a bucket with the batch.
+
+    The index's keys are screened by a bitmap of the batch keys' low bits (one gather per
+    key), and only the few that pass are searched in the batch's sorted keys: a Kafka window
+    against an index of a million documents costs milliseconds per band, with no copy of the
+    index's band matrix and no sort of its keys."""
+    if not len(index.ids) or index.bands is None or not len(batch_keys):
+        return np.empty(0, dtype=np.int64)
+    mask = (1 << _KEY_SCREEN_BITS) - 1
+    screen = np.zeros(1 << _KEY_SCREEN_BITS, dtype=bool)
+    screen[batch_keys & mask] = True
+    index_keys = index.bands[:, band]
+    maybe = np.flatnonzero(screen[index_keys & mask])
+    if not len(maybe):
+        return maybe
+    sorted_keys = np.sort(batch_keys)
+    at = np.minimum(np.searchsorted(sorted_keys, index_keys[maybe]), len(sorted_keys) - 1)
+    return maybe[sorted_keys[at] == index_keys[maybe]]
 
 
 def _near_duplicates(live: list[Document], feats: Features, survivors: list[int], index: DedupIndex, config: DedupConfig, result: DedupResult) -> None:
@@ -707,11 +761,6 @@ def _near_duplicates(live: list[Document], feats: Features, survivors: list[int]
             else:
                 by_id[m].drop("near_duplicate", NEAR_STEP, duplicate_of=keeper, cluster_id=cluster_id)
                 result.num_near += 1
-
-
-def _sig(doc_id: str, nodes: dict[str, tuple[str, int]], feats: Features, index: DedupIndex) -> np.ndarray:
-    where, row = nodes[doc_id]
-    return feats.sigs[row] if where == "batch" else index.sigs[row]
 
 
 def dedup_against_index(docs: Iterable[Document], index: DedupIndex | str | os.PathLike, config: DedupConfig) -> Iterator[Document]:
