@@ -8,10 +8,12 @@ Pipeline (identical in ``spark_jobs/dedup.py``, which is the scalable path)::
       -> shingles: Han character n-grams (char_ngram, default 5) + Latin word n-grams
          (word_ngram, default 3) from the shared tokenizer's Latin path
       -> MinHash signature (datasketch-identical, etl/dedup/minhash.py) -> b band keys of r rows
-      -> candidate edges: documents sharing a band key; all pairs in a bucket of at most
+      -> candidate edges: documents sharing a band key (found by sorting each band's keys);
+         all pairs in a bucket of at most
          max_pairs_bucket_size members, a star from the smallest id in larger buckets
       -> verify (optional): keep an edge if the estimated Jaccard >= threshold
-      -> connected components (union-find here, large-star/small-star in Spark)
+      -> connected components (union-find here and in Spark's one-task path for corpora up to
+         spark.jinglian.localDedupMaxDocs, large-star/small-star rounds above that)
       -> one kept per component by the keep rule; the others: drop_reason=near_duplicate
 
 Meta written (flat keys): ``duplicate_of`` (id of the document kept instead; for an exact
@@ -22,7 +24,8 @@ exact dedup only.
 
 The keep rule (``keep``): ``longest`` (most characters), ``quality`` (highest
 ``meta[quality_field]``), ``earliest`` (smallest ``meta[time_field]``: a number or an ISO
-date); ties, and documents missing the field, are broken by the smallest id.
+date); ties, and documents missing the field, are broken by the smallest id; a NaN rank comes after
+every number (:func:`rank_key`).
 
 Incremental dedup: :class:`DedupIndex` stores id, exact key, signature and band keys of a
 deduplicated corpus as Parquet (``<index>/part-*.parquet`` plus ``index.json`` with the
