@@ -26,6 +26,7 @@ from etl.dedup.cluster import (
     load_index,
     main,
     near_clusters,
+    shared_members,
     shingle_hashes,
     shingle_strings,
     shingle_units,
@@ -224,6 +225,18 @@ def test_a_nan_rank_loses_whatever_the_input_order():
             out, result = dedup_documents(batch, DedupConfig(keep="quality"))
             assert {d.id: (d.drop_reason, d.meta.get("duplicate_of")) for d in out if d.dropped} == {
                 k: ("near_duplicate" if edit else "exact_duplicate", "c") for k in ("a", "b")}
+
+
+def test_shared_members_are_the_buckets_with_two_rows_and_a_batch_document():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n = int(rng.integers(0, 40))
+        keys = rng.integers(0, 12, n).astype(np.int64) - 6  # negative keys too: band keys are signed
+        is_index = rng.random(n) < 0.4
+        got = shared_members(keys, is_index)
+        expected = [i for i in range(n) if (keys == keys[i]).sum() > 1 and (~is_index[keys == keys[i]]).any()]
+        assert sorted(got.tolist()) == expected
+        assert np.all(np.diff(keys[got]) >= 0)  # in key order
 
 
 def test_near_clusters_find_the_buckets_a_dict_of_every_band_key_finds():

@@ -133,20 +133,6 @@ def test_both_spark_paths_write_the_same_bytes(spark, corpus_dir):
     assert stats[0] == stats[1] and stats[0]["dedup"]["num_verified_edges"] > 0
 
 
-def test_shared_members_are_the_buckets_with_two_rows_and_a_batch_document():
-    from etl.dedup.cluster import shared_members
-
-    rng = np.random.default_rng(5)
-    for _ in range(50):
-        n = int(rng.integers(0, 40))
-        keys = rng.integers(0, 12, n).astype(np.int64) - 6  # negative keys too: band keys are signed
-        is_index = rng.random(n) < 0.4
-        got = shared_members(keys, is_index)
-        expected = [i for i in range(n) if (keys == keys[i]).sum() > 1 and (~is_index[keys == keys[i]]).any()]
-        assert sorted(got.tolist()) == expected
-        assert np.all(np.diff(keys[got]) >= 0)  # in key order
-
-
 def test_band_blobs_round_trip_the_ids_and_keys():
     """A batch's band blobs hold, per band and key slice, exactly its documents' band keys and ids."""
     import pyarrow as pa
